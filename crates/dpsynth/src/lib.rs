@@ -1,0 +1,7 @@
+//! dpsynth: differentially private synthetic image data on libtorch.
+//!
+//! Data readers, DP-SGD (per-sample gradients, clipping, noise, Poisson sampling), the diffusion
+//! U-Net with LoDA adapters, samplers and downstream evaluation.
+
+pub mod data;
+pub mod dp;
