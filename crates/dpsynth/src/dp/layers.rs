@@ -1,0 +1,213 @@
+//! Layers whose per-sample gradients DP-SGD can compute.
+//!
+//! Every trainable layer of every model in dpsynth (classifier, U-Net, adapters) is one of the four
+//! kinds here. When a [`Tape`](super::tape) is recording, a layer whose parameters require grad
+//! records its input activation and its output; the engine then takes the gradient of the loss at
+//! each recorded output and applies the per-kind rule in [`super::grad_sample`]. Frozen layers
+//! record nothing and their weights never get gradients.
+//!
+//! Parameters live in a `tch::nn::VarStore` under the same names as PyTorch/diffusers
+//! (`weight`, `bias`), so checkpoints interchange with safetensors files written by PyTorch.
+
+use tch::{nn, Tensor};
+
+use super::tape::{self, LayerKind};
+
+/// PyTorch's default initialisation bound for conv and linear layers: U(-1/sqrt(fan_in), +).
+fn default_init(fan_in: i64) -> nn::Init {
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    nn::Init::Uniform {
+        lo: -bound,
+        up: bound,
+    }
+}
+
+/// A fully connected layer `y = x W^T + b` over the last dimension of `x`.
+#[derive(Debug)]
+pub struct Linear {
+    /// Weight, `out × in`.
+    pub weight: Tensor,
+    /// Optional bias, `out`.
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Creates `p/weight` and `p/bias` with PyTorch's default initialisation.
+    pub fn new(p: nn::Path, in_dim: i64, out_dim: i64, bias: bool) -> Self {
+        let weight = p.var("weight", &[out_dim, in_dim], default_init(in_dim));
+        let bias = bias.then(|| p.var("bias", &[out_dim], default_init(in_dim)));
+        Self { weight, bias }
+    }
+
+    /// Applies the layer; records on the tape when trainable.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let y = x.linear(&self.weight, self.bias.as_ref());
+        tape::record(LayerKind::Linear, &self.weight, self.bias.as_ref(), x, &y);
+        y
+    }
+}
+
+/// Hyper-parameters of a square 2-D convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvConfig {
+    /// Kernel size k (k × k).
+    pub kernel: i64,
+    /// Stride.
+    pub stride: i64,
+    /// Zero padding on each side.
+    pub padding: i64,
+    /// Dilation.
+    pub dilation: i64,
+}
+
+impl ConvConfig {
+    /// A k × k convolution with stride 1 and "same" padding for odd k.
+    pub fn same(kernel: i64) -> Self {
+        Self {
+            kernel,
+            stride: 1,
+            padding: kernel / 2,
+            dilation: 1,
+        }
+    }
+}
+
+/// A 2-D convolution (groups = 1) over `N × C × H × W` input.
+#[derive(Debug)]
+pub struct Conv2d {
+    /// Weight, `C_out × C_in × k × k`.
+    pub weight: Tensor,
+    /// Optional bias, `C_out`.
+    pub bias: Option<Tensor>,
+    /// Geometry.
+    pub cfg: ConvConfig,
+}
+
+impl Conv2d {
+    /// Creates `p/weight` and `p/bias` with PyTorch's default initialisation.
+    pub fn new(p: nn::Path, c_in: i64, c_out: i64, cfg: ConvConfig, bias: bool) -> Self {
+        let fan_in = c_in * cfg.kernel * cfg.kernel;
+        let weight = p.var(
+            "weight",
+            &[c_out, c_in, cfg.kernel, cfg.kernel],
+            default_init(fan_in),
+        );
+        let bias = bias.then(|| p.var("bias", &[c_out], default_init(fan_in)));
+        Self { weight, bias, cfg }
+    }
+
+    /// Like [`Conv2d::new`] but weight and bias start at zero (LoRA's B matrix).
+    pub fn zeros(p: nn::Path, c_in: i64, c_out: i64, cfg: ConvConfig, bias: bool) -> Self {
+        let weight = p.var(
+            "weight",
+            &[c_out, c_in, cfg.kernel, cfg.kernel],
+            nn::Init::Const(0.0),
+        );
+        let bias = bias.then(|| p.var("bias", &[c_out], nn::Init::Const(0.0)));
+        Self { weight, bias, cfg }
+    }
+
+    /// Applies the convolution; records on the tape when trainable.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let c = self.cfg;
+        let y = x.conv2d(
+            &self.weight,
+            self.bias.as_ref(),
+            [c.stride, c.stride],
+            [c.padding, c.padding],
+            [c.dilation, c.dilation],
+            1,
+        );
+        tape::record(
+            LayerKind::Conv2d(c),
+            &self.weight,
+            self.bias.as_ref(),
+            x,
+            &y,
+        );
+        y
+    }
+}
+
+/// A lookup table `y = W[idx]` for integer indices of any shape.
+#[derive(Debug)]
+pub struct Embedding {
+    /// Table, `num × dim`.
+    pub weight: Tensor,
+}
+
+impl Embedding {
+    /// Creates `p/weight` initialised N(0, 1) as in PyTorch.
+    pub fn new(p: nn::Path, num: i64, dim: i64) -> Self {
+        let weight = p.var(
+            "weight",
+            &[num, dim],
+            nn::Init::Randn {
+                mean: 0.0,
+                stdev: 1.0,
+            },
+        );
+        Self { weight }
+    }
+
+    /// Looks up `idx` (int64); records on the tape when trainable.
+    pub fn forward(&self, idx: &Tensor) -> Tensor {
+        let y = Tensor::embedding(&self.weight, idx, -1, false, false);
+        tape::record(LayerKind::Embedding, &self.weight, None, idx, &y);
+        y
+    }
+}
+
+/// Group normalisation with a per-channel affine transform, over `N × C × ...` input.
+#[derive(Debug)]
+pub struct GroupNorm {
+    /// Scale, `C`.
+    pub weight: Tensor,
+    /// Shift, `C`.
+    pub bias: Tensor,
+    /// Number of groups.
+    pub groups: i64,
+    /// Variance epsilon.
+    pub eps: f64,
+}
+
+impl GroupNorm {
+    /// Creates `p/weight` (ones) and `p/bias` (zeros).
+    pub fn new(p: nn::Path, groups: i64, channels: i64, eps: f64) -> Self {
+        let weight = p.var("weight", &[channels], nn::Init::Const(1.0));
+        let bias = p.var("bias", &[channels], nn::Init::Const(0.0));
+        Self {
+            weight,
+            bias,
+            groups,
+            eps,
+        }
+    }
+
+    /// Normalises then applies the affine map. When the affine parameters are trainable the
+    /// normalised activation (the affine input) is what the tape records.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let trainable = self.weight.requires_grad() || self.bias.requires_grad();
+        if !(trainable && tape::is_recording()) {
+            return x.group_norm(
+                self.groups,
+                Some(&self.weight),
+                Some(&self.bias),
+                self.eps,
+                true,
+            );
+        }
+        let xhat = x.group_norm(self.groups, None::<Tensor>, None::<Tensor>, self.eps, true);
+        let mut shape = vec![1, -1];
+        shape.extend(std::iter::repeat_n(1, (x.dim() - 2) as usize));
+        let y = &xhat * self.weight.view(shape.as_slice()) + self.bias.view(shape.as_slice());
+        tape::record(
+            LayerKind::GroupNormAffine,
+            &self.weight,
+            Some(&self.bias),
+            &xhat,
+            &y,
+        );
+        y
+    }
+}

@@ -1,0 +1,98 @@
+//! The activation tape: what trainable layers saw during one recorded forward pass.
+//!
+//! Recording is scoped to a thread with [`record_forward`]; layers call [`record`] and the call is a
+//! no-op unless recording is on and the layer has a parameter that requires grad. Each entry holds
+//! shallow handles (shared storage, no copy) to the layer's parameters, its input (detached) and its
+//! output (still in the autograd graph), which is all the per-sample gradient rules need.
+
+use std::cell::RefCell;
+
+use tch::Tensor;
+
+use super::layers::ConvConfig;
+
+/// Which per-sample gradient rule applies to a recorded layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerKind {
+    /// `y = x W^T + b` over the last dimension.
+    Linear,
+    /// 2-D convolution with groups = 1.
+    Conv2d(ConvConfig),
+    /// `y = W[idx]`; the recorded input is the int64 index tensor.
+    Embedding,
+    /// `y = xhat * w + b` per channel; the recorded input is the normalised `xhat`.
+    GroupNormAffine,
+}
+
+/// One recorded call of a trainable layer.
+#[derive(Debug)]
+pub struct Entry {
+    /// Rule to apply.
+    pub kind: LayerKind,
+    /// The layer's weight (shares storage with the model's parameter).
+    pub weight: Tensor,
+    /// The layer's bias, if it has one.
+    pub bias: Option<Tensor>,
+    /// The layer's input, detached from the graph.
+    pub input: Tensor,
+    /// The layer's output, in the autograd graph.
+    pub output: Tensor,
+}
+
+thread_local! {
+    static TAPE: RefCell<Option<Vec<Entry>>> = const { RefCell::new(None) };
+}
+
+/// True while a [`record_forward`] call is running on this thread.
+pub fn is_recording() -> bool {
+    TAPE.with(|t| t.borrow().is_some())
+}
+
+/// Records one layer call if recording is on and the layer has a trainable parameter.
+pub fn record(
+    kind: LayerKind,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    input: &Tensor,
+    output: &Tensor,
+) {
+    let trainable = weight.requires_grad() || bias.is_some_and(|b| b.requires_grad());
+    if !trainable {
+        return;
+    }
+    TAPE.with(|t| {
+        if let Some(entries) = t.borrow_mut().as_mut() {
+            entries.push(Entry {
+                kind,
+                weight: weight.shallow_clone(),
+                bias: bias.map(Tensor::shallow_clone),
+                input: input.detach(),
+                output: output.shallow_clone(),
+            });
+        }
+    });
+}
+
+/// Runs `f` (a forward pass) with recording on and returns its result with the tape.
+///
+/// Nested calls are not allowed: recording is already on inside `f`, so an inner call would steal
+/// the outer tape; it panics instead, which is a programming error, not bad input.
+pub fn record_forward<T>(f: impl FnOnce() -> T) -> (T, Vec<Entry>) {
+    TAPE.with(|t| {
+        let mut t = t.borrow_mut();
+        assert!(t.is_none(), "tape::record_forward must not be nested");
+        *t = Some(Vec::new());
+    });
+    // take the tape back even if `f` unwinds, so a later call on this thread starts clean
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            TAPE.with(|t| t.borrow_mut().take());
+        }
+    }
+    let guard = Reset;
+    let out = f();
+    let entries = TAPE.with(|t| t.borrow_mut().take()).unwrap_or_default();
+    drop(guard);
+    (out, entries)
+}
