@@ -1,1 +1,47 @@
-fn main() {}
+//! The `dpsynth` command-line tool: parses arguments and calls the library.
+
+mod data_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Differentially private synthetic image data: DP-SGD fine-tuning of diffusion models with
+/// low-dimensional adapters (LoDA).
+#[derive(Parser)]
+#[command(name = "dpsynth", version, about, long_about = None)]
+struct Cli {
+    /// Folder holding fetched datasets (mnist/, fashion-mnist/, cifar10/).
+    #[arg(long, global = true, default_value = "data", env = "DPSYNTH_DATA")]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fetch, inspect and visualise datasets.
+    Data {
+        #[command(subcommand)]
+        command: data_cmd::DataCommand,
+    },
+    /// The main job. For now: fetch MNIST and print its summary (the pipeline lands in later
+    /// issues).
+    Run,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Data { command } => data_cmd::run(command, &cli.data_dir),
+        Command::Run => data_cmd::run_default(&cli.data_dir),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

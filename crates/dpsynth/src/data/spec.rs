@@ -1,0 +1,148 @@
+//! Dataset specs such as `mnist:train`, `cifar10:test` or `imagefolder:PATH`, accepted wherever a
+//! dataset is asked for, and their resolution against the data folder.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use super::dataset::Dataset;
+use super::error::{DataError, Result};
+use super::{cifar, idx, imagefolder};
+
+/// Train or test split of a named dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// The training split.
+    Train,
+    /// The test split.
+    Test,
+}
+
+/// A parsed dataset spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatasetSpec {
+    /// MNIST digits, from `DATA/mnist/`.
+    Mnist(Split),
+    /// Fashion-MNIST, from `DATA/fashion-mnist/`.
+    FashionMnist(Split),
+    /// CIFAR-10, from `DATA/cifar10/` (official binary batches or an ImageFolder copy).
+    Cifar10(Split),
+    /// Any ImageFolder tree.
+    ImageFolder(PathBuf),
+}
+
+/// The spec forms accepted, for help texts and error messages.
+pub const SPEC_HELP: &str =
+    "mnist:train|test, fashion-mnist:train|test, cifar10:train|test, imagefolder:PATH";
+
+impl std::str::FromStr for DatasetSpec {
+    type Err = DataError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let (name, arg) = s
+            .split_once(':')
+            .ok_or_else(|| DataError::spec(s, format!("expected NAME:ARG, one of {SPEC_HELP}")))?;
+        let split = || match arg {
+            "train" => Ok(Split::Train),
+            "test" => Ok(Split::Test),
+            other => Err(DataError::spec(
+                s,
+                format!("unknown split '{other}': expected 'train' or 'test'"),
+            )),
+        };
+        match name {
+            "mnist" => Ok(Self::Mnist(split()?)),
+            "fashion-mnist" => Ok(Self::FashionMnist(split()?)),
+            "cifar10" => Ok(Self::Cifar10(split()?)),
+            "imagefolder" if !arg.is_empty() => Ok(Self::ImageFolder(PathBuf::from(arg))),
+            "imagefolder" => Err(DataError::spec(
+                s,
+                "imagefolder needs a path: imagefolder:PATH",
+            )),
+            other => Err(DataError::spec(
+                s,
+                format!("unknown dataset '{other}': expected one of {SPEC_HELP}"),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for DatasetSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let split = |s: &Split| match s {
+            Split::Train => "train",
+            Split::Test => "test",
+        };
+        match self {
+            Self::Mnist(s) => write!(f, "mnist:{}", split(s)),
+            Self::FashionMnist(s) => write!(f, "fashion-mnist:{}", split(s)),
+            Self::Cifar10(s) => write!(f, "cifar10:{}", split(s)),
+            Self::ImageFolder(p) => write!(f, "imagefolder:{}", p.display()),
+        }
+    }
+}
+
+/// The Fashion-MNIST class names in label order.
+pub const FASHION_CLASSES: [&str; 10] = [
+    "t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot",
+];
+
+fn require(path: PathBuf, fetch_name: &str) -> Result<PathBuf> {
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(DataError::format(
+            &path,
+            format!("not found: run `dpsynth data fetch {fetch_name}` first (or pass --data-dir)"),
+        ))
+    }
+}
+
+fn idx_files(dir: &Path, split: Split, fetch_name: &str) -> Result<(PathBuf, PathBuf)> {
+    let prefix = match split {
+        Split::Train => "train",
+        Split::Test => "t10k",
+    };
+    Ok((
+        require(dir.join(format!("{prefix}-images-idx3-ubyte")), fetch_name)?,
+        require(dir.join(format!("{prefix}-labels-idx1-ubyte")), fetch_name)?,
+    ))
+}
+
+impl DatasetSpec {
+    /// Loads the dataset, resolving named datasets under `data_dir`.
+    pub fn load(&self, data_dir: &Path) -> Result<Dataset> {
+        match self {
+            Self::Mnist(split) => {
+                let (i, l) = idx_files(&data_dir.join("mnist"), *split, "mnist")?;
+                idx::read_idx_pair(&i, &l)
+            }
+            Self::FashionMnist(split) => {
+                let (i, l) = idx_files(&data_dir.join("fashion-mnist"), *split, "fashion-mnist")?;
+                idx::read_idx_pair_named(
+                    &i,
+                    &l,
+                    FASHION_CLASSES.iter().map(|s| s.to_string()).collect(),
+                )
+            }
+            Self::Cifar10(split) => {
+                let dir = require(data_dir.join("cifar10"), "cifar10")?;
+                let bin = dir.join("cifar-10-batches-bin");
+                if bin.is_dir() {
+                    cifar::read_batches(&cifar::split_files(&bin, *split == Split::Train))
+                } else {
+                    let sub = match split {
+                        Split::Train => "train",
+                        Split::Test => "test",
+                    };
+                    imagefolder::read(&require(dir.join(sub), "cifar10")?)
+                }
+            }
+            Self::ImageFolder(root) => imagefolder::read(root),
+        }
+    }
+}
+
+/// Parses `spec` and loads it from `data_dir` in one call.
+pub fn load(spec: &str, data_dir: &Path) -> Result<Dataset> {
+    spec.parse::<DatasetSpec>()?.load(data_dir)
+}
