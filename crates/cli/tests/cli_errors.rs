@@ -1,0 +1,79 @@
+//! The binary on bad input: a message naming the file or flag, exit status 1, never a panic.
+
+use std::path::Path;
+use std::process::Command;
+
+fn dpsynth(data_dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_dpsynth"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .expect("binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn assert_clean_failure(code: i32, stderr: &str, expect: &str) {
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(stderr.contains(expect), "expected '{expect}' in: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn unknown_spec_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = dpsynth(dir.path(), &["data", "info", "svhn:train"]);
+    assert_clean_failure(code, &err, "dataset spec 'svhn:train': unknown dataset 'svhn'");
+}
+
+#[test]
+fn missing_data_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = dpsynth(dir.path(), &["data", "info", "mnist:test"]);
+    assert_clean_failure(code, &err, "t10k-images-idx3-ubyte: not found");
+}
+
+#[test]
+fn truncated_idx_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("mnist");
+    std::fs::create_dir_all(&m).unwrap();
+    std::fs::write(m.join("t10k-images-idx3-ubyte"), [0, 0, 8, 3, 0, 0, 0, 9]).unwrap();
+    std::fs::write(m.join("t10k-labels-idx1-ubyte"), [0, 0, 8, 1, 0, 0, 0, 0]).unwrap();
+    let (code, _, err) = dpsynth(dir.path(), &["data", "info", "mnist:test"]);
+    assert_clean_failure(code, &err, "t10k-images-idx3-ubyte: truncated IDX file");
+}
+
+#[test]
+fn grid_of_imagefolder_and_bad_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tree");
+    for (class, v) in [("x", 10u8), ("y", 200)] {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        image::GrayImage::from_pixel(5, 5, image::Luma([v]))
+            .save(root.join(class).join("0.png"))
+            .unwrap();
+    }
+    let spec = format!("imagefolder:{}", root.display());
+    let out = dir.path().join("grid.png");
+    let (code, stdout, err) = dpsynth(
+        dir.path(),
+        &["data", "grid", &spec, "--out", out.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("wrote"));
+    assert!(image::open(&out).is_ok());
+    let (code, _, err) = dpsynth(dir.path(), &["data", "grid", &spec, "--scale", "0"]);
+    assert_clean_failure(code, &err, "--scale");
+
+    let (code, stdout, err) = dpsynth(dir.path(), &["data", "info", &spec, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["count"], 2);
+    assert_eq!(v["per_class"][1][0], "y");
+}
