@@ -28,7 +28,11 @@ fn assert_clean_failure(code: i32, stderr: &str, expect: &str) {
 fn unknown_spec_fails_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let (code, _, err) = dpsynth(dir.path(), &["data", "info", "svhn:train"]);
-    assert_clean_failure(code, &err, "dataset spec 'svhn:train': unknown dataset 'svhn'");
+    assert_clean_failure(
+        code,
+        &err,
+        "dataset spec 'svhn:train': unknown dataset 'svhn'",
+    );
 }
 
 #[test]

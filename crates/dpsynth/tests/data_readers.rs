@@ -19,7 +19,9 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 
 /// Four 2x3 images with pixel value 10*i + position, labels 0, 1, 2, 1.
 fn tiny_idx(dir: &Path, gz: bool) -> (std::path::PathBuf, std::path::PathBuf) {
-    let pixels: Vec<u8> = (0..4).flat_map(|i| (0..6).map(move |p| 10 * i + p)).collect();
+    let pixels: Vec<u8> = (0..4)
+        .flat_map(|i| (0..6).map(move |p| 10 * i + p))
+        .collect();
     let (mut imgs, mut labs) = (
         idx::encode_images(4, 2, 3, &pixels),
         idx::encode_labels(&[0, 1, 2, 1]),
@@ -137,7 +139,10 @@ fn cifar_label_out_of_range() {
     let f = dir.path().join("test_batch.bin");
     write(&f, &[cifar_record(0, 1), cifar_record(10, 1)].concat());
     let msg = err_text(cifar::read_batches(&[f]).unwrap_err());
-    assert!(msg.contains("label 10 of record 1 is out of range"), "{msg}");
+    assert!(
+        msg.contains("label 10 of record 1 is out of range"),
+        "{msg}"
+    );
 }
 
 fn png(path: &Path, w: u32, h: u32, value: u8) {
@@ -249,7 +254,9 @@ fn missing_paths_are_errors() {
     assert!(msg.contains("train-images-idx3-ubyte: not found"), "{msg}");
     assert!(msg.contains("dpsynth data fetch mnist"), "{msg}");
     let missing = dir.path().join("nowhere");
-    let msg = err_text(data::load(&format!("imagefolder:{}", missing.display()), dir.path()).unwrap_err());
+    let msg = err_text(
+        data::load(&format!("imagefolder:{}", missing.display()), dir.path()).unwrap_err(),
+    );
     assert!(msg.contains("nowhere: no such folder"), "{msg}");
     let msg = err_text(data::load("cifar10:test", dir.path()).unwrap_err());
     assert!(msg.contains("dpsynth data fetch cifar10"), "{msg}");
@@ -291,7 +298,14 @@ fn grid_has_one_row_per_class() {
 fn cifar_fetch_from_binary_folder_is_idempotent_and_atomic() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("cifar-10-batches-bin");
-    for f in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"] {
+    for f in [
+        "data_batch_1",
+        "data_batch_2",
+        "data_batch_3",
+        "data_batch_4",
+        "data_batch_5",
+        "test_batch",
+    ] {
         write(&src.join(format!("{f}.bin")), &cifar_record(2, 5));
     }
     let data_dir = dir.path().join("data");
@@ -301,7 +315,10 @@ fn cifar_fetch_from_binary_folder_is_idempotent_and_atomic() {
     assert!(fetch::fetch("cifar10", &data_dir, Some(&empty)).is_err());
     assert!(!data_dir.join("cifar10").exists());
     let leftovers: Vec<_> = std::fs::read_dir(&data_dir).unwrap().collect();
-    assert!(leftovers.is_empty(), "staging folder left behind: {leftovers:?}");
+    assert!(
+        leftovers.is_empty(),
+        "staging folder left behind: {leftovers:?}"
+    );
 
     let first = fetch::fetch("cifar10", &data_dir, Some(dir.path())).unwrap();
     assert!(matches!(first, fetch::Outcome::Fetched(_)));
@@ -326,7 +343,11 @@ fn cifar_fetch_from_tarball() {
     header.set_mode(0o644);
     header.set_cksum();
     builder
-        .append_data(&mut header.clone(), "cifar-10-batches-bin/test_batch.bin", &rec[..])
+        .append_data(
+            &mut header.clone(),
+            "cifar-10-batches-bin/test_batch.bin",
+            &rec[..],
+        )
         .unwrap();
     builder.into_inner().unwrap().finish().unwrap();
     let data_dir = dir.path().join("data");
@@ -352,5 +373,8 @@ fn mnist_folder_with_a_bad_checksum_is_reported() {
     let msg = err_text(fetch::fetch("mnist", dir.path(), None).unwrap_err());
     assert!(msg.contains("does not match the official"), "{msg}");
     // the data is left as it was, for the user to inspect
-    assert_eq!(std::fs::read(m.join(fetch::MNIST_MD5[0].0)).unwrap(), b"not mnist");
+    assert_eq!(
+        std::fs::read(m.join(fetch::MNIST_MD5[0].0)).unwrap(),
+        b"not mnist"
+    );
 }
