@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::Subcommand;
-use dpsynth::data::{self, fetch, grid, spec::SPEC_HELP};
+use dpsynth::data::{self, fetch, font_digits, grid, spec::SPEC_HELP};
 
 #[derive(Subcommand)]
 pub enum DataCommand {
@@ -17,7 +17,8 @@ pub enum DataCommand {
     /// cifar-10-binary.tar.gz, its extracted folder, or an ImageFolder tree with train/ and
     /// test/), else from ../shared/data/cifar10-jpeg.tar.gz when it exists.
     Fetch {
-        /// Dataset name: mnist, fashion-mnist or cifar10.
+        /// Dataset name: mnist, fashion-mnist, cifar10 or fonts (free fonts from Debian packages,
+        /// for `data generate font-digits`).
         name: String,
         /// Data folder (overrides the global --data-dir).
         #[arg(long)]
@@ -25,6 +26,24 @@ pub enum DataCommand {
         /// Local copy to import (cifar10 only).
         #[arg(long)]
         from: Option<PathBuf>,
+    },
+    /// Generate a public dataset. `font-digits`: digits rendered from the free fonts fetched by
+    /// `dpsynth data fetch fonts`, each with a random stroke thickness (3x3 dilation/erosion),
+    /// rotation (±15°), shear (±0.3), aspect ratio (0.8-1.2) and size (longer side 16-20 px), centred
+    /// by centre of mass in 28x28 like MNIST. Written as IDX files to DATA/font-digits and read as
+    /// `font-digits:train|test`. Repeatable with --seed.
+    Generate {
+        /// What to generate: font-digits.
+        name: String,
+        /// Training images.
+        #[arg(long, default_value_t = 60000)]
+        train: usize,
+        /// Test images.
+        #[arg(long, default_value_t = 10000)]
+        test: usize,
+        /// Seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
     /// Print count, shape, per-class counts, and pixel mean and std of a dataset.
     Info {
@@ -61,6 +80,34 @@ pub fn run(cmd: DataCommand, data_dir: &Path) -> Result<()> {
                 }
                 fetch::Outcome::Fetched(p) => println!("{name}: fetched into {}", p.display()),
             }
+        }
+        DataCommand::Generate {
+            name,
+            train,
+            test,
+            seed,
+        } => {
+            anyhow::ensure!(
+                name == "font-digits",
+                "unknown generator '{name}': expected font-digits"
+            );
+            anyhow::ensure!(train > 0, "--train must be at least 1");
+            let fonts = data_dir.join("fonts");
+            if !fonts.exists() {
+                run(
+                    DataCommand::Fetch {
+                        name: "fonts".into(),
+                        dir: None,
+                        from: None,
+                    },
+                    data_dir,
+                )?;
+            }
+            let out = font_digits::write_dataset(&fonts, data_dir, train, test, seed)?;
+            println!(
+                "font-digits: wrote {train} train and {test} test images to {}",
+                out.display()
+            );
         }
         DataCommand::Info { spec, json } => {
             let ds = data::load(&spec, data_dir)?;

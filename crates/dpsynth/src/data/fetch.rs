@@ -15,7 +15,7 @@ use super::error::{DataError, Result};
 use super::idx;
 
 /// The datasets `dpsynth data fetch` knows.
-pub const FETCHABLE: [&str; 3] = ["mnist", "fashion-mnist", "cifar10"];
+pub const FETCHABLE: [&str; 4] = ["mnist", "fashion-mnist", "cifar10", "fonts"];
 
 /// Official md5 of the raw (uncompressed) MNIST IDX files.
 pub const MNIST_MD5: [(&str, &str); 4] = [
@@ -68,6 +68,7 @@ pub fn fetch(name: &str, data_dir: &Path, source: Option<&Path>) -> Result<Outco
         "mnist" => fetch_mnist(data_dir),
         "fashion-mnist" => fetch_fashion(data_dir),
         "cifar10" => fetch_cifar10(data_dir, source),
+        "fonts" => fetch_fonts(data_dir),
         other => Err(DataError::fetch(
             other,
             format!("unknown dataset: expected one of {}", FETCHABLE.join(", ")),
@@ -245,38 +246,7 @@ fn fetch_fashion(data_dir: &Path) -> Result<Outcome> {
     }
     let stage = staging(&target)?;
     let download = tempfile::tempdir().map_err(|e| DataError::io(std::env::temp_dir(), e))?;
-    let get = || {
-        run(
-            "fashion-mnist",
-            Command::new("apt-get")
-                .args(["download", "dataset-fashion-mnist"])
-                .current_dir(download.path()),
-        )
-    };
-    if let Err(first) = get() {
-        // a fresh machine may have no package lists yet; refresh them once if we may
-        let refreshed = run(
-            "fashion-mnist",
-            Command::new("apt-get").args(["update", "-qq"]),
-        );
-        if refreshed.is_err() {
-            return Err(DataError::fetch(
-                "fashion-mnist",
-                format!("{first}; try `apt-get update` and fetch again"),
-            ));
-        }
-        get()?;
-    }
-    let deb = std::fs::read_dir(download.path())
-        .map_err(|e| DataError::io(download.path(), e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .ok_or_else(|| DataError::fetch("fashion-mnist", "apt-get download wrote no .deb"))?;
-    let root = download.path().join("x");
-    run(
-        "fashion-mnist",
-        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root),
-    )?;
+    let root = deb_extract("fashion-mnist", "dataset-fashion-mnist", download.path())?;
     let src_dir = root.join("usr/share/datasets/fashion-mnist");
     for (file, sum) in FASHION_MD5 {
         let src = src_dir.join(format!("{file}.gz"));
@@ -284,6 +254,120 @@ fn fetch_fashion(data_dir: &Path) -> Result<Outcome> {
         check_md5(&src, &bytes, sum)?;
         let dst = stage.path().join(file);
         std::fs::write(&dst, bytes).map_err(|e| DataError::io(&dst, e))?;
+    }
+    commit_staging(stage, &target)
+}
+
+/// Downloads Debian package `package` with `apt-get download` (no root needed) into `work` and
+/// unpacks it with `dpkg-deb -x`; returns the unpacked root. Refreshes the package lists once when
+/// the package is unknown and that is allowed.
+fn deb_extract(name: &str, package: &str, work: &Path) -> Result<PathBuf> {
+    let dl = work.join(format!("{package}.download"));
+    std::fs::create_dir_all(&dl).map_err(|e| DataError::io(&dl, e))?;
+    let get = || {
+        run(
+            name,
+            Command::new("apt-get")
+                .args(["download", package])
+                .current_dir(&dl),
+        )
+    };
+    if let Err(first) = get() {
+        // a fresh machine may have no package lists yet; refresh them once if we may
+        if run(name, Command::new("apt-get").args(["update", "-qq"])).is_err() {
+            return Err(DataError::fetch(
+                name,
+                format!("{first}; try `apt-get update` and fetch again"),
+            ));
+        }
+        get()?;
+    }
+    let deb = std::fs::read_dir(&dl)
+        .map_err(|e| DataError::io(&dl, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .ok_or_else(|| {
+            DataError::fetch(name, format!("apt-get download {package} wrote no .deb"))
+        })?;
+    let root = work.join(package);
+    run(
+        name,
+        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root),
+    )?;
+    Ok(root)
+}
+
+/// Debian font packages whose digits make the public `font-digits` data (see `font_digits`).
+/// All are free fonts (SIL OFL, GPL with font exception, Apache, or similar); the copyright file
+/// of each is kept beside its fonts.
+pub const FONT_PACKAGES: [&str; 20] = [
+    "fonts-dejavu-core",
+    "fonts-dejavu-extra",
+    "fonts-freefont-ttf",
+    "fonts-liberation2",
+    "fonts-urw-base35",
+    "fonts-comic-neue",
+    "fonts-dkg-handwriting",
+    "fonts-breip",
+    "fonts-bwht",
+    "fonts-femkeklaver",
+    "fonts-humor-sans",
+    "fonts-dancingscript",
+    "fonts-cantarell",
+    "fonts-roboto-unhinted",
+    "fonts-open-sans",
+    "fonts-lato",
+    "fonts-crosextra-carlito",
+    "fonts-ebgaramond",
+    "fonts-linuxlibertine",
+    "fonts-sil-gentium",
+];
+
+fn fetch_fonts(data_dir: &Path) -> Result<Outcome> {
+    let target = data_dir.join("fonts");
+    if target.exists() {
+        return Ok(Outcome::AlreadyPresent(target));
+    }
+    let stage = staging(&target)?;
+    let work = tempfile::tempdir().map_err(|e| DataError::io(std::env::temp_dir(), e))?;
+    for package in FONT_PACKAGES {
+        let root = deb_extract("fonts", package, work.path())?;
+        let dest = stage.path().join(package);
+        std::fs::create_dir_all(&dest).map_err(|e| DataError::io(&dest, e))?;
+        let mut fonts = 0;
+        let mut stack = vec![root.join("usr/share/fonts")];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let p = e.path();
+                // symlinks point into the package's own tree or to other packages: skip them
+                let meta = std::fs::symlink_metadata(&p).map_err(|err| DataError::io(&p, err))?;
+                if meta.is_dir() {
+                    stack.push(p);
+                } else if meta.is_file()
+                    && p.extension()
+                        .and_then(|x| x.to_str())
+                        .is_some_and(|x| matches!(x.to_ascii_lowercase().as_str(), "ttf" | "otf"))
+                {
+                    let to = dest.join(e.file_name());
+                    std::fs::copy(&p, &to).map_err(|err| DataError::io(&p, err))?;
+                    fonts += 1;
+                }
+            }
+        }
+        if fonts == 0 {
+            return Err(DataError::fetch(
+                "fonts",
+                format!("{package} holds no .ttf or .otf file"),
+            ));
+        }
+        let copyright = root.join(format!("usr/share/doc/{package}/copyright"));
+        if copyright.is_file() {
+            let to = dest.join("copyright");
+            std::fs::copy(&copyright, &to).map_err(|e| DataError::io(&copyright, e))?;
+        }
     }
     commit_staging(stage, &target)
 }

@@ -5,6 +5,7 @@ pub mod cifar;
 pub mod dataset;
 pub mod error;
 pub mod fetch;
+pub mod font_digits;
 pub mod grid;
 pub mod idx;
 pub mod imagefolder;

@@ -24,6 +24,8 @@ pub enum DatasetSpec {
     Mnist(Split),
     /// Fashion-MNIST, from `DATA/fashion-mnist/`.
     FashionMnist(Split),
+    /// Digits rendered from free fonts (public pretraining data), from `DATA/font-digits/`.
+    FontDigits(Split),
     /// CIFAR-10, from `DATA/cifar10/` (official binary batches or an ImageFolder copy).
     Cifar10(Split),
     /// Any ImageFolder tree.
@@ -52,6 +54,7 @@ impl std::str::FromStr for DatasetSpec {
         match name {
             "mnist" => Ok(Self::Mnist(split()?)),
             "fashion-mnist" => Ok(Self::FashionMnist(split()?)),
+            "font-digits" => Ok(Self::FontDigits(split()?)),
             "cifar10" => Ok(Self::Cifar10(split()?)),
             "imagefolder" if !arg.is_empty() => Ok(Self::ImageFolder(PathBuf::from(arg))),
             "imagefolder" => Err(DataError::spec(
@@ -75,6 +78,7 @@ impl fmt::Display for DatasetSpec {
         match self {
             Self::Mnist(s) => write!(f, "mnist:{}", split(s)),
             Self::FashionMnist(s) => write!(f, "fashion-mnist:{}", split(s)),
+            Self::FontDigits(s) => write!(f, "font-digits:{}", split(s)),
             Self::Cifar10(s) => write!(f, "cifar10:{}", split(s)),
             Self::ImageFolder(p) => write!(f, "imagefolder:{}", p.display()),
         }
@@ -90,9 +94,14 @@ fn require(path: PathBuf, fetch_name: &str) -> Result<PathBuf> {
     if path.exists() {
         Ok(path)
     } else {
+        let how = if fetch_name == "font-digits" {
+            "dpsynth data generate font-digits".to_string()
+        } else {
+            format!("dpsynth data fetch {fetch_name}")
+        };
         Err(DataError::format(
             &path,
-            format!("not found: run `dpsynth data fetch {fetch_name}` first (or pass --data-dir)"),
+            format!("not found: run `{how}` first (or pass --data-dir)"),
         ))
     }
 }
@@ -123,6 +132,10 @@ impl DatasetSpec {
                     &l,
                     FASHION_CLASSES.iter().map(|s| s.to_string()).collect(),
                 )
+            }
+            Self::FontDigits(split) => {
+                let (i, l) = idx_files(&data_dir.join("font-digits"), *split, "font-digits")?;
+                idx::read_idx_pair(&i, &l)
             }
             Self::Cifar10(split) => {
                 let dir = require(data_dir.join("cifar10"), "cifar10")?;
