@@ -6,3 +6,4 @@
 pub mod data;
 pub mod dp;
 pub mod fsutil;
+pub mod metrics;
