@@ -1,6 +1,7 @@
 //! The `dpsynth` command-line tool: parses arguments and calls the library.
 
 mod data_cmd;
+mod privacy_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +27,11 @@ enum Command {
         #[command(subcommand)]
         command: data_cmd::DataCommand,
     },
+    /// Privacy arithmetic for DP-SGD: ε of a schedule, or σ for a target ε.
+    Privacy {
+        #[command(subcommand)]
+        command: privacy_cmd::PrivacyCommand,
+    },
     /// The main job. For now: fetch MNIST and print its summary (the pipeline lands in later
     /// issues).
     Run,
@@ -41,6 +47,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Data { command } => data_cmd::run(command, &cli.data_dir),
+        Command::Privacy { command } => privacy_cmd::run(command),
         Command::Run => data_cmd::run_default(&cli.data_dir),
     };
     match result {
