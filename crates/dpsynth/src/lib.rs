@@ -4,4 +4,6 @@
 //! U-Net with LoDA adapters, samplers and downstream evaluation.
 
 pub mod data;
+pub mod diffusion;
 pub mod dp;
+pub mod nn;
