@@ -91,9 +91,7 @@ pub fn save_safetensors(vs: &VarStore, file: &Path) -> Result<()> {
         .collect();
     let named: Vec<(String, Tensor)> = named.into_iter().collect();
     let dir = parent_dir(file);
-    let tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .suffix(".safetensors.partial")
+    let tmp = temp_builder(".safetensors.partial")
         .tempfile_in(dir)
         .with_context(|| format!("cannot create a temp file in {}", dir.display()))?;
     Tensor::write_safetensors(&named, tmp.path())
@@ -104,14 +102,25 @@ pub fn save_safetensors(vs: &VarStore, file: &Path) -> Result<()> {
 /// Writes `bytes` to `path` atomically (temp file in the same folder, fsync, rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = parent_dir(path);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .suffix(".partial")
+    let mut tmp = temp_builder(".partial")
         .tempfile_in(dir)
         .with_context(|| format!("cannot create a temp file in {}", dir.display()))?;
     tmp.write_all(bytes)
         .with_context(|| format!("cannot write {}", tmp.path().display()))?;
     persist(tmp, path)
+}
+
+/// A temp file builder whose files end up readable by all like ordinary files (tempfile's
+/// default is owner-only, which a model shared between users should not be).
+fn temp_builder(suffix: &str) -> tempfile::Builder<'_, '_> {
+    let mut b = tempfile::Builder::new();
+    b.prefix(".tmp-").suffix(suffix);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        b.permissions(std::fs::Permissions::from_mode(0o644));
+    }
+    b
 }
 
 fn parent_dir(path: &Path) -> &Path {
