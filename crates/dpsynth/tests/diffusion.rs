@@ -188,7 +188,7 @@ fn sampling_is_repeatable_with_a_seed() {
 }
 
 #[test]
-fn guidance_needs_a_null_class() {
+fn bad_sampler_input_is_an_error() {
     struct Uncond;
     impl EpsModel for Uncond {
         fn predict_eps(&self, x: &Tensor, _: &Tensor, _: &Tensor) -> Tensor {
@@ -201,6 +201,18 @@ fn guidance_needs_a_null_class() {
     let s = NoiseSchedule::linear(100).unwrap();
     let cfg = SamplerConfig::ddim(10, 2.0);
     assert!(sample(&Uncond, &s, &[0], [1, 4, 4], &cfg, 0, Device::Cpu).is_err());
+    let unet = small_unet();
+    let cfg = SamplerConfig::ddim(2, 1.0);
+    let msg = format!(
+        "{:#}",
+        sample(&unet, &s, &[0, 11], [1, 16, 16], &cfg, 0, Device::Cpu).unwrap_err()
+    );
+    assert!(msg.contains("0..=10"), "{msg}");
+    let msg = format!(
+        "{:#}",
+        sample(&unet, &s, &[0], [3, 16, 16], &cfg, 0, Device::Cpu).unwrap_err()
+    );
+    assert!(msg.contains("[B, 1, H, W]"), "{msg}");
     let cfg = SamplerConfig::ddim(101, 1.0);
     assert!(sample(&Uncond, &s, &[0], [1, 4, 4], &cfg, 0, Device::Cpu).is_err());
 }

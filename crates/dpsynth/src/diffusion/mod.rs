@@ -7,6 +7,7 @@ pub mod noise;
 pub mod sampler;
 pub mod schedule;
 
+use anyhow::Result;
 use tch::Tensor;
 
 use crate::nn::unet::UNet;
@@ -21,6 +22,12 @@ pub trait EpsModel {
     /// The label that means "no class" (classifier-free guidance and class dropout); `None` for
     /// an unconditional model.
     fn null_class(&self) -> Option<i64>;
+
+    /// Checks one batch of inputs before a run, so bad input is an error rather than a
+    /// libtorch panic. The default accepts everything.
+    fn check_input(&self, _x: &Tensor, _t: &Tensor, _labels: &Tensor) -> Result<()> {
+        Ok(())
+    }
 }
 
 impl EpsModel for UNet {
@@ -30,5 +37,9 @@ impl EpsModel for UNet {
 
     fn null_class(&self) -> Option<i64> {
         UNet::null_class(self)
+    }
+
+    fn check_input(&self, x: &Tensor, t: &Tensor, labels: &Tensor) -> Result<()> {
+        UNet::check_input(self, x, t, labels)
     }
 }

@@ -223,13 +223,21 @@ pub fn sample(
         SamplerKind::Ddpm => true,
         SamplerKind::Ddim { eta } => eta > 0.0,
     };
+    if let Some(null) = null {
+        if let Some(bad) = labels.iter().find(|&&l| l < 0 || l > null) {
+            bail!("class label {bad} is outside 0..={null} (the last is the null class)");
+        }
+    }
     let mut out = Vec::new();
     for (chunk_index, chunk) in labels.chunks(cfg.batch_size).enumerate() {
         let first = chunk_index * cfg.batch_size;
         let mut noise = ImageNoise::new(seed, first, chunk.len(), shape);
         let y = Tensor::from_slice(chunk).to_device(device);
+        let x = noise.next(device);
+        let t0 = Tensor::full([chunk.len() as i64], ts[0], (Kind::Int64, device));
+        model.check_input(&x, &t0, &y)?;
         let images = tch::no_grad(|| {
-            let mut x = noise.next(device);
+            let mut x = x;
             for (i, &t) in ts.iter().enumerate() {
                 let t_prev = ts.get(i + 1).copied().unwrap_or(-1);
                 let eps = guided_eps(model, &x, t, &y, cfg.guidance_scale, null);

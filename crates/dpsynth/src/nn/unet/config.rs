@@ -325,6 +325,27 @@ impl UNetConfig {
         Ok((head_dim, channels / head_dim))
     }
 
+    /// Channels of every attention layer the config asks for (down, mid and up blocks).
+    fn attention_channels(&self) -> Result<Vec<i64>> {
+        let ch = &self.block_out_channels;
+        let n = ch.len();
+        let mut out = Vec::new();
+        for (i, kind) in self.down_blocks()?.into_iter().enumerate() {
+            if kind == DownBlockKind::Attn {
+                out.push(ch[i]);
+            }
+        }
+        if self.mid_block_type.is_some() && self.add_attention {
+            out.push(ch[n - 1]);
+        }
+        for (i, kind) in self.up_blocks()?.into_iter().enumerate() {
+            if kind == UpBlockKind::Attn {
+                out.push(ch[n - 1 - i]);
+            }
+        }
+        Ok(out)
+    }
+
     /// Checks every key against what this implementation supports; the error names the key.
     pub fn validate(&self) -> Result<()> {
         let n = self.block_out_channels.len();
@@ -415,6 +436,8 @@ impl UNetConfig {
                 c % g == 0,
                 "`norm_num_groups` {g} does not divide block_out_channels entry {c}"
             );
+        }
+        for c in self.attention_channels()? {
             self.attention_heads(c)
                 .with_context(|| format!("attention over {c} channels"))?;
         }
@@ -501,6 +524,20 @@ mod tests {
         let err =
             UNetConfig::from_json(r#"{"down_block_types": ["CrossAttnDownBlock2D"]}"#).unwrap_err();
         assert!(format!("{err:#}").contains("down_block_types"));
+    }
+
+    #[test]
+    fn head_dim_only_matters_where_there_is_attention() {
+        let ok = r#"{"block_out_channels": [4, 16], "norm_num_groups": 4,
+            "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+            "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]}"#;
+        UNetConfig::from_json(ok).unwrap();
+        let bad = ok.replace(
+            "[\"DownBlock2D\", \"AttnDownBlock2D\"]",
+            "[\"AttnDownBlock2D\", \"DownBlock2D\"]",
+        );
+        let msg = format!("{:#}", UNetConfig::from_json(&bad).unwrap_err());
+        assert!(msg.contains("attention_head_dim"), "{msg}");
     }
 
     #[test]
