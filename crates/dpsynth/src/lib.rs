@@ -4,6 +4,8 @@
 //! U-Net with LoDA adapters, samplers and downstream evaluation.
 
 pub mod data;
+pub mod diffusion;
 pub mod dp;
 pub mod fsutil;
 pub mod metrics;
+pub mod nn;

@@ -1,0 +1,181 @@
+//! Times non-private U-Net training (forward + backward + AdamW) and DDIM sampling with
+//! classifier-free guidance. The PyTorch + diffusers peer is `bench/peers/diffusers_unet.py`;
+//! see `bench/README.md`.
+//!
+//! ```text
+//! cargo run --release -p dpsynth --example bench_unet -- \
+//!     [--config bench/unet_mnist.json] [--device cpu|cuda] [--train-batch 64] [--train-iters 10]
+//!     [--sample-batch 16] [--sample-steps 50] [--guidance 3.0] [--threads N]
+//! ```
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use dpsynth::diffusion::loss::{eps_loss, LossConfig};
+use dpsynth::diffusion::sampler::{sample, SamplerConfig};
+use dpsynth::diffusion::NoiseSchedule;
+use dpsynth::nn::unet::{UNet, UNetConfig};
+use tch::nn::OptimizerConfig;
+use tch::{Device, Kind, Tensor};
+
+struct Args {
+    config: PathBuf,
+    device: Device,
+    train_batch: i64,
+    train_iters: usize,
+    sample_batch: usize,
+    sample_steps: usize,
+    guidance: f64,
+    threads: Option<i32>,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        config: PathBuf::from("bench/unet_mnist.json"),
+        device: Device::Cpu,
+        train_batch: 64,
+        train_iters: 10,
+        sample_batch: 16,
+        sample_steps: 50,
+        guidance: 3.0,
+        threads: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        let bad = || format!("bad value {value:?} for {flag}");
+        match flag.as_str() {
+            "--config" => a.config = PathBuf::from(&value),
+            "--device" => {
+                a.device = match value.as_str() {
+                    "cpu" => Device::Cpu,
+                    "cuda" => Device::Cuda(0),
+                    _ => bail!(bad()),
+                }
+            }
+            "--train-batch" => a.train_batch = value.parse().with_context(bad)?,
+            "--train-iters" => a.train_iters = value.parse().with_context(bad)?,
+            "--sample-batch" => a.sample_batch = value.parse().with_context(bad)?,
+            "--sample-steps" => a.sample_steps = value.parse().with_context(bad)?,
+            "--guidance" => a.guidance = value.parse().with_context(bad)?,
+            "--threads" => a.threads = Some(value.parse().with_context(bad)?),
+            _ => bail!("unknown flag {flag}"),
+        }
+    }
+    Ok(a)
+}
+
+/// CPU seconds (user + system) this process has used, from /proc/self/stat (Linux); with other
+/// jobs on the machine it is steadier than wall time. `None` elsewhere.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // fields after the parenthesised command name; utime and stime are fields 14 and 15
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// Wall and CPU seconds of `f`.
+fn timed<T>(device: Device, f: impl FnOnce() -> Result<T>) -> Result<(T, f64, f64)> {
+    sync(device);
+    let (start, cpu0) = (Instant::now(), cpu_seconds());
+    let out = f()?;
+    sync(device);
+    let wall = start.elapsed().as_secs_f64();
+    let cpu = match (cpu0, cpu_seconds()) {
+        (Some(a), Some(b)) => b - a,
+        _ => f64::NAN,
+    };
+    Ok((out, wall, cpu))
+}
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    if let Some(n) = args.threads {
+        tch::set_num_threads(n);
+    }
+    let config = UNetConfig::load(&args.config)?;
+    let [c, h, w] = {
+        let (h, w) = config
+            .sample_size
+            .context("the bench config needs sample_size")?
+            .hw();
+        [config.in_channels, h, w]
+    };
+    let classes = config
+        .num_class_embeds
+        .context("the bench config needs num_class_embeds")?
+        - 1;
+    tch::manual_seed(0);
+    let unet = UNet::new(config, args.device)?;
+    let params: i64 = unet.vs.variables().values().map(|v| v.numel() as i64).sum();
+    let schedule = NoiseSchedule::linear(1000)?;
+    println!(
+        "dpsynth U-Net: {params} parameters, device {:?}, torch threads {}",
+        args.device,
+        tch::get_num_threads()
+    );
+
+    // training: forward + backward + AdamW on random data
+    let mut opt = tch::nn::AdamW::default().build(&unet.vs, 1e-4)?;
+    let b = args.train_batch;
+    let x0 = Tensor::rand([b, c, h, w], (Kind::Float, args.device)) * 2.0 - 1.0;
+    let labels = Tensor::randint(classes, [b], (Kind::Int64, args.device));
+    let loss_cfg = LossConfig::default();
+    let mut step = || -> Result<()> {
+        let loss = eps_loss(&unet, &schedule, &x0, &labels, &loss_cfg)?.mean(Kind::Float);
+        opt.zero_grad();
+        loss.backward();
+        opt.step();
+        Ok(())
+    };
+    for _ in 0..2 {
+        step()?;
+    }
+    let ((), secs, cpu) = timed(args.device, || {
+        for _ in 0..args.train_iters {
+            step()?;
+        }
+        Ok(())
+    })?;
+    let n = b as f64 * args.train_iters as f64;
+    println!(
+        "train: batch {b}, {} iters in {secs:.2}s wall, {cpu:.2}s CPU: {:.1} samples/s, {:.1} samples/CPU-s",
+        args.train_iters,
+        n / secs,
+        n / cpu
+    );
+
+    // sampling: DDIM with guidance (one forward of 2B rows per step)
+    let cfg = SamplerConfig {
+        batch_size: args.sample_batch,
+        ..SamplerConfig::ddim(args.sample_steps, args.guidance)
+    };
+    let labels: Vec<i64> = (0..args.sample_batch as i64).map(|i| i % classes).collect();
+    // warm-up with few steps
+    let warm = SamplerConfig {
+        num_steps: 2,
+        ..cfg
+    };
+    let _ = sample(&unet, &schedule, &labels, [c, h, w], &warm, 0, args.device)?;
+    let (images, secs, cpu) = timed(args.device, || {
+        sample(&unet, &schedule, &labels, [c, h, w], &cfg, 1, args.device)
+    })?;
+    let n = images.size()[0] as f64;
+    println!(
+        "sample: DDIM-{} guidance {}, {n} images in {secs:.2}s wall, {cpu:.2}s CPU: {:.2} images/s, {:.2} images/CPU-s",
+        args.sample_steps,
+        args.guidance,
+        n / secs,
+        n / cpu
+    );
+    Ok(())
+}

@@ -1,0 +1,45 @@
+//! Diffusion math: noise schedules, the ε-prediction training loss, DDPM/DDIM samplers with
+//! classifier-free guidance, and an exponential moving average of weights.
+
+pub mod ema;
+pub mod loss;
+pub mod noise;
+pub mod sampler;
+pub mod schedule;
+
+use anyhow::Result;
+use tch::Tensor;
+
+use crate::nn::unet::UNet;
+
+pub use schedule::{BetaSchedule, NoiseSchedule};
+
+/// A network that predicts the noise ε in `x_t` (what the loss trains and the samplers call).
+pub trait EpsModel {
+    /// ε for `x` `[B, C, H, W]` at int64 timesteps `t` `[B]` with int64 class labels `[B]`.
+    fn predict_eps(&self, x: &Tensor, t: &Tensor, labels: &Tensor) -> Tensor;
+
+    /// The label that means "no class" (classifier-free guidance and class dropout); `None` for
+    /// an unconditional model.
+    fn null_class(&self) -> Option<i64>;
+
+    /// Checks one batch of inputs before a run, so bad input is an error rather than a
+    /// libtorch panic. The default accepts everything.
+    fn check_input(&self, _x: &Tensor, _t: &Tensor, _labels: &Tensor) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl EpsModel for UNet {
+    fn predict_eps(&self, x: &Tensor, t: &Tensor, labels: &Tensor) -> Tensor {
+        self.forward(x, t, labels)
+    }
+
+    fn null_class(&self) -> Option<i64> {
+        UNet::null_class(self)
+    }
+
+    fn check_input(&self, x: &Tensor, t: &Tensor, labels: &Tensor) -> Result<()> {
+        UNet::check_input(self, x, t, labels)
+    }
+}

@@ -1,0 +1,295 @@
+//! DDPM (ancestral) and DDIM samplers with classifier-free guidance.
+//!
+//! Both walk a decreasing list of timesteps (all `T` of them, or `num_steps` spaced "leading" or
+//! "trailing" as in diffusers), predicting ε with guidance
+//! `ε = ε_uncond + w (ε_cond − ε_uncond)` from one forward pass over `2B` rows (conditional rows
+//! then null-class rows), estimating `x̂0` (clipped to [-1, 1] like diffusers' `clip_sample`) and
+//! stepping to the next timestep. Noise comes from per-image seeded streams
+//! ([`ImageNoise`]), so a run is repeatable and an image does not depend on its batch.
+
+use anyhow::{bail, ensure, Result};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use super::noise::ImageNoise;
+use super::{EpsModel, NoiseSchedule};
+
+/// How `num_steps` inference timesteps are picked from `0..T` (diffusers' `timestep_spacing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Spacing {
+    /// `t_i = i · ⌊T / n⌋`, i = n−1 … 0 (ends at t = 0).
+    Leading,
+    /// `t_i = round(T − i · T / n) − 1`, i = 0 … n−1 (starts at t = T − 1).
+    Trailing,
+}
+
+/// Which update rule.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SamplerKind {
+    /// Ancestral sampling from the DDPM posterior with the "fixed small" variance.
+    Ddpm,
+    /// DDIM; `eta` = 0 is deterministic, 1 matches DDPM's variance.
+    Ddim {
+        /// Scale of the per-step noise.
+        eta: f64,
+    },
+}
+
+/// Options of [`sample`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SamplerConfig {
+    /// Update rule.
+    pub kind: SamplerKind,
+    /// Number of denoising steps (≤ T).
+    pub num_steps: usize,
+    /// How the steps are spaced.
+    pub spacing: Spacing,
+    /// Classifier-free guidance weight w (1 = conditional model only, 0 = unconditional only).
+    pub guidance_scale: f64,
+    /// Images per forward pass (each pass runs 2× as many rows when guiding).
+    pub batch_size: usize,
+    /// Clip the x̂0 estimate to [-1, 1] at each step (diffusers' `clip_sample`).
+    pub clip_sample: bool,
+}
+
+impl SamplerConfig {
+    /// DDIM with `num_steps` steps, η = 0, "leading" spacing, guidance `w`, batches of 256.
+    pub fn ddim(num_steps: usize, guidance_scale: f64) -> Self {
+        Self {
+            kind: SamplerKind::Ddim { eta: 0.0 },
+            num_steps,
+            spacing: Spacing::Leading,
+            guidance_scale,
+            batch_size: 256,
+            clip_sample: true,
+        }
+    }
+
+    /// DDPM over all `T` timesteps, guidance `w`, batches of 256.
+    pub fn ddpm(num_train_timesteps: usize, guidance_scale: f64) -> Self {
+        Self {
+            kind: SamplerKind::Ddpm,
+            num_steps: num_train_timesteps,
+            spacing: Spacing::Leading,
+            guidance_scale,
+            batch_size: 256,
+            clip_sample: true,
+        }
+    }
+}
+
+/// The decreasing inference timesteps, as diffusers' `set_timesteps` with `steps_offset = 0`.
+pub fn timesteps(
+    num_train_timesteps: usize,
+    num_steps: usize,
+    spacing: Spacing,
+) -> Result<Vec<i64>> {
+    let (t_max, n) = (num_train_timesteps, num_steps);
+    ensure!(
+        (1..=t_max).contains(&n),
+        "number of sampling steps must be in 1..={t_max}, got {n}"
+    );
+    let ts: Vec<i64> = match spacing {
+        Spacing::Leading => {
+            let ratio = (t_max / n) as i64;
+            (0..n as i64).rev().map(|i| i * ratio).collect()
+        }
+        Spacing::Trailing => {
+            let ratio = t_max as f64 / n as f64;
+            (0..n)
+                .map(|i| (t_max as f64 - i as f64 * ratio).round() as i64 - 1)
+                .collect()
+        }
+    };
+    Ok(ts)
+}
+
+/// Predicted clean image `x̂0 = (x_t − √(1−ᾱ_t) ε) / √ᾱ_t`, optionally clipped to [-1, 1].
+fn predict_x0(x: &Tensor, eps: &Tensor, alpha_bar: f64, clip: bool) -> Tensor {
+    let x0 = (x - eps * (1.0 - alpha_bar).sqrt()) / alpha_bar.sqrt();
+    if clip {
+        x0.clamp(-1.0, 1.0)
+    } else {
+        x0
+    }
+}
+
+/// One DDIM update from `t` to `t_prev` (`t_prev < 0` means the clean image): returns
+/// `(x_{t_prev}, x̂0)`. `noise` (standard normal, shape of `x`) is used only when `eta > 0`.
+pub fn ddim_step(
+    schedule: &NoiseSchedule,
+    x: &Tensor,
+    eps: &Tensor,
+    (t, t_prev): (i64, i64),
+    eta: f64,
+    clip_sample: bool,
+    noise: Option<&Tensor>,
+) -> (Tensor, Tensor) {
+    let (ab, ab_prev) = (schedule.alpha_bar(t), schedule.alpha_bar(t_prev));
+    let x0 = predict_x0(x, eps, ab, clip_sample);
+    let variance = (1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev);
+    let std = eta * variance.max(0.0).sqrt();
+    let dir = eps * (1.0 - ab_prev - std * std).max(0.0).sqrt();
+    let mut out = &x0 * ab_prev.sqrt() + dir;
+    if let (true, Some(z)) = (std > 0.0, noise) {
+        out += z * std;
+    }
+    (out, x0)
+}
+
+/// One DDPM ancestral update from `t` to `t_prev` (`t_prev < 0` means the clean image):
+/// returns `(x_{t_prev}, x̂0)`. `noise` is added with the posterior ("fixed small") variance
+/// unless `t_prev < 0`.
+pub fn ddpm_step(
+    schedule: &NoiseSchedule,
+    x: &Tensor,
+    eps: &Tensor,
+    (t, t_prev): (i64, i64),
+    clip_sample: bool,
+    noise: Option<&Tensor>,
+) -> (Tensor, Tensor) {
+    let (ab, ab_prev) = (schedule.alpha_bar(t), schedule.alpha_bar(t_prev));
+    let alpha = ab / ab_prev;
+    let beta = 1.0 - alpha;
+    let x0 = predict_x0(x, eps, ab, clip_sample);
+    let c0 = ab_prev.sqrt() * beta / (1.0 - ab);
+    let ct = alpha.sqrt() * (1.0 - ab_prev) / (1.0 - ab);
+    let mut out = &x0 * c0 + x * ct;
+    if let (true, Some(z)) = (t_prev >= 0, noise) {
+        let variance = ((1.0 - ab_prev) / (1.0 - ab) * beta).max(1e-20);
+        out += z * variance.sqrt();
+    }
+    (out, x0)
+}
+
+/// Guided ε for a batch: one forward over `[x; x]` with `[labels; null]` when guiding.
+fn guided_eps(
+    model: &impl EpsModel,
+    x: &Tensor,
+    t: i64,
+    labels: &Tensor,
+    w: f64,
+    null: Option<i64>,
+) -> Tensor {
+    let b = x.size()[0];
+    let device = x.device();
+    let tt = Tensor::full([b], t, (Kind::Int64, device));
+    match null {
+        Some(null) if w != 1.0 => {
+            let nulls = Tensor::full([b], null, (Kind::Int64, device));
+            let eps = model.predict_eps(
+                &Tensor::cat(&[x, x], 0),
+                &Tensor::cat(&[&tt, &tt], 0),
+                &Tensor::cat(&[labels, &nulls], 0),
+            );
+            let (cond, uncond) = (eps.narrow(0, 0, b), eps.narrow(0, b, b));
+            &uncond + (cond - &uncond) * w
+        }
+        _ => model.predict_eps(x, &tt, labels),
+    }
+}
+
+/// Generates one image per entry of `labels`, each of shape `shape` (`[C, H, W]`), with the
+/// images' noise streams seeded by `seed`. Runs under `no_grad` on `device`, `cfg.batch_size`
+/// images at a time, and returns float32 `[N, C, H, W]` on the CPU clamped to [-1, 1].
+pub fn sample(
+    model: &impl EpsModel,
+    schedule: &NoiseSchedule,
+    labels: &[i64],
+    shape: [i64; 3],
+    cfg: &SamplerConfig,
+    seed: u64,
+    device: Device,
+) -> Result<Tensor> {
+    let ts = timesteps(schedule.num_train_timesteps(), cfg.num_steps, cfg.spacing)?;
+    ensure!(cfg.batch_size >= 1, "sampler batch size must be >= 1");
+    ensure!(
+        shape.iter().all(|&d| d > 0),
+        "image shape must be positive, got {shape:?}"
+    );
+    if let SamplerKind::Ddim { eta } = cfg.kind {
+        ensure!(eta >= 0.0, "DDIM eta must be >= 0, got {eta}");
+    }
+    let null = model.null_class();
+    if cfg.guidance_scale != 1.0 && null.is_none() {
+        bail!(
+            "guidance scale {} needs a class-conditional model with a null class",
+            cfg.guidance_scale
+        );
+    }
+    let stochastic = match cfg.kind {
+        SamplerKind::Ddpm => true,
+        SamplerKind::Ddim { eta } => eta > 0.0,
+    };
+    if let Some(null) = null {
+        if let Some(bad) = labels.iter().find(|&&l| l < 0 || l > null) {
+            bail!("class label {bad} is outside 0..={null} (the last is the null class)");
+        }
+    }
+    let mut out = Vec::new();
+    for (chunk_index, chunk) in labels.chunks(cfg.batch_size).enumerate() {
+        let first = chunk_index * cfg.batch_size;
+        let mut noise = ImageNoise::new(seed, first, chunk.len(), shape);
+        let y = Tensor::from_slice(chunk).to_device(device);
+        let x = noise.next(device);
+        let t0 = Tensor::full([chunk.len() as i64], ts[0], (Kind::Int64, device));
+        model.check_input(&x, &t0, &y)?;
+        let images = tch::no_grad(|| {
+            let mut x = x;
+            for (i, &t) in ts.iter().enumerate() {
+                let t_prev = ts.get(i + 1).copied().unwrap_or(-1);
+                let eps = guided_eps(model, &x, t, &y, cfg.guidance_scale, null);
+                let z = (stochastic && t_prev >= 0).then(|| noise.next(device));
+                x = match cfg.kind {
+                    SamplerKind::Ddpm => {
+                        ddpm_step(schedule, &x, &eps, (t, t_prev), cfg.clip_sample, z.as_ref()).0
+                    }
+                    SamplerKind::Ddim { eta } => {
+                        ddim_step(
+                            schedule,
+                            &x,
+                            &eps,
+                            (t, t_prev),
+                            eta,
+                            cfg.clip_sample,
+                            z.as_ref(),
+                        )
+                        .0
+                    }
+                };
+            }
+            x.clamp(-1.0, 1.0).to_device(Device::Cpu)
+        });
+        out.push(images);
+    }
+    if out.is_empty() {
+        let [c, h, w] = shape;
+        return Ok(Tensor::zeros([0, c, h, w], (Kind::Float, Device::Cpu)));
+    }
+    Ok(Tensor::cat(&out, 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spacings() {
+        assert_eq!(
+            timesteps(1000, 4, Spacing::Leading).unwrap(),
+            [750, 500, 250, 0]
+        );
+        assert_eq!(
+            timesteps(1000, 4, Spacing::Trailing).unwrap(),
+            [999, 749, 499, 249]
+        );
+        assert_eq!(
+            timesteps(10, 10, Spacing::Leading).unwrap(),
+            (0..10).rev().collect::<Vec<_>>()
+        );
+        assert!(timesteps(10, 0, Spacing::Leading).is_err());
+        assert!(timesteps(10, 11, Spacing::Trailing).is_err());
+    }
+}

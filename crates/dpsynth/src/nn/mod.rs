@@ -1,0 +1,3 @@
+//! Neural network models built from the DP-aware layers of [`crate::dp::layers`].
+
+pub mod unet;
