@@ -197,4 +197,32 @@ impl Dataset {
             - 1.0;
         (x, Tensor::from_slice(&labels).to_device(device))
     }
+
+    /// The inverse of [`Dataset::batch`]: float images N×C×H×W in [-1, 1] (clamped, rounded to
+    /// the nearest byte) with their labels.
+    pub fn from_unit_tensor(images: &Tensor, labels: Vec<u8>, class_names: Vec<String>) -> Result<Self> {
+        let size = images.size();
+        if size.len() != 4 || size[0] as usize != labels.len() {
+            return Err(DataError::format(
+                std::path::Path::new("<generated images>"),
+                format!("expected N×C×H×W images for {} labels, got {size:?}", labels.len()),
+            ));
+        }
+        let bytes = ((images.to_device(Device::Cpu).to_kind(Kind::Float).clamp(-1.0, 1.0) + 1.0)
+            * 127.5)
+            .round()
+            .to_kind(Kind::Uint8)
+            .contiguous()
+            .view([-1]);
+        let images = Vec::<u8>::try_from(&bytes).map_err(|e| {
+            DataError::format(std::path::Path::new("<generated images>"), e.to_string())
+        })?;
+        Dataset::new(
+            std::path::Path::new("<generated images>"),
+            images,
+            labels,
+            [size[1] as usize, size[2] as usize, size[3] as usize],
+            class_names,
+        )
+    }
 }

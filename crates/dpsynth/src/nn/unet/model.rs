@@ -192,7 +192,9 @@ impl UNet {
             .with_context(|| format!("cannot create model folder {}", dir.display()))?;
         weights::save_safetensors(&self.vs, &dir.join(WEIGHTS_FILE))?;
         let json = self.config.to_json()?;
-        weights::write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())
+        let path = dir.join(CONFIG_FILE);
+        crate::fsutil::write_atomic(&path, json.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))
     }
 
     /// The validated config.

@@ -2,11 +2,12 @@
 //! checks on load and atomic writes on save.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use tch::{nn::VarStore, Device, Kind, Tensor};
+
+use crate::fsutil;
 
 /// How many names an error lists before summarising the rest.
 const LIST_MAX: usize = 8;
@@ -90,52 +91,10 @@ pub fn save_safetensors(vs: &VarStore, file: &Path) -> Result<()> {
         .map(|(k, v)| (k, v.detach().to_device(Device::Cpu).contiguous()))
         .collect();
     let named: Vec<(String, Tensor)> = named.into_iter().collect();
-    let dir = parent_dir(file);
-    let tmp = temp_builder(".safetensors.partial")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot create a temp file in {}", dir.display()))?;
+    let tmp = fsutil::temp_beside(file, ".safetensors.partial")
+        .with_context(|| format!("cannot create a temp file beside {}", file.display()))?;
     Tensor::write_safetensors(&named, tmp.path())
         .with_context(|| format!("cannot write {}", tmp.path().display()))?;
-    persist(tmp, file)
+    fsutil::persist(tmp, file).with_context(|| format!("cannot write {}", file.display()))
 }
 
-/// Writes `bytes` to `path` atomically (temp file in the same folder, fsync, rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = parent_dir(path);
-    let mut tmp = temp_builder(".partial")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot create a temp file in {}", dir.display()))?;
-    tmp.write_all(bytes)
-        .with_context(|| format!("cannot write {}", tmp.path().display()))?;
-    persist(tmp, path)
-}
-
-/// A temp file builder whose files end up readable by all like ordinary files (tempfile's
-/// default is owner-only, which a model shared between users should not be).
-fn temp_builder(suffix: &str) -> tempfile::Builder<'_, '_> {
-    let mut b = tempfile::Builder::new();
-    b.prefix(".tmp-").suffix(suffix);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        b.permissions(std::fs::Permissions::from_mode(0o644));
-    }
-    b
-}
-
-fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
-
-fn persist(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
-    // reopen: the writer may have replaced the file behind the temp file's handle
-    std::fs::File::open(tmp.path())
-        .and_then(|f| f.sync_all())
-        .with_context(|| format!("cannot sync {}", tmp.path().display()))?;
-    tmp.persist(path)
-        .with_context(|| format!("cannot rename the temp file to {}", path.display()))?;
-    Ok(())
-}
