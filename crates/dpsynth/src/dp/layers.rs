@@ -199,7 +199,7 @@ impl GroupNorm {
         }
         let xhat = x.group_norm(self.groups, None::<Tensor>, None::<Tensor>, self.eps, true);
         let mut shape = vec![1, -1];
-        shape.extend(std::iter::repeat_n(1, (x.dim() - 2) as usize));
+        shape.extend(std::iter::repeat_n(1, x.dim().saturating_sub(2)));
         let y = &xhat * self.weight.view(shape.as_slice()) + self.bias.view(shape.as_slice());
         tape::record(
             LayerKind::GroupNormAffine,

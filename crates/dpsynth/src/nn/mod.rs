@@ -1,0 +1,3 @@
+//! Models built from the DP-aware layers in [`crate::dp::layers`].
+
+pub mod classifier;
