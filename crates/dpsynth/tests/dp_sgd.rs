@@ -1,7 +1,7 @@
 //! DP-SGD engine tests: per-sample rules against brute-force batch-size-1 backward passes (in
 //! float64), noise multiplicity, frozen layers, clipping, noise and Poisson sampling.
 
-use dpsynth::dp::grad_sample::{self, LayerGrads, Strategy};
+use dpsynth::dp::grad_sample::{self, LayerGrads, RuleOptions, Strategy};
 use dpsynth::dp::layers::{Conv2d, ConvConfig, Embedding, GroupNorm, Linear};
 use dpsynth::dp::{tape, DpSgd, DpSgdConfig, Optimizer, OptimizerConfig, PoissonSampler};
 use dpsynth::nn::classifier::{
@@ -63,10 +63,10 @@ fn weighted_sum(per_example: &[Vec<Tensor>], c: &[f64], which: usize) -> Tensor 
 }
 
 /// Records one forward of a single layer, backpropagates Σ losses / K to its output and applies
-/// the rule with `strategy`.
+/// the rule with `options`.
 fn rule_output(
     k: i64,
-    strategy: Strategy,
+    options: &RuleOptions,
     losses: &dyn Fn(i64, i64) -> Tensor,
     rows: i64,
 ) -> LayerGrads {
@@ -78,7 +78,7 @@ fn rule_output(
         false,
         false,
     );
-    tch::no_grad(|| grad_sample::per_sample(&entries[0], &gy[0], k, strategy)).unwrap()
+    tch::no_grad(|| grad_sample::per_sample_with(&entries[0], &gy[0], k, options)).unwrap()
 }
 
 /// Checks norms and clipped sums of the rule against brute force for the given parameters
@@ -89,8 +89,17 @@ fn check_rule(name: &str, params: &[Tensor], b: i64, k: i64, losses: &dyn Fn(i64
         .map(|i| 0.3 + 0.7 * ((i * 37 % 11) as f64 / 11.0))
         .collect();
     let c_t = Tensor::from_slice(&c);
-    for strategy in [Strategy::Materialise, Strategy::Ghost, Strategy::Auto] {
-        let lg = rule_output(k, strategy, losses, b * k);
+    let options = [Strategy::Materialise, Strategy::Ghost, Strategy::Auto]
+        .into_iter()
+        .flat_map(|strategy| {
+            // default chunking (one chunk) and one example per chunk
+            [1 << 24, 1].map(|chunk_elements| RuleOptions {
+                strategy,
+                chunk_elements,
+            })
+        });
+    for opts in options {
+        let lg = rule_output(k, &opts, losses, b * k);
         let parts = [lg.weight.as_ref(), lg.bias.as_ref()];
         for (which, part) in parts.iter().take(params.len()).enumerate() {
             let part = part.unwrap_or_else(|| panic!("{name}: missing part {which}"));
@@ -98,7 +107,7 @@ fn check_rule(name: &str, params: &[Tensor], b: i64, k: i64, losses: &dyn Fn(i64
                 .iter()
                 .map(|g| g[which].square().sum(Kind::Double).double_value(&[]))
                 .collect();
-            let what = format!("{name} {strategy:?} part {which}");
+            let what = format!("{name} {opts:?} part {which}");
             assert_close(
                 part.sq_norms(),
                 &Tensor::from_slice(&want),
@@ -261,13 +270,7 @@ fn classifier(vs: &nn::VarStore) -> Classifier {
 }
 
 fn engine(params: Vec<Tensor>, c: f64, sigma: f64, ebs: f64, seed: Option<u64>) -> DpSgd {
-    let cfg = DpSgdConfig {
-        max_grad_norm: c,
-        noise_multiplier: sigma,
-        expected_batch_size: ebs,
-        strategy: Strategy::Auto,
-    };
-    DpSgd::new(params, cfg, seed).unwrap()
+    DpSgd::new(params, DpSgdConfig::new(c, sigma, ebs), seed).unwrap()
 }
 
 /// Random images (rows `[B·K, 1, 28, 28]`, some scaled by `scale[b]`) and labels.
@@ -470,12 +473,7 @@ fn engine_rejects_bad_input() {
     // failed calls left nothing behind
     assert_eq!(dp.pending_examples(), 0);
     // bad configurations and parameter lists
-    let cfg = |c, s, e| DpSgdConfig {
-        max_grad_norm: c,
-        noise_multiplier: s,
-        expected_batch_size: e,
-        strategy: Strategy::Auto,
-    };
+    let cfg = DpSgdConfig::new;
     assert!(DpSgd::new(only_a(), cfg(0.0, 1.0, 1.0), None).is_err());
     assert!(DpSgd::new(only_a(), cfg(1.0, -1.0, 1.0), None).is_err());
     assert!(DpSgd::new(only_a(), cfg(1.0, 1.0, 0.0), None).is_err());

@@ -16,7 +16,7 @@ use anyhow::{bail, ensure, Context, Result};
 use tch::{Kind, Tensor};
 
 use super::clip::clip_factors;
-use super::grad_sample::{self, LayerGrads, Strategy};
+use super::grad_sample::{self, LayerGrads, RuleOptions};
 use super::rng::{DpRng, Purpose};
 use super::tape::{self, Entry};
 
@@ -29,11 +29,21 @@ pub struct DpSgdConfig {
     pub noise_multiplier: f64,
     /// Expected logical batch size q·N; the noisy sum is divided by it.
     pub expected_batch_size: f64,
-    /// Materialised vs ghost norms for Linear/Conv2d weights (default: per-layer cost estimate).
-    pub strategy: Strategy,
+    /// How per-example gradients are computed (default: per-layer cost estimate).
+    pub rules: RuleOptions,
 }
 
 impl DpSgdConfig {
+    /// A configuration with the default per-sample rule options.
+    pub fn new(max_grad_norm: f64, noise_multiplier: f64, expected_batch_size: f64) -> Self {
+        Self {
+            max_grad_norm,
+            noise_multiplier,
+            expected_batch_size,
+            rules: RuleOptions::default(),
+        }
+    }
+
     fn validate(&self) -> Result<()> {
         ensure!(
             self.max_grad_norm.is_finite() && self.max_grad_norm > 0.0,
@@ -182,7 +192,7 @@ impl DpSgd {
             if !gy.defined() {
                 continue; // output unused by the loss: zero gradient, nothing to add
             }
-            let lg = grad_sample::per_sample(entry, gy, k, self.cfg.strategy)?;
+            let lg = grad_sample::per_sample_with(entry, gy, k, &self.cfg.rules)?;
             if let Some(sq) = lg.sq_norms() {
                 total += sq.f_to_kind(Kind::Double)?;
             }

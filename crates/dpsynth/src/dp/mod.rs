@@ -16,7 +16,7 @@ pub mod sampling;
 pub mod tape;
 
 pub use engine::{AccumulateStats, DpSgd, DpSgdConfig};
-pub use grad_sample::Strategy;
+pub use grad_sample::{RuleOptions, Strategy};
 pub use optim::{Optimizer, OptimizerConfig};
 pub use rng::DpRng;
 pub use sampling::{LogicalBatch, PoissonSampler};

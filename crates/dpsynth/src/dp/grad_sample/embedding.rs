@@ -9,7 +9,7 @@
 use anyhow::{ensure, Result};
 use tch::{Kind, Tensor};
 
-use super::{ParamGrads, SumRule};
+use super::{row_sq_norms, ParamGrads, SumRule};
 
 /// Per-example gradients of the table from indices `idx [B·K, ...]` and the output gradient
 /// `gy [B·K, ..., dim]`, for `b` examples.
@@ -47,7 +47,7 @@ pub(super) fn weight_grads(
     let (uniq, inverse, _) = key.f_internal_unique2(false, true, false)?;
     let u = uniq.size()[0];
     let agg = Tensor::f_zeros([u, dim], (gy.kind(), gy.device()))?.f_index_add(0, &inverse, &gy)?;
-    let row_sq = agg.square().f_sum_dim_intlist(1, false, None)?;
+    let row_sq = row_sq_norms(&agg)?;
     let owner = uniq.f_floor_divide_scalar(num)?;
     let sq_norms =
         Tensor::f_zeros([b], (gy.kind(), gy.device()))?.f_index_add(0, &owner, &row_sq)?;

@@ -2,46 +2,69 @@
 //!
 //! Per example, `∂w_c = Σ gy·xhat` and `∂b_c = Σ gy` over the channel's spatial positions and the
 //! example's K rows. Both are only `C` numbers per example, so they are always materialised.
+//! `xhat` is recomputed from the recorded input (one normalisation pass), which lets the forward
+//! use the fused GroupNorm op.
 
 use anyhow::{ensure, Result};
 use tch::Tensor;
 
-use super::{LayerGrads, ParamGrads, SumRule};
+use super::{row_sq_norms, LayerGrads, ParamGrads, SumRule};
 
 fn per_sample(g: Tensor, shape: Vec<i64>) -> Result<ParamGrads> {
     Ok(ParamGrads {
-        sq_norms: g.square().f_sum_dim_intlist(1, false, None)?,
+        sq_norms: row_sq_norms(&g)?,
         sum: SumRule::PerSample(g),
         shape,
     })
 }
 
-/// Per-example gradients from the normalised input `xhat [B·K, C, ...]` and `gy` of equal shape.
+/// Normalisation parameters and the example layout of one recorded GroupNorm call.
+pub(super) struct Layout {
+    /// Number of groups.
+    pub groups: i64,
+    /// Variance epsilon.
+    pub eps: f64,
+    /// Examples.
+    pub b: i64,
+    /// Rows per example.
+    pub k: i64,
+}
+
+/// Per-example gradients from the GroupNorm input `x [B·K, C, ...]` and `gy` of equal shape.
 pub(super) fn layer_grads(
-    xhat: &Tensor,
+    x: &Tensor,
     gy: &Tensor,
-    b: i64,
-    k: i64,
+    layout: Layout,
     want_weight: bool,
     want_bias: bool,
     channels_shape: Vec<i64>,
 ) -> Result<LayerGrads> {
-    let shape = xhat.size();
+    let shape = x.size();
     ensure!(
         shape.len() >= 2 && gy.size() == shape && channels_shape == [shape[1]],
         "group norm input {shape:?}, output gradient {:?} and affine {channels_shape:?} disagree",
         gy.size()
     );
+    let Layout { groups, eps, b, k } = layout;
     let c = shape[1];
-    let grouped = |t: &Tensor| -> Result<Tensor> {
-        Ok(t.f_reshape([b, k, c, -1])?
-            .f_sum_dim_intlist([1i64, 3].as_slice(), false, None)?)
+    // [B·K, C, ...] -> [B, K, C, S]
+    let grouped = |t: &Tensor| t.f_reshape([b, k, c, -1]);
+    let weight = if want_weight {
+        let xhat = x.f_group_norm::<Tensor>(groups, None, None, eps, false)?;
+        let g = Tensor::f_einsum(
+            "bkcs,bkcs->bc",
+            &[grouped(gy)?, grouped(&xhat)?],
+            None::<&[i64]>,
+        )?;
+        Some(per_sample(g, channels_shape.clone())?)
+    } else {
+        None
     };
-    let weight = want_weight
-        .then(|| per_sample(grouped(&(gy * xhat))?, channels_shape.clone()))
-        .transpose()?;
-    let bias = want_bias
-        .then(|| per_sample(grouped(gy)?, channels_shape.clone()))
-        .transpose()?;
+    let bias = if want_bias {
+        let g = grouped(gy)?.f_sum_dim_intlist([1i64, 3].as_slice(), false, None)?;
+        Some(per_sample(g, channels_shape)?)
+    } else {
+        None
+    };
     Ok(LayerGrads { weight, bias })
 }

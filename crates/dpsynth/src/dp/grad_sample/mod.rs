@@ -13,6 +13,7 @@
 //! into extra positions of that example (like the spatial positions of a convolution); no per-row
 //! gradient is ever formed or clipped.
 
+mod conv;
 mod cost;
 mod embedding;
 mod group_norm;
@@ -28,11 +29,14 @@ use super::tape::{Entry, LayerKind};
 /// How the clipped sum of one parameter is formed once the clip factors are known.
 #[derive(Debug)]
 enum SumRule {
-    /// Materialised per-example gradients `[B, P]`: the sum is `c^T G`.
+    /// Materialised per-example gradients `[B, P]`: the sum is `cᵀG`.
     PerSample(Tensor),
-    /// Linear form: input `[B, T, D]` and output gradient `[B, T, O]`; the sum is
-    /// `(c ⊙ gy)^T x` over all `B·T` positions, one matmul.
-    Matmul { x: Tensor, gy: Tensor },
+    /// Materialised transposed per-example gradients `[B, rows·cols]` of a `cols × rows`
+    /// parameter: the sum is `cᵀG`, transposed.
+    PerSampleTransposed { g: Tensor, rows: i64 },
+    /// Linear form: input features `[B, D, T]` and output gradient `[B, O, T]`; the sum is
+    /// `(c ⊙ gy) xᵀ` over all `B·T` positions, one matmul (per chunk of examples for convs).
+    Matmul { x: matmul::Features, gy: Tensor },
     /// Embedding rows aggregated per (example, index): row ids `[U]`, owning example `[U]` and
     /// the summed output gradients `[U, dim]`; the sum scatters `c_ex · agg` into the table.
     Embedding {
@@ -68,6 +72,11 @@ impl ParamGrads {
         let c = c.to_kind(self.sq_norms.kind());
         let flat = match &self.sum {
             SumRule::PerSample(g) => c.unsqueeze(0).f_mm(g)?,
+            SumRule::PerSampleTransposed { g, rows } => c
+                .unsqueeze(0)
+                .f_mm(g)?
+                .f_reshape([*rows, -1])?
+                .f_transpose(0, 1)?,
             SumRule::Matmul { x, gy } => matmul::clipped_sum(x, gy, &c)?,
             SumRule::Embedding {
                 rows,
@@ -81,7 +90,10 @@ impl ParamGrads {
 
     /// True when the per-example gradients were materialised (rather than kept in linear form).
     pub fn is_materialised(&self) -> bool {
-        matches!(self.sum, SumRule::PerSample(_))
+        matches!(
+            self.sum,
+            SumRule::PerSample(_) | SumRule::PerSampleTransposed { .. }
+        )
     }
 }
 
@@ -106,6 +118,14 @@ impl LayerGrads {
     }
 }
 
+/// Squared Euclidean norm of each row of `g [B, ...]` (one reduction pass), `[B]`.
+fn row_sq_norms(g: &Tensor) -> Result<Tensor> {
+    let b = g.size()[0];
+    Ok(g.f_reshape([b, -1])?
+        .f_norm_scalaropt_dim(2, [1i64].as_slice(), false)?
+        .square())
+}
+
 /// Splits the leading `B·K` rows of a layer's output into `B` examples of `K` rows each.
 fn examples_of(entry: &Entry, grad_out: &Tensor, k: i64) -> Result<i64> {
     ensure!(k >= 1, "noise multiplicity K must be at least 1, got {k}");
@@ -125,17 +145,54 @@ fn examples_of(entry: &Entry, grad_out: &Tensor, k: i64) -> Result<i64> {
     Ok(rows / k)
 }
 
-/// Applies the rule for `entry.kind` to one recorded layer call.
-///
-/// `grad_out` is the gradient of the summed loss (`Σ rows / K`) at `entry.output`; `k` is the
-/// noise multiplicity; `strategy` picks materialised vs ghost norms for Linear and Conv2d weights
-/// (the other kinds have a single best rule and ignore it). Must be called under `no_grad`.
+/// Tuning of the per-sample rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleOptions {
+    /// Materialised vs ghost norms for Linear and Conv2d weights (the other kinds have a single
+    /// best rule).
+    pub strategy: Strategy,
+    /// Most elements of unfolded convolution patches gathered at once; larger batches are
+    /// processed a chunk of examples at a time. Smaller chunks do not pay off on CPU, where each
+    /// chunk's fresh allocations cost more in page faults than cache misses do.
+    pub chunk_elements: i64,
+}
+
+impl Default for RuleOptions {
+    /// Per-layer cost estimate; patches capped at 2^24 elements (64 MiB in f32).
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::Auto,
+            chunk_elements: 1 << 24,
+        }
+    }
+}
+
+/// Applies the rule for `entry.kind` to one recorded layer call with default options but the
+/// given `strategy`; see [`per_sample_with`].
 pub fn per_sample(
     entry: &Entry,
     grad_out: &Tensor,
     k: i64,
     strategy: Strategy,
 ) -> Result<LayerGrads> {
+    let options = RuleOptions {
+        strategy,
+        ..RuleOptions::default()
+    };
+    per_sample_with(entry, grad_out, k, &options)
+}
+
+/// Applies the rule for `entry.kind` to one recorded layer call.
+///
+/// `grad_out` is the gradient of the summed loss (`Σ rows / K`) at `entry.output`; `k` is the
+/// noise multiplicity. Must be called under `no_grad`.
+pub fn per_sample_with(
+    entry: &Entry,
+    grad_out: &Tensor,
+    k: i64,
+    options: &RuleOptions,
+) -> Result<LayerGrads> {
+    let strategy = options.strategy;
     let b = examples_of(entry, grad_out, k)?;
     let want_w = entry.weight.requires_grad();
     let want_b = entry.bias.as_ref().is_some_and(Tensor::requires_grad);
@@ -150,38 +207,14 @@ pub fn per_sample(
                 x_shape.len() >= 2 && x_shape.last() == Some(&d),
                 "linear input {x_shape:?} does not end in the weight's input size {d}"
             );
-            let x = entry.input.f_reshape([b, -1, d])?;
-            let gy = grad_out.f_reshape([b, -1, o])?;
+            let x = entry.input.f_reshape([b, -1, d])?.f_transpose(1, 2)?;
+            let gy = grad_out.f_reshape([b, -1, o])?.f_transpose(1, 2)?;
+            let x = matmul::Features::Dense(x);
             matmul::layer_grads(x, gy, want_w, want_b, strategy, w_shape, b_shape)
         }
         LayerKind::Conv2d(cfg) => {
-            let x_shape = entry.input.size();
-            ensure!(
-                x_shape.len() == 4 && w_shape.len() == 4 && x_shape[1] == w_shape[1],
-                "conv input {x_shape:?} does not match weight {w_shape:?}"
-            );
-            let (o, d) = (w_shape[0], w_shape[1] * w_shape[2] * w_shape[3]);
-            let cols = entry.input.f_im2col(
-                [w_shape[2], w_shape[3]],
-                [cfg.dilation, cfg.dilation],
-                [cfg.padding, cfg.padding],
-                [cfg.stride, cfg.stride],
-            )?; // [B·K, D, L]
-            let l = cols.size()[2];
-            let gy_shape = grad_out.size();
-            ensure!(
-                gy_shape[2] * gy_shape[3] == l,
-                "conv output {gy_shape:?} does not have the {l} positions of its unfolded input"
-            );
-            // [B·K, D, L] -> [B, K, L, D] -> [B, K·L, D]; a view when K = 1
-            let x = cols
-                .f_view([b, k, d, l])?
-                .f_permute([0, 1, 3, 2])?
-                .f_reshape([b, k * l, d])?;
-            let gy = grad_out
-                .f_view([b, k, o, l])?
-                .f_permute([0, 1, 3, 2])?
-                .f_reshape([b, k * l, o])?;
+            let (x, gy) = conv::linear_form(&entry.input, grad_out, &w_shape, cfg, b, k)?;
+            let x = matmul::Features::Patches(x, options.chunk_elements.max(1));
             matmul::layer_grads(x, gy, want_w, want_b, strategy, w_shape, b_shape)
         }
         LayerKind::Embedding => {
@@ -193,8 +226,13 @@ pub fn per_sample(
                 .transpose()?;
             Ok(LayerGrads { weight, bias: None })
         }
-        LayerKind::GroupNormAffine => {
-            group_norm::layer_grads(&entry.input, grad_out, b, k, want_w, want_b, w_shape)
-        }
+        LayerKind::GroupNorm { groups, eps } => group_norm::layer_grads(
+            &entry.input,
+            grad_out,
+            group_norm::Layout { groups, eps, b, k },
+            want_w,
+            want_b,
+            w_shape,
+        ),
     }
 }
