@@ -66,8 +66,10 @@ impl Patches {
         )
     }
 
-    /// Patches of examples `start .. start + len`, `[len, C·kh·kw, K·Ho·Wo]`, features ordered
-    /// like the weight (`c, i, j`).
+    /// Patches of examples `start .. start + len` as a `[len, C·kh·kw, K·Ho·Wo]` view of a
+    /// feature-major `[C·kh·kw, len, K·Ho·Wo]` tensor, features ordered like the weight
+    /// (`c, i, j`). Feature-major storage makes both the per-example matmuls (a strided batch)
+    /// and the one-matmul clipped sum over all positions (`[D, len·K·L]`) copy-free.
     pub(super) fn examples(&self, start: i64, len: i64) -> Result<Tensor> {
         let (s, p, d) = (self.cfg.stride, self.cfg.padding, self.cfg.dilation);
         let x = self.input.f_narrow(0, start * self.k, len * self.k)?;
@@ -79,13 +81,14 @@ impl Patches {
         let (r, c) = (len * self.k, xp.size()[1]);
         let (sr, sc, sh, sw) = xp.stride4()?;
         let view = xp.f_as_strided(
-            [r, c, self.kh, self.kw, self.ho, self.wo],
-            [sr, sc, sh * d, sw * d, sh * s, sw * s],
+            [c, self.kh, self.kw, r, self.ho, self.wo],
+            [sc, sh * d, sw * d, sr, sh * s, sw * s],
             None,
         )?;
-        let l = self.ho * self.wo;
         let f = c * self.kh * self.kw;
-        fold_rows(&view.f_reshape([r, f, l])?, len, self.k, f, l)
+        // rows of an example are adjacent, so [F, B·K, L] is [F, B, K·L]
+        let t = self.k * self.ho * self.wo;
+        Ok(view.f_reshape([f, len, t])?.f_permute([1, 0, 2])?)
     }
 }
 

@@ -3,7 +3,8 @@
 //! K rows of an example are already folded into its positions.
 //!
 //! Tensors are feature-major: input features `[B, D, T]` and output gradient `gy [B, O, T]`, the
-//! natural layout of unfolded convolutions (for Linear they are transposed views). Convolution
+//! natural layout of unfolded convolutions (for Linear they are transposed views; convolution
+//! patches are a `[B, D, T]` view of `[D, B, T]` storage). Convolution
 //! patches, `k²` times larger than the activation, are gathered a chunk of examples at a time
 //! when the whole batch's would exceed a cap (see [`super::RuleOptions`]).
 
@@ -17,9 +18,9 @@ use super::{row_sq_norms, LayerGrads, ParamGrads, SumRule};
 /// The per-position inputs `[B, D, T]` of a layer in linear form.
 #[derive(Debug)]
 pub(super) enum Features {
-    /// Held as a tensor (Linear: a view of the recorded input).
+    /// Held as a tensor (Linear: a view of the recorded input; Conv2d: patches that fit a chunk).
     Dense(Tensor),
-    /// Gathered from a convolution's input on demand, at most this many elements at a time.
+    /// Gathered from a convolution's input on demand, about this many elements at a time.
     Patches(Patches, i64),
 }
 
@@ -40,7 +41,7 @@ impl Features {
         }
     }
 
-    /// Example ranges `(start, len)` covering the batch in cache-sized chunks.
+    /// Example ranges `(start, len)` covering the batch in chunks (one for dense features).
     fn chunks(&self) -> Result<Vec<(i64, i64)>> {
         let (b, d, t) = self.dims()?;
         let per = match self {

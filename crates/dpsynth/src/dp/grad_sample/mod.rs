@@ -214,7 +214,14 @@ pub fn per_sample_with(
         }
         LayerKind::Conv2d(cfg) => {
             let (x, gy) = conv::linear_form(&entry.input, grad_out, &w_shape, cfg, b, k)?;
-            let x = matmul::Features::Patches(x, options.chunk_elements.max(1));
+            // gather once when the whole batch fits in a chunk, else a chunk at a time
+            let (n, d, t) = x.dims();
+            let chunk = options.chunk_elements.max(1);
+            let x = if n * d * t <= chunk {
+                matmul::Features::Dense(x.examples(0, n)?)
+            } else {
+                matmul::Features::Patches(x, chunk)
+            };
             matmul::layer_grads(x, gy, want_w, want_b, strategy, w_shape, b_shape)
         }
         LayerKind::Embedding => {
