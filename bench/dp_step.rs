@@ -4,7 +4,9 @@
 //! rep by rep so that load from other processes hits both alike; the report gives the median of
 //! the wall-clock time and of the process CPU time (`CLOCK_PROCESS_CPUTIME_ID`, all threads) of
 //! each step, and their ratios. On a shared machine the CPU time is the steadier figure: it does
-//! not count time spent waiting for a core. Peak memory is measured separately: the benchmark re-runs itself as child processes
+//! not count time spent waiting for a core.
+//!
+//! Peak memory is measured separately: the benchmark re-runs itself as child processes
 //! (`--peak setup|nonprivate|dp`), each doing only that kind of step, and reads `VmHWM` (peak
 //! resident set) from `/proc/self/status`; the increment over the `setup` child (libtorch, model
 //! and batch, no step) is the step's own peak memory.
@@ -33,6 +35,7 @@ struct Args {
     warmup: usize,
     strategy: Strategy,
     threads: Option<i32>,
+    chunk: Option<i64>,
     peak: Option<Peak>,
 }
 
@@ -43,6 +46,7 @@ fn parse_args() -> Result<Args> {
         warmup: 5,
         strategy: Strategy::Auto,
         threads: None,
+        chunk: None,
         peak: None,
     };
     let mut it = std::env::args().skip(1);
@@ -53,6 +57,7 @@ fn parse_args() -> Result<Args> {
             "--reps" => args.reps = value()?.parse()?,
             "--warmup" => args.warmup = value()?.parse()?,
             "--threads" => args.threads = Some(value()?.parse()?),
+            "--chunk" => args.chunk = Some(value()?.parse()?),
             "--strategy" => {
                 args.strategy = match value()?.as_str() {
                     "auto" => Strategy::Auto,
@@ -70,7 +75,7 @@ fn parse_args() -> Result<Args> {
                 })
             }
             f => bail!(
-                "unknown flag {f} (flags: --batch --reps --warmup --threads --strategy --peak)"
+                "unknown flag {f} (flags: --batch --reps --warmup --threads --chunk --strategy --peak)"
             ),
         }
     }
@@ -107,6 +112,9 @@ impl Bench {
         let opt = Optimizer::new(shallow(&params), sgd)?;
         let mut cfg = DpSgdConfig::new(1.0, 1.0, args.batch as f64);
         cfg.rules.strategy = args.strategy;
+        if let Some(chunk) = args.chunk {
+            cfg.rules.chunk_elements = chunk;
+        }
         let dp = DpSgd::new(shallow(&params), cfg, None)?;
         Ok(Self {
             _vs: vs,
@@ -192,6 +200,7 @@ fn child_peak(args: &Args, mode: &str) -> Result<f64> {
     let out = Command::new(std::env::current_exe()?)
         .args(["--peak", mode, "--batch", &args.batch.to_string()])
         .args(["--threads", &tch::get_num_threads().to_string()])
+        .args(["--chunk", &args.chunk.unwrap_or(1 << 24).to_string()])
         .args(["--reps", &args.warmup.max(3).to_string()])
         .output()?;
     if !out.status.success() {

@@ -1,7 +1,7 @@
 //! Layers whose per-sample gradients DP-SGD can compute.
 //!
 //! Every trainable layer of every model in dpsynth (classifier, U-Net, adapters) is one of the four
-//! kinds here. When a [`tape`](super::tape) is recording, a layer whose parameters require grad
+//! kinds here. When the [tape](super::tape) is recording, a layer whose parameters require grad
 //! records its input activation and its output; the engine then takes the gradient of the loss at
 //! each recorded output and applies the per-kind rule in [`super::grad_sample`]. Frozen layers
 //! record nothing and their weights never get gradients.
