@@ -1,7 +1,7 @@
 //! Layers whose per-sample gradients DP-SGD can compute.
 //!
 //! Every trainable layer of every model in dpsynth (classifier, U-Net, adapters) is one of the four
-//! kinds here. When a [`Tape`](super::tape) is recording, a layer whose parameters require grad
+//! kinds here. When the [tape](super::tape) is recording, a layer whose parameters require grad
 //! records its input activation and its output; the engine then takes the gradient of the loss at
 //! each recorded output and applies the per-kind rule in [`super::grad_sample`]. Frozen layers
 //! record nothing and their weights never get gradients.
@@ -184,28 +184,25 @@ impl GroupNorm {
         }
     }
 
-    /// Normalises then applies the affine map. When the affine parameters are trainable the
-    /// normalised activation (the affine input) is what the tape records.
+    /// Normalises then applies the affine map (one fused op). When recording, the input is what
+    /// the tape keeps; the per-sample rule recomputes the normalised activation from it, which
+    /// is cheaper than splitting the forward into normalisation and affine ops.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let trainable = self.weight.requires_grad() || self.bias.requires_grad();
-        if !(trainable && tape::is_recording()) {
-            return x.group_norm(
-                self.groups,
-                Some(&self.weight),
-                Some(&self.bias),
-                self.eps,
-                true,
-            );
-        }
-        let xhat = x.group_norm(self.groups, None::<Tensor>, None::<Tensor>, self.eps, true);
-        let mut shape = vec![1, -1];
-        shape.extend(std::iter::repeat_n(1, x.dim() - 2));
-        let y = &xhat * self.weight.view(shape.as_slice()) + self.bias.view(shape.as_slice());
+        let y = x.group_norm(
+            self.groups,
+            Some(&self.weight),
+            Some(&self.bias),
+            self.eps,
+            true,
+        );
         tape::record(
-            LayerKind::GroupNormAffine,
+            LayerKind::GroupNorm {
+                groups: self.groups,
+                eps: self.eps,
+            },
             &self.weight,
             Some(&self.bias),
-            &xhat,
+            x,
             &y,
         );
         y

@@ -4,6 +4,7 @@
 //! no-op unless recording is on and the layer has a parameter that requires grad. Each entry holds
 //! shallow handles (shared storage, no copy) to the layer's parameters, its input (detached) and its
 //! output (still in the autograd graph), which is all the per-sample gradient rules need.
+//! Inputs are tensors autograd keeps alive for the backward pass anyway, so the tape adds no memory.
 
 use std::cell::RefCell;
 
@@ -12,7 +13,7 @@ use tch::Tensor;
 use super::layers::ConvConfig;
 
 /// Which per-sample gradient rule applies to a recorded layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum LayerKind {
     /// `y = x W^T + b` over the last dimension.
     Linear,
@@ -20,8 +21,14 @@ pub enum LayerKind {
     Conv2d(ConvConfig),
     /// `y = W[idx]`; the recorded input is the int64 index tensor.
     Embedding,
-    /// `y = xhat * w + b` per channel; the recorded input is the normalised `xhat`.
-    GroupNormAffine,
+    /// GroupNorm `y = xhat * w + b` per channel; the recorded input is the GroupNorm input, from
+    /// which the rule recomputes `xhat` with these `groups` and `eps`.
+    GroupNorm {
+        /// Number of groups.
+        groups: i64,
+        /// Variance epsilon.
+        eps: f64,
+    },
 }
 
 /// One recorded call of a trainable layer.

@@ -1,3 +1,4 @@
 //! Neural network models built from the DP-aware layers of [`crate::dp::layers`].
 
+pub mod classifier;
 pub mod unet;
