@@ -60,7 +60,11 @@ pub struct BaselineArgs {
 }
 
 fn split(ds: &Dataset, val: usize, seed: u64) -> Result<(Dataset, Dataset)> {
-    anyhow::ensure!(val < ds.len(), "--val {val} must be below the {} training images", ds.len());
+    anyhow::ensure!(
+        val < ds.len(),
+        "--val {val} must be below the {} training images",
+        ds.len()
+    );
     // a fixed public permutation (it depends only on the seed and N, not on the data)
     let mut idx: Vec<usize> = (0..ds.len()).collect();
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -85,7 +89,14 @@ pub fn run(a: BaselineArgs, data_dir: &Path) -> Result<()> {
     let (train, val) = if a.val > 0 {
         split(&full, a.val, 0)?
     } else {
-        (full, Dataset { images: vec![], labels: vec![], ..test.clone() })
+        (
+            full,
+            Dataset {
+                images: vec![],
+                labels: vec![],
+                ..test.clone()
+            },
+        )
     };
     if a.out.join("checkpoint.json").exists() && !a.resume {
         anyhow::bail!(
@@ -114,14 +125,21 @@ pub fn run(a: BaselineArgs, data_dir: &Path) -> Result<()> {
             .expect("valid template"),
     );
     let mut last_eps = 0.0;
-    let trained = train_classifier(&train, model_cfg, &cfg, Some(&a.out), Device::Cpu, &mut |s| {
-        bar.set_length(s.total_steps);
-        bar.set_position(s.step);
-        if let Some(e) = s.epsilon {
-            last_eps = e;
-        }
-        bar.set_message(format!("loss {:.4} eps {last_eps:.3}", s.loss));
-    })?;
+    let trained = train_classifier(
+        &train,
+        model_cfg,
+        &cfg,
+        Some(&a.out),
+        Device::Cpu,
+        &mut |s| {
+            bar.set_length(s.total_steps);
+            bar.set_position(s.step);
+            if let Some(e) = s.epsilon {
+                last_eps = e;
+            }
+            bar.set_message(format!("loss {:.4} eps {last_eps:.3}", s.loss));
+        },
+    )?;
     bar.finish();
     let p = cfg.privacy.expect("baseline is private");
     let eps = trained.state.ledger.epsilon(p.accountant, p.delta)?;

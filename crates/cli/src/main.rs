@@ -1,6 +1,9 @@
 //! The `dpsynth` command-line tool: parses arguments and calls the library.
 
+mod baseline_cmd;
 mod data_cmd;
+mod device;
+mod pretrain_cmd;
 mod privacy_cmd;
 
 use std::path::PathBuf;
@@ -32,6 +35,10 @@ enum Command {
         #[command(subcommand)]
         command: privacy_cmd::PrivacyCommand,
     },
+    /// Train the DP-SGD classifier directly on private data (the baseline dpsynth must beat).
+    Baseline(baseline_cmd::BaselineArgs),
+    /// Pretrain the class-conditional U-Net on public data (non-private).
+    Pretrain(pretrain_cmd::PretrainArgs),
     /// The main job. For now: fetch MNIST and print its summary (the pipeline lands in later
     /// issues).
     Run,
@@ -47,6 +54,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Data { command } => data_cmd::run(command, &cli.data_dir),
+        Command::Baseline(a) => baseline_cmd::run(a, &cli.data_dir),
+        Command::Pretrain(a) => pretrain_cmd::run(a, &cli.data_dir),
         Command::Privacy { command } => privacy_cmd::run(command),
         Command::Run => data_cmd::run_default(&cli.data_dir),
     };

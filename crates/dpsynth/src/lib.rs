@@ -9,3 +9,4 @@ pub mod dp;
 pub mod fsutil;
 pub mod metrics;
 pub mod nn;
+pub mod train;

@@ -128,7 +128,7 @@ fn cifar_size_must_be_a_multiple_of_3073() {
     let mut bytes = cifar_record(1, 1);
     bytes.push(0);
     write(&f, &bytes);
-    let msg = err_text(cifar::read_batches(&[f.clone()]).unwrap_err());
+    let msg = err_text(cifar::read_batches(std::slice::from_ref(&f)).unwrap_err());
     assert!(msg.contains("3074 is not a positive multiple"), "{msg}");
     assert!(msg.contains("data_batch_1.bin"), "{msg}");
 }

@@ -200,15 +200,26 @@ impl Dataset {
 
     /// The inverse of [`Dataset::batch`]: float images N×C×H×W in [-1, 1] (clamped, rounded to
     /// the nearest byte) with their labels.
-    pub fn from_unit_tensor(images: &Tensor, labels: Vec<u8>, class_names: Vec<String>) -> Result<Self> {
+    pub fn from_unit_tensor(
+        images: &Tensor,
+        labels: Vec<u8>,
+        class_names: Vec<String>,
+    ) -> Result<Self> {
         let size = images.size();
         if size.len() != 4 || size[0] as usize != labels.len() {
             return Err(DataError::format(
                 std::path::Path::new("<generated images>"),
-                format!("expected N×C×H×W images for {} labels, got {size:?}", labels.len()),
+                format!(
+                    "expected N×C×H×W images for {} labels, got {size:?}",
+                    labels.len()
+                ),
             ));
         }
-        let bytes = ((images.to_device(Device::Cpu).to_kind(Kind::Float).clamp(-1.0, 1.0) + 1.0)
+        let bytes = ((images
+            .to_device(Device::Cpu)
+            .to_kind(Kind::Float)
+            .clamp(-1.0, 1.0)
+            + 1.0)
             * 127.5)
             .round()
             .to_kind(Kind::Uint8)

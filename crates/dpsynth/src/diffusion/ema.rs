@@ -39,6 +39,35 @@ impl Ema {
         self.shadow.keys().map(String::as_str)
     }
 
+    /// The averages as named tensors, each name prefixed (for checkpoints).
+    pub fn named(&self, prefix: &str) -> Vec<(String, Tensor)> {
+        self.shadow
+            .iter()
+            .map(|(k, v)| (format!("{prefix}{k}"), v.shallow_clone()))
+            .collect()
+    }
+
+    /// Restores the averages written by [`Ema::named`] with the same prefix.
+    pub fn restore(
+        &mut self,
+        saved: &std::collections::HashMap<String, Tensor>,
+        prefix: &str,
+    ) -> Result<()> {
+        for (name, s) in self.shadow.iter_mut() {
+            let t = saved
+                .get(&format!("{prefix}{name}"))
+                .with_context(|| format!("checkpoint has no EMA tensor '{prefix}{name}'"))?;
+            ensure!(
+                t.size() == s.size(),
+                "EMA tensor '{prefix}{name}' has shape {:?}, expected {:?}",
+                t.size(),
+                s.size()
+            );
+            *s = t.to_kind(s.kind()).to_device(s.device());
+        }
+        Ok(())
+    }
+
     /// The average of one variable.
     pub fn get(&self, name: &str) -> Option<&Tensor> {
         self.shadow.get(name)

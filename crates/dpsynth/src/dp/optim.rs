@@ -97,6 +97,51 @@ impl Optimizer {
         self.lr = lr;
     }
 
+    /// The optimizer's state as named tensors for a checkpoint: the moments that exist, as
+    /// `{prefix}first.{i}` / `{prefix}second.{i}`, and the step count as `{prefix}steps`.
+    pub fn named_state(&self, prefix: &str) -> Vec<(String, Tensor)> {
+        let mut out = vec![(format!("{prefix}steps"), Tensor::from(self.steps as i64))];
+        for (kind, bufs) in [("first", &self.first), ("second", &self.second)] {
+            for (i, b) in bufs.iter().enumerate() {
+                if let Some(b) = b {
+                    out.push((format!("{prefix}{kind}.{i}"), b.shallow_clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Restores the state written by [`Optimizer::named_state`] (same parameter list), checking
+    /// shapes; moments absent from `saved` stay unset.
+    pub fn restore(
+        &mut self,
+        saved: &std::collections::HashMap<String, Tensor>,
+        prefix: &str,
+    ) -> Result<()> {
+        let steps = saved
+            .get(&format!("{prefix}steps"))
+            .ok_or_else(|| anyhow::anyhow!("checkpoint has no optimizer state '{prefix}steps'"))?;
+        self.steps = i32::try_from(steps.int64_value(&[]))?;
+        for (kind, bufs) in [("first", &mut self.first), ("second", &mut self.second)] {
+            for (i, b) in bufs.iter_mut().enumerate() {
+                let name = format!("{prefix}{kind}.{i}");
+                if let Some(t) = saved.get(&name) {
+                    ensure!(
+                        t.size() == self.params[i].size(),
+                        "optimizer state '{name}' has shape {:?}, parameter {i} has {:?}",
+                        t.size(),
+                        self.params[i].size()
+                    );
+                    *b = Some(
+                        t.to_kind(self.params[i].kind())
+                            .to_device(self.params[i].device()),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Updates every parameter in place with its gradient (same order as at construction).
     pub fn step(&mut self, grads: &[Tensor]) -> Result<()> {
         ensure!(

@@ -97,4 +97,3 @@ pub fn save_safetensors(vs: &VarStore, file: &Path) -> Result<()> {
         .with_context(|| format!("cannot write {}", tmp.path().display()))?;
     fsutil::persist(tmp, file).with_context(|| format!("cannot write {}", file.display()))
 }
-

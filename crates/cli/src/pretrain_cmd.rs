@@ -1,0 +1,67 @@
+//! `dpsynth pretrain`: non-private pretraining of the U-Net on public data.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::Args;
+use dpsynth::train::pretrain::{pretrain, PretrainConfig, PretrainRun};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::device::parse_device;
+
+#[derive(Args)]
+pub struct PretrainArgs {
+    /// TOML config: [model] (diffusers UNet2DModel keys), [schedule], [[data]], [train].
+    #[arg(long)]
+    config: PathBuf,
+    /// Output folder: model/ (EMA weights, diffusers layout), checkpoint/, samples/, loss.png,
+    /// report.json.
+    #[arg(long, default_value = "out/pretrain")]
+    out: PathBuf,
+    /// Continue from the checkpoint in --out.
+    #[arg(long)]
+    resume: bool,
+    /// Override train.steps of the config.
+    #[arg(long)]
+    steps: Option<u64>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+/// Runs `dpsynth pretrain`.
+pub fn run(a: PretrainArgs, data_dir: &Path) -> Result<()> {
+    let mut cfg = PretrainConfig::load(&a.config)?;
+    if let Some(s) = a.steps {
+        anyhow::ensure!(s > 0, "--steps must be at least 1");
+        cfg.train.steps = s;
+    }
+    let device = parse_device(&a.device)?;
+    let bar = ProgressBar::new(cfg.train.steps);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
+        )
+        .expect("valid template"),
+    );
+    let mut smooth = None;
+    let model_dir = pretrain(
+        &cfg,
+        &PretrainRun {
+            data_dir,
+            out: &a.out,
+            resume: a.resume,
+            device,
+        },
+        &mut |s| {
+            let m: f64 = smooth.map_or(s.loss, |m: f64| 0.98 * m + 0.02 * s.loss);
+            smooth = Some(m);
+            bar.set_position(s.step);
+            bar.set_message(format!("loss {m:.4}  {:.0} img/s", s.images_per_sec));
+        },
+    )?;
+    bar.finish();
+    println!("model: {}", model_dir.display());
+    println!("loss plot: {}", a.out.join("loss.png").display());
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! Atomic training checkpoints: a JSON state (step, privacy ledger, settings) plus named tensors.
+//!
+//! A checkpoint folder holds `checkpoint.json` and the tensor file it names,
+//! `tensors-STEP.safetensors`. The tensors are written first (temp file + rename), then the JSON
+//! (temp file + rename) that points at them, then older tensor files are removed. A crash at any
+//! point leaves the previous checkpoint intact and loadable.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tch::Tensor;
+
+use crate::fsutil::{self, write_atomic};
+
+/// Name of the JSON file in a checkpoint folder.
+pub const STATE_FILE: &str = "checkpoint.json";
+
+#[derive(Serialize, Deserialize)]
+struct Envelope<S> {
+    tensors_file: String,
+    state: S,
+}
+
+/// Writes a checkpoint of `state` and `tensors` into `dir` atomically.
+pub fn save<S: Serialize>(
+    dir: &Path,
+    step: u64,
+    state: &S,
+    tensors: &[(String, Tensor)],
+) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tensors_file = format!("tensors-{step:09}.safetensors");
+    let final_path = dir.join(&tensors_file);
+    let tmp = fsutil::temp_beside(&final_path, ".safetensors.partial")
+        .with_context(|| format!("creating a temp file in {}", dir.display()))?;
+    let named: Vec<(&str, Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| {
+            (
+                n.as_str(),
+                t.detach().to_device(tch::Device::Cpu).contiguous(),
+            )
+        })
+        .collect();
+    Tensor::write_safetensors(&named, tmp.path())
+        .with_context(|| format!("writing {}", tmp.path().display()))?;
+    fsutil::persist(tmp, &final_path)
+        .with_context(|| format!("writing {}", final_path.display()))?;
+    let env = Envelope {
+        tensors_file: tensors_file.clone(),
+        state,
+    };
+    let json = serde_json::to_vec_pretty(&env)?;
+    let state_path = dir.join(STATE_FILE);
+    write_atomic(&state_path, &json)
+        .with_context(|| format!("writing {}", state_path.display()))?;
+    // the new checkpoint is complete: older tensor files are no longer referenced
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("tensors-") && name.ends_with(".safetensors") && name != tensors_file {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Ok(())
+}
+
+/// True when `dir` holds a checkpoint.
+pub fn exists(dir: &Path) -> bool {
+    dir.join(STATE_FILE).is_file()
+}
+
+/// Reads a checkpoint: its state and its tensors by name.
+pub fn load<S: DeserializeOwned>(dir: &Path) -> Result<(S, HashMap<String, Tensor>)> {
+    let state_path = dir.join(STATE_FILE);
+    let bytes = std::fs::read(&state_path)
+        .with_context(|| format!("{}: cannot read checkpoint", state_path.display()))?;
+    let env: Envelope<S> = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{}: not a valid checkpoint", state_path.display()))?;
+    let tensors_path: PathBuf = dir.join(&env.tensors_file);
+    if env.tensors_file.contains('/') || !tensors_path.is_file() {
+        bail!(
+            "{}: names tensor file {} which is missing",
+            state_path.display(),
+            env.tensors_file
+        );
+    }
+    let tensors = Tensor::read_safetensors(&tensors_path)
+        .with_context(|| format!("{}: cannot read tensors", tensors_path.display()))?
+        .into_iter()
+        .collect();
+    Ok((env.state, tensors))
+}
+
+/// Copies checkpointed values into `params` (matched by name), checking names and shapes.
+pub fn restore(
+    params: &[(String, Tensor)],
+    saved: &HashMap<String, Tensor>,
+    dir: &Path,
+) -> Result<()> {
+    let _guard = tch::no_grad_guard();
+    for (name, p) in params {
+        let src = saved
+            .get(name)
+            .with_context(|| format!("{}: checkpoint has no tensor '{name}'", dir.display()))?;
+        if src.size() != p.size() {
+            bail!(
+                "{}: tensor '{name}' has shape {:?}, the model expects {:?}",
+                dir.display(),
+                src.size(),
+                p.size()
+            );
+        }
+        p.shallow_clone().copy_(src);
+    }
+    Ok(())
+}

@@ -1,0 +1,438 @@
+//! Non-private pretraining of the class-conditional U-Net on public data.
+//!
+//! AdamW with linear warm-up, global gradient-norm clipping, class dropout for classifier-free
+//! guidance, an EMA of the weights, atomic periodic checkpoints (weights, EMA, optimizer moments,
+//! step and loss history) and resume. The result is a diffusers-style model folder holding the EMA
+//! weights.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use super::{checkpoint, shallow};
+use crate::data::{self, Dataset};
+use crate::diffusion::ema::Ema;
+use crate::diffusion::loss::{eps_loss, LossConfig};
+use crate::diffusion::sampler::{sample, SamplerConfig};
+use crate::diffusion::{BetaSchedule, NoiseSchedule};
+use crate::dp::optim::{Optimizer, OptimizerConfig};
+use crate::nn::unet::{UNet, UNetConfig};
+
+/// How a pretraining source's labels are used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LabelUse {
+    /// Keep the dataset's labels (its classes must match the model's classes).
+    #[default]
+    Keep,
+    /// Train on the images as the null class only: they teach the unconditional model.
+    Null,
+}
+
+/// One public dataset in the pretraining mix.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSource {
+    /// Dataset spec, e.g. `font-digits:train`.
+    pub spec: String,
+    /// Label handling.
+    #[serde(default)]
+    pub labels: LabelUse,
+}
+
+/// Training hyper-parameters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainSettings {
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Peak AdamW learning rate.
+    pub lr: f64,
+    /// Linear warm-up steps.
+    #[serde(default)]
+    pub warmup_steps: u64,
+    /// AdamW decoupled weight decay.
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// Global gradient-norm clip (0: none).
+    #[serde(default)]
+    pub grad_clip: f64,
+    /// EMA decay.
+    pub ema_decay: f64,
+    /// Probability of replacing a label by the null class.
+    pub class_dropout: f64,
+    /// Seed for initialisation, batches and diffusion draws.
+    pub seed: u64,
+    /// Steps between checkpoints.
+    pub checkpoint_every: u64,
+    /// Steps between sample grids (0: only at the end).
+    #[serde(default)]
+    pub sample_every: u64,
+}
+
+/// Noise schedule settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSettings {
+    /// `linear` or `cosine`.
+    pub beta_schedule: String,
+    /// Training timesteps T.
+    pub num_train_timesteps: usize,
+}
+
+impl ScheduleSettings {
+    /// Builds the schedule, naming the bad key.
+    pub fn build(&self) -> Result<NoiseSchedule> {
+        let kind = match self.beta_schedule.as_str() {
+            "linear" => BetaSchedule::DDPM_LINEAR,
+            "cosine" => BetaSchedule::Cosine,
+            other => bail!("schedule.beta_schedule = '{other}': expected 'linear' or 'cosine'"),
+        };
+        NoiseSchedule::new(kind, self.num_train_timesteps)
+    }
+}
+
+/// A pretraining config (`configs/*.toml`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainConfig {
+    /// The U-Net, with diffusers `UNet2DModel` config keys.
+    pub model: UNetConfig,
+    /// The noise schedule.
+    pub schedule: ScheduleSettings,
+    /// Public training data.
+    pub data: Vec<DataSource>,
+    /// Hyper-parameters.
+    pub train: PretrainSettings,
+}
+
+impl PretrainConfig {
+    /// Reads and checks a TOML config file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read config", path.display()))?;
+        let cfg: Self =
+            toml::from_str(&text).with_context(|| format!("{}: invalid config", path.display()))?;
+        cfg.model
+            .validate()
+            .with_context(|| format!("{}: [model]", path.display()))?;
+        ensure!(
+            !cfg.data.is_empty(),
+            "{}: no [[data]] source",
+            path.display()
+        );
+        ensure!(
+            cfg.train.steps > 0,
+            "{}: train.steps must be > 0",
+            path.display()
+        );
+        ensure!(
+            cfg.train.batch_size > 0,
+            "{}: train.batch_size must be > 0",
+            path.display()
+        );
+        Ok(cfg)
+    }
+}
+
+/// Progress of one step, for a progress bar.
+#[derive(Debug, Clone)]
+pub struct PretrainStep {
+    /// Steps done.
+    pub step: u64,
+    /// Total steps.
+    pub total: u64,
+    /// This step's mean loss.
+    pub loss: f64,
+    /// Images per second since the start of this process.
+    pub images_per_sec: f64,
+}
+
+/// Checkpointed state besides the tensors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PretrainState {
+    /// Steps done.
+    pub step: u64,
+    /// Mean loss of every step so far.
+    pub losses: Vec<f32>,
+    /// Training seconds summed over all sessions.
+    pub seconds: f64,
+    /// The config the run started with.
+    pub config: PretrainConfig,
+}
+
+/// The training set: images in [-1, 1] via [`Dataset::batch`], and the label each image trains
+/// with (its own, or the null class).
+struct Mix {
+    parts: Vec<(Dataset, LabelUse)>,
+    offsets: Vec<usize>,
+    len: usize,
+}
+
+impl Mix {
+    fn load(sources: &[DataSource], data_dir: &Path, model: &UNet) -> Result<Self> {
+        let [c, h, w] = model
+            .sample_shape()
+            .context("model config needs sample_size")?;
+        let classes = model.null_class().unwrap_or(0);
+        let mut parts = Vec::new();
+        let mut offsets = Vec::new();
+        let mut len = 0;
+        for s in sources {
+            let ds = data::load(&s.spec, data_dir)?;
+            ensure!(
+                [ds.channels as i64, ds.height as i64, ds.width as i64] == [c, h, w],
+                "{}: images are {}x{}x{}, the model takes {c}x{h}x{w}",
+                s.spec,
+                ds.channels,
+                ds.height,
+                ds.width
+            );
+            if s.labels == LabelUse::Keep {
+                ensure!(
+                    ds.num_classes() as i64 == classes,
+                    "{}: {} classes, the model has {classes} (use labels = \"null\" to train it \
+                     as unconditional data)",
+                    s.spec,
+                    ds.num_classes()
+                );
+            }
+            offsets.push(len);
+            len += ds.len();
+            parts.push((ds, s.labels));
+        }
+        Ok(Self {
+            parts,
+            offsets,
+            len,
+        })
+    }
+
+    fn batch(&self, indices: &[usize], null: i64, device: Device) -> (Tensor, Tensor) {
+        let mut xs = Vec::new();
+        let mut ys = Vec::new();
+        for &i in indices {
+            let p = self.offsets.partition_point(|&o| o <= i) - 1;
+            let (ds, use_) = &self.parts[p];
+            let (x, y) = ds.batch(&[i - self.offsets[p]], device);
+            xs.push(x);
+            ys.push(match use_ {
+                LabelUse::Keep => y,
+                LabelUse::Null => Tensor::from_slice(&[null]).to_device(device),
+            });
+        }
+        (Tensor::cat(&xs, 0), Tensor::cat(&ys, 0))
+    }
+}
+
+/// Everything [`pretrain`] needs besides the config.
+pub struct PretrainRun<'a> {
+    /// Dataset folder.
+    pub data_dir: &'a Path,
+    /// Output folder: the model (EMA weights), checkpoints/, samples/, loss.png, report.json.
+    pub out: &'a Path,
+    /// Continue from `out/checkpoint`.
+    pub resume: bool,
+    /// Where to run.
+    pub device: Device,
+}
+
+fn named_trainables(model: &UNet) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Global L2 norm of a list of gradients.
+fn global_norm(grads: &[Tensor]) -> f64 {
+    grads
+        .iter()
+        .map(|g| g.square().sum(Kind::Double).double_value(&[]))
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// Pretrains per `cfg`; returns the output folder of the model.
+pub fn pretrain(
+    cfg: &PretrainConfig,
+    run: &PretrainRun,
+    on_step: &mut dyn FnMut(&PretrainStep),
+) -> Result<PathBuf> {
+    let t = &cfg.train;
+    tch::manual_seed(t.seed as i64);
+    let model = UNet::new(cfg.model.clone(), run.device)?;
+    let schedule = cfg.schedule.build()?;
+    let null = model
+        .null_class()
+        .context("pretraining needs a class-conditional model (num_class_embeds)")?;
+    let mix = Mix::load(&cfg.data, run.data_dir, &model)?;
+    let params = named_trainables(&model);
+    let tensors: Vec<Tensor> = params.iter().map(|(_, p)| p.shallow_clone()).collect();
+    let mut opt = Optimizer::new(
+        shallow(&tensors),
+        OptimizerConfig::AdamW {
+            lr: t.lr,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: t.weight_decay,
+        },
+    )?;
+    let mut ema = Ema::new(&model.vs, t.ema_decay)?;
+    let ckpt_dir = run.out.join("checkpoint");
+    let mut state = PretrainState {
+        step: 0,
+        losses: Vec::new(),
+        seconds: 0.0,
+        config: cfg.clone(),
+    };
+    if checkpoint::exists(&ckpt_dir) {
+        ensure!(
+            run.resume,
+            "{}: holds a checkpoint; pass --resume to continue it or choose another --out",
+            ckpt_dir.display()
+        );
+        let (saved, tensors_by_name): (PretrainState, _) = checkpoint::load(&ckpt_dir)?;
+        checkpoint::restore(&params, &tensors_by_name, &ckpt_dir)?;
+        ema.restore(&tensors_by_name, "ema.")?;
+        opt.restore(&tensors_by_name, "opt.")?;
+        state.step = saved.step;
+        state.losses = saved.losses;
+        state.seconds = saved.seconds;
+        // fresh randomness for the remaining steps, but still a function of the seed
+        tch::manual_seed(t.seed as i64 ^ state.step as i64);
+    }
+    let loss_cfg = LossConfig {
+        repeats: 1,
+        class_dropout: t.class_dropout,
+    };
+    let [c, h, w] = model.sample_shape().expect("checked in Mix::load");
+    let mut order: Vec<usize> = Vec::new();
+    let start = Instant::now();
+    let seconds_before = state.seconds;
+    let done_before = state.step;
+    while state.step < t.steps {
+        // shuffled passes over the mix, reshuffled with libtorch's seeded generator
+        if order.len() < t.batch_size {
+            let perm = Tensor::randperm(mix.len as i64, (Kind::Int64, Device::Cpu));
+            order.extend(Vec::<i64>::try_from(perm)?.into_iter().map(|v| v as usize));
+        }
+        let idx: Vec<usize> = order.drain(..t.batch_size).collect();
+        let (x, y) = mix.batch(&idx, null, run.device);
+        let loss = eps_loss(&model, &schedule, &x, &y, &loss_cfg)?.mean(Kind::Float);
+        let mut grads = Tensor::run_backward(&[&loss], &tensors, false, false);
+        if t.grad_clip > 0.0 {
+            let norm = global_norm(&grads);
+            if norm > t.grad_clip {
+                let s = t.grad_clip / (norm + 1e-6);
+                grads = grads.into_iter().map(|g| g * s).collect();
+            }
+        }
+        let lr = if state.step < t.warmup_steps {
+            t.lr * (state.step + 1) as f64 / t.warmup_steps as f64
+        } else {
+            t.lr
+        };
+        opt.set_lr(lr);
+        opt.step(&grads)?;
+        ema.update(&model.vs)?;
+        state.step += 1;
+        let l = loss.double_value(&[]);
+        ensure!(
+            l.is_finite(),
+            "loss became {l} at step {}: lower train.lr",
+            state.step
+        );
+        state.losses.push(l as f32);
+        let elapsed = start.elapsed().as_secs_f64();
+        state.seconds = seconds_before + elapsed;
+        on_step(&PretrainStep {
+            step: state.step,
+            total: t.steps,
+            loss: l,
+            images_per_sec: ((state.step - done_before) as usize * t.batch_size) as f64
+                / elapsed.max(1e-9),
+        });
+        let finished = state.step == t.steps;
+        if state.step.is_multiple_of(t.checkpoint_every) || finished {
+            let mut all: Vec<(String, Tensor)> = params
+                .iter()
+                .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                .collect();
+            all.extend(ema.named("ema."));
+            all.extend(opt.named_state("opt."));
+            checkpoint::save(&ckpt_dir, state.step, &state, &all)?;
+        }
+        if (t.sample_every > 0 && state.step.is_multiple_of(t.sample_every)) || finished {
+            let grid = run
+                .out
+                .join("samples")
+                .join(format!("step-{:07}.png", state.step));
+            sample_grid(&model, &ema, &schedule, [c, h, w], null, &grid, run.device)?;
+        }
+    }
+    // the shipped model holds the EMA weights
+    let model_dir = run.out.join("model");
+    let final_model = UNet::new(cfg.model.clone(), run.device)?;
+    ema.copy_to(&final_model.vs)?;
+    final_model.save(&model_dir)?;
+    super::plot::write_loss_plot(&state.losses, &run.out.join("loss.png"))?;
+    let report = serde_json::json!({
+        "command": "pretrain",
+        "steps": state.step,
+        "batch_size": t.batch_size,
+        "final_loss_mean_last_100": mean_tail(&state.losses, 100),
+        "training_seconds": state.seconds,
+        "parameters": params.iter().map(|(_, p)| p.numel()).sum::<usize>(),
+        "threads": tch::get_num_threads(),
+        "config": cfg,
+    });
+    crate::fsutil::write_atomic(
+        &run.out.join("report.json"),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    Ok(model_dir)
+}
+
+fn mean_tail(v: &[f32], n: usize) -> f64 {
+    let tail = &v[v.len().saturating_sub(n)..];
+    tail.iter().map(|&x| x as f64).sum::<f64>() / tail.len().max(1) as f64
+}
+
+/// Samples one row of 10 images per class with the EMA weights (DDIM-50, guidance 3) to a PNG.
+fn sample_grid(
+    model: &UNet,
+    ema: &Ema,
+    schedule: &NoiseSchedule,
+    shape: [i64; 3],
+    null: i64,
+    path: &Path,
+    device: Device,
+) -> Result<()> {
+    let eval = UNet::new(model.config().clone(), device)?;
+    ema.copy_to(&eval.vs)?;
+    let per_class = 10;
+    let labels: Vec<i64> = (0..null)
+        .flat_map(|c| std::iter::repeat_n(c, per_class))
+        .collect();
+    let images = sample(
+        &eval,
+        schedule,
+        &labels,
+        shape,
+        &SamplerConfig::ddim(50, 3.0),
+        0,
+        device,
+    )?;
+    let ds = crate::data::Dataset::from_unit_tensor(
+        &images,
+        labels.iter().map(|&l| l as u8).collect(),
+        (0..null).map(|c| c.to_string()).collect(),
+    )?;
+    crate::data::grid::write_grid(&ds, per_class, 2, path)?;
+    Ok(())
+}
