@@ -5,6 +5,7 @@ mod data_cmd;
 mod device;
 mod pretrain_cmd;
 mod privacy_cmd;
+mod sample_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,6 +20,10 @@ struct Cli {
     /// Folder holding fetched datasets (mnist/, fashion-mnist/, cifar10/).
     #[arg(long, global = true, default_value = "data", env = "DPSYNTH_DATA")]
     data_dir: PathBuf,
+    /// CPU threads for libtorch (default: one per core). Use 1 per process when running several
+    /// jobs side by side: oversubscribed OpenMP threads slow everything down.
+    #[arg(long, global = true, env = "DPSYNTH_THREADS")]
+    threads: Option<i32>,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,6 +44,8 @@ enum Command {
     Baseline(baseline_cmd::BaselineArgs),
     /// Pretrain the class-conditional U-Net on public data (non-private).
     Pretrain(pretrain_cmd::PretrainArgs),
+    /// Sample a labelled synthetic dataset (ImageFolder + grid) from a model folder.
+    Sample(sample_cmd::SampleArgs),
     /// The main job. For now: fetch MNIST and print its summary (the pipeline lands in later
     /// issues).
     Run,
@@ -52,10 +59,18 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        if n < 1 {
+            eprintln!("error: --threads must be at least 1, got {n}");
+            return ExitCode::FAILURE;
+        }
+        tch::set_num_threads(n);
+    }
     let result = match cli.command {
         Command::Data { command } => data_cmd::run(command, &cli.data_dir),
         Command::Baseline(a) => baseline_cmd::run(a, &cli.data_dir),
         Command::Pretrain(a) => pretrain_cmd::run(a, &cli.data_dir),
+        Command::Sample(a) => sample_cmd::run(a, &cli.data_dir),
         Command::Privacy { command } => privacy_cmd::run(command),
         Command::Run => data_cmd::run_default(&cli.data_dir),
     };

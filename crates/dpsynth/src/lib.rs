@@ -9,4 +9,5 @@ pub mod dp;
 pub mod fsutil;
 pub mod metrics;
 pub mod nn;
+pub mod synth;
 pub mod train;

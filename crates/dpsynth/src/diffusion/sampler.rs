@@ -203,6 +203,30 @@ pub fn sample(
     seed: u64,
     device: Device,
 ) -> Result<Tensor> {
+    sample_with_progress(
+        model,
+        schedule,
+        labels,
+        shape,
+        cfg,
+        seed,
+        device,
+        &mut |_| {},
+    )
+}
+
+/// [`sample`], calling `progress(images_done)` after each batch (for progress bars).
+#[allow(clippy::too_many_arguments)]
+pub fn sample_with_progress(
+    model: &impl EpsModel,
+    schedule: &NoiseSchedule,
+    labels: &[i64],
+    shape: [i64; 3],
+    cfg: &SamplerConfig,
+    seed: u64,
+    device: Device,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Tensor> {
     let ts = timesteps(schedule.num_train_timesteps(), cfg.num_steps, cfg.spacing)?;
     ensure!(cfg.batch_size >= 1, "sampler batch size must be >= 1");
     ensure!(
@@ -263,6 +287,7 @@ pub fn sample(
             x.clamp(-1.0, 1.0).to_device(Device::Cpu)
         });
         out.push(images);
+        progress(first + chunk.len());
     }
     if out.is_empty() {
         let [c, h, w] = shape;

@@ -22,6 +22,21 @@ fn default_init(fan_in: i64) -> nn::Init {
     }
 }
 
+/// A trainable low-rank side path added to a layer's output (LoRA, LoDA): the layer returns
+/// `base(x) + adapter.delta(x)`. Implemented in [`crate::nn::adapter`].
+pub trait Adapter: std::fmt::Debug {
+    /// The adapter's contribution for input `x`, shaped like the base layer's output.
+    fn delta(&self, x: &Tensor) -> Tensor;
+}
+
+/// The parameter-path name of a layer (`down_blocks.0.resnets.0.conv1`), from its `nn::Path`.
+fn layer_name(p: &nn::Path) -> String {
+    p.path("weight")
+        .trim_end_matches("weight")
+        .trim_end_matches('.')
+        .to_string()
+}
+
 /// A fully connected layer `y = x W^T + b` over the last dimension of `x`.
 #[derive(Debug)]
 pub struct Linear {
@@ -29,6 +44,10 @@ pub struct Linear {
     pub weight: Tensor,
     /// Optional bias, `out`.
     pub bias: Option<Tensor>,
+    /// Parameter-path name of the layer.
+    pub name: String,
+    /// Optional adapter whose output is added to the layer's.
+    pub adapter: Option<Box<dyn Adapter>>,
 }
 
 impl Linear {
@@ -36,14 +55,40 @@ impl Linear {
     pub fn new(p: nn::Path, in_dim: i64, out_dim: i64, bias: bool) -> Self {
         let weight = p.var("weight", &[out_dim, in_dim], default_init(in_dim));
         let bias = bias.then(|| p.var("bias", &[out_dim], default_init(in_dim)));
-        Self { weight, bias }
+        Self {
+            weight,
+            bias,
+            name: layer_name(&p),
+            adapter: None,
+        }
     }
 
-    /// Applies the layer; records on the tape when trainable.
+    /// Like [`Linear::new`] but weight and bias start at zero (LoRA's B matrix).
+    pub fn zeros(p: nn::Path, in_dim: i64, out_dim: i64, bias: bool) -> Self {
+        let weight = p.var("weight", &[out_dim, in_dim], nn::Init::Const(0.0));
+        let bias = bias.then(|| p.var("bias", &[out_dim], nn::Init::Const(0.0)));
+        Self {
+            weight,
+            bias,
+            name: layer_name(&p),
+            adapter: None,
+        }
+    }
+
+    /// Input and output features.
+    pub fn dims(&self) -> (i64, i64) {
+        let s = self.weight.size();
+        (s[1], s[0])
+    }
+
+    /// Applies the layer (plus its adapter); records on the tape when trainable.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let y = x.linear(&self.weight, self.bias.as_ref());
         tape::record(LayerKind::Linear, &self.weight, self.bias.as_ref(), x, &y);
-        y
+        match &self.adapter {
+            Some(a) => y + a.delta(x),
+            None => y,
+        }
     }
 }
 
@@ -81,6 +126,10 @@ pub struct Conv2d {
     pub bias: Option<Tensor>,
     /// Geometry.
     pub cfg: ConvConfig,
+    /// Parameter-path name of the layer.
+    pub name: String,
+    /// Optional adapter whose output is added to the layer's.
+    pub adapter: Option<Box<dyn Adapter>>,
 }
 
 impl Conv2d {
@@ -93,7 +142,13 @@ impl Conv2d {
             default_init(fan_in),
         );
         let bias = bias.then(|| p.var("bias", &[c_out], default_init(fan_in)));
-        Self { weight, bias, cfg }
+        Self {
+            weight,
+            bias,
+            cfg,
+            name: layer_name(&p),
+            adapter: None,
+        }
     }
 
     /// Like [`Conv2d::new`] but weight and bias start at zero (LoRA's B matrix).
@@ -104,10 +159,16 @@ impl Conv2d {
             nn::Init::Const(0.0),
         );
         let bias = bias.then(|| p.var("bias", &[c_out], nn::Init::Const(0.0)));
-        Self { weight, bias, cfg }
+        Self {
+            weight,
+            bias,
+            cfg,
+            name: layer_name(&p),
+            adapter: None,
+        }
     }
 
-    /// Applies the convolution; records on the tape when trainable.
+    /// Applies the convolution (plus its adapter); records on the tape when trainable.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let c = self.cfg;
         let y = x.conv2d(
@@ -125,7 +186,16 @@ impl Conv2d {
             x,
             &y,
         );
-        y
+        match &self.adapter {
+            Some(a) => y + a.delta(x),
+            None => y,
+        }
+    }
+
+    /// Input and output channels.
+    pub fn channels(&self) -> (i64, i64) {
+        let s = self.weight.size();
+        (s[1], s[0])
     }
 }
 

@@ -1,4 +1,5 @@
 //! Neural network models built from the DP-aware layers of [`crate::dp::layers`].
 
+pub mod adapter;
 pub mod classifier;
 pub mod unet;

@@ -86,14 +86,25 @@ pub struct ScheduleSettings {
 }
 
 impl ScheduleSettings {
-    /// Builds the schedule, naming the bad key.
-    pub fn build(&self) -> Result<NoiseSchedule> {
-        let kind = match self.beta_schedule.as_str() {
+    fn kind(&self) -> Result<BetaSchedule> {
+        Ok(match self.beta_schedule.as_str() {
             "linear" => BetaSchedule::DDPM_LINEAR,
             "cosine" => BetaSchedule::Cosine,
             other => bail!("schedule.beta_schedule = '{other}': expected 'linear' or 'cosine'"),
-        };
-        NoiseSchedule::new(kind, self.num_train_timesteps)
+        })
+    }
+
+    /// Builds the schedule, naming the bad key.
+    pub fn build(&self) -> Result<NoiseSchedule> {
+        NoiseSchedule::new(self.kind()?, self.num_train_timesteps)
+    }
+
+    /// The diffusers scheduler config saved with the model.
+    pub fn scheduler_config(&self) -> Result<crate::synth::SchedulerConfig> {
+        Ok(crate::synth::SchedulerConfig::of(
+            self.kind()?,
+            self.num_train_timesteps,
+        ))
     }
 }
 
@@ -211,6 +222,15 @@ impl Mix {
             offsets,
             len,
         })
+    }
+
+    /// Class names of the first labelled source (the model's classes).
+    fn class_names(&self) -> Vec<String> {
+        self.parts
+            .iter()
+            .find(|(_, u)| *u == LabelUse::Keep)
+            .map(|(ds, _)| ds.class_names.clone())
+            .unwrap_or_default()
     }
 
     fn batch(&self, indices: &[usize], null: i64, device: Device) -> (Tensor, Tensor) {
@@ -380,6 +400,11 @@ pub fn pretrain(
     let final_model = UNet::new(cfg.model.clone(), run.device)?;
     ema.copy_to(&final_model.vs)?;
     final_model.save(&model_dir)?;
+    let mut classes = mix.class_names();
+    if classes.is_empty() {
+        classes = (0..null).map(|c| c.to_string()).collect();
+    }
+    crate::synth::save_extras(&model_dir, &cfg.schedule.scheduler_config()?, &classes)?;
     super::plot::write_loss_plot(&state.losses, &run.out.join("loss.png"))?;
     let report = serde_json::json!({
         "command": "pretrain",

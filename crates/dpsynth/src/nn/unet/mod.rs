@@ -16,4 +16,4 @@ pub mod resnet;
 pub mod weights;
 
 pub use config::UNetConfig;
-pub use model::UNet;
+pub use model::{LayerMut, Site, UNet};

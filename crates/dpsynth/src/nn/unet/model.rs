@@ -5,17 +5,37 @@ use std::path::Path;
 use anyhow::{ensure, Context, Result};
 use tch::{nn, Device, Kind, Tensor};
 
+use super::attention::Attention;
 use super::blocks::{BlockCommon, DownBlock, MidBlock, UpBlock};
 use super::config::{DownBlockKind, TimeScaleShift, UNetConfig, UpBlockKind};
 use super::embeddings::{TimestepEmbedding, Timesteps};
-use super::resnet::ResnetSpec;
+use super::resnet::{ResnetBlock2D, ResnetSpec};
 use super::weights;
-use crate::dp::layers::{Conv2d, ConvConfig, Embedding, GroupNorm};
+use crate::dp::layers::{Conv2d, ConvConfig, Embedding, GroupNorm, Linear};
 
 /// File name of the weights in a model folder (as diffusers).
 pub const WEIGHTS_FILE: &str = "diffusion_pytorch_model.safetensors";
 /// File name of the config in a model folder (as diffusers).
 pub const CONFIG_FILE: &str = "config.json";
+
+/// Where an adaptable layer sits in the U-Net.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Site {
+    /// A 3 × 3 or shortcut conv of a ResNet block.
+    ResnetConv,
+    /// An attention projection.
+    Attention,
+    /// The time-embedding MLP or a block's time projection.
+    TimeEmbedding,
+}
+
+/// A mutable handle to an adaptable layer.
+pub enum LayerMut<'a> {
+    /// A convolution.
+    Conv(&'a mut Conv2d),
+    /// A linear layer.
+    Linear(&'a mut Linear),
+}
 
 /// A U-Net that predicts the noise ε of `x_t` given the timestep and a class label.
 ///
@@ -197,6 +217,56 @@ impl UNet {
             .with_context(|| format!("cannot write {}", path.display()))
     }
 
+    /// Calls `f` on every layer an adapter may wrap, with the kind of place it sits in: the
+    /// convs of ResNet blocks, the attention projections, and the time-embedding linears (the
+    /// MLP and each block's projection). Used to attach LoRA/LoDA adapters.
+    pub fn for_each_adaptable(&mut self, f: &mut dyn FnMut(Site, LayerMut<'_>)) {
+        let resnet = |r: &mut ResnetBlock2D, f: &mut dyn FnMut(Site, LayerMut<'_>)| {
+            f(Site::ResnetConv, LayerMut::Conv(&mut r.conv1));
+            f(Site::ResnetConv, LayerMut::Conv(&mut r.conv2));
+            if let Some(c) = r.conv_shortcut.as_mut() {
+                f(Site::ResnetConv, LayerMut::Conv(c));
+            }
+            f(Site::TimeEmbedding, LayerMut::Linear(&mut r.time_emb_proj));
+        };
+        let attention = |a: &mut Attention, f: &mut dyn FnMut(Site, LayerMut<'_>)| {
+            for l in [&mut a.to_q, &mut a.to_k, &mut a.to_v, &mut a.to_out] {
+                f(Site::Attention, LayerMut::Linear(l));
+            }
+        };
+        f(
+            Site::TimeEmbedding,
+            LayerMut::Linear(&mut self.time_embedding.linear_1),
+        );
+        f(
+            Site::TimeEmbedding,
+            LayerMut::Linear(&mut self.time_embedding.linear_2),
+        );
+        for b in &mut self.down_blocks {
+            b.resnets.iter_mut().for_each(|r| resnet(r, f));
+            b.attentions.iter_mut().for_each(|a| attention(a, f));
+        }
+        if let Some(m) = self.mid_block.as_mut() {
+            m.resnets.iter_mut().for_each(|r| resnet(r, f));
+            if let Some(a) = m.attention.as_mut() {
+                attention(a, f);
+            }
+        }
+        for b in &mut self.up_blocks {
+            b.resnets.iter_mut().for_each(|r| resnet(r, f));
+            b.attentions.iter_mut().for_each(|a| attention(a, f));
+        }
+    }
+
+    /// Names of the parameters of the attention blocks (for DP-LDM-style fine-tuning).
+    pub fn attention_parameter_names(&self) -> Vec<String> {
+        self.vs
+            .variables()
+            .into_keys()
+            .filter(|k| k.contains(".attentions."))
+            .collect()
+    }
+
     /// The validated config.
     pub fn config(&self) -> &UNetConfig {
         &self.config
@@ -290,7 +360,10 @@ impl UNet {
         };
         // no in-place ops anywhere in the forward: the DP tape holds layer outputs (here
         // linear_2's) whose gradients it takes later
-        let temb = self.time_embedding.forward(&self.time_proj.forward(&t));
+        // the sinusoid is computed in float32; follow the model's dtype (float64 in tests)
+        let temb = self
+            .time_embedding
+            .forward(&self.time_proj.forward(&t).to_kind(x.kind()));
         let temb = match &self.class_embedding {
             Some(table) => temb + table.forward(class_labels),
             None => temb,

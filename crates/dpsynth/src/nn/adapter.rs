@@ -1,0 +1,224 @@
+//! Low-dimensional adapters on frozen layers: LoRA and LoDA (Liu et al., 2024).
+//!
+//! For a frozen conv `W` (C_out × C_in × k × k), `A` is a k × k conv C_in → r with W's stride,
+//! padding and dilation, `B` a 1 × 1 conv r → C_out initialised to zero, and the layer returns
+//! `W * x + (α / r) · B(g(A x))`:
+//! - LoRA: `g(u) = u`;
+//! - LoDA: `g(u) = u + D2 · act(D1 · u)`, with `D1`, `D2` 1 × 1 convs r → r (per pixel), `D2`
+//!   initialised to zero so that LoDA starts as LoRA and LoRA is its special case.
+//!
+//! Linear layers get the same with linear maps. Every part is a DP-aware layer from
+//! [`crate::dp::layers`], so DP-SGD computes exact per-sample gradients for adapters with the
+//! rules it already has. Parameters live in their own VarStore, so the base model's weights stay exactly as diffusers wrote them.
+//! Adapter parameters are named `adapter.{layer}.{A,D1,D2,B}.{weight,bias}`.
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Tensor};
+
+use crate::dp::layers::{Adapter, Conv2d, ConvConfig, Linear};
+use crate::nn::unet::{LayerMut, Site, UNet};
+
+/// LoRA or LoDA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdapterKind {
+    /// Linear low-rank adapter, `g(u) = u`.
+    Lora,
+    /// Non-linear low-dimensional adapter, `g(u) = u + D2 act(D1 u)`.
+    Loda,
+}
+
+/// The non-linearity of LoDA's `g`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdapterActivation {
+    /// x · sigmoid(x).
+    Silu,
+    /// tanh.
+    Tanh,
+    /// max(x, 0).
+    Relu,
+}
+
+impl AdapterActivation {
+    fn apply(self, x: &Tensor) -> Tensor {
+        match self {
+            Self::Silu => x.silu(),
+            Self::Tanh => x.tanh(),
+            Self::Relu => x.relu(),
+        }
+    }
+}
+
+/// Where adapters go and how big they are (saved as `adapter_config.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterConfig {
+    /// LoRA or LoDA.
+    pub kind: AdapterKind,
+    /// Rank r.
+    pub rank: i64,
+    /// Scale α (the update is multiplied by α / r).
+    pub alpha: f64,
+    /// LoDA's activation.
+    pub activation: AdapterActivation,
+    /// Adapt the 3 × 3 and shortcut convs of ResNet blocks.
+    pub resnet_convs: bool,
+    /// Adapt attention projections (to_q, to_k, to_v, to_out).
+    pub attention: bool,
+    /// Adapt the time-embedding MLP and the per-block time projections.
+    pub time_embedding: bool,
+}
+
+impl AdapterConfig {
+    /// The paper's default placement: ResNet convs, rank 4, α = r.
+    pub fn new(kind: AdapterKind, rank: i64) -> Self {
+        Self {
+            kind,
+            rank,
+            alpha: rank as f64,
+            activation: AdapterActivation::Silu,
+            resnet_convs: true,
+            attention: false,
+            time_embedding: false,
+        }
+    }
+
+    /// Checks the numbers, naming the bad field.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.rank >= 1,
+            "adapter rank must be at least 1, got {}",
+            self.rank
+        );
+        anyhow::ensure!(
+            self.alpha.is_finite() && self.alpha > 0.0,
+            "adapter alpha must be positive, got {}",
+            self.alpha
+        );
+        anyhow::ensure!(
+            self.resnet_convs || self.attention || self.time_embedding,
+            "adapters must go somewhere: enable resnet_convs, attention or time_embedding"
+        );
+        Ok(())
+    }
+}
+
+/// A layer an adapter is made of: [`Conv2d`] for conv adapters, [`Linear`] for linear ones.
+pub trait AdapterLayer: std::fmt::Debug {
+    /// Applies the layer.
+    fn apply(&self, x: &Tensor) -> Tensor;
+}
+
+impl AdapterLayer for Conv2d {
+    fn apply(&self, x: &Tensor) -> Tensor {
+        self.forward(x)
+    }
+}
+
+impl AdapterLayer for Linear {
+    fn apply(&self, x: &Tensor) -> Tensor {
+        self.forward(x)
+    }
+}
+
+/// One adapter on one layer: `x ↦ (α / r) · B(g(A x))`.
+#[derive(Debug)]
+pub struct LowRank<L> {
+    a: L,
+    /// LoDA's `(D1, D2)`; `None` for LoRA.
+    d: Option<(L, L)>,
+    b: L,
+    scale: f64,
+    activation: AdapterActivation,
+}
+
+impl LowRank<Conv2d> {
+    /// An adapter for `base` (a conv), with parameters under `p`.
+    pub fn for_conv(p: nn::Path, base: &Conv2d, cfg: &AdapterConfig) -> Self {
+        let (c_in, c_out) = base.channels();
+        let r = cfg.rank;
+        Self {
+            a: Conv2d::new(&p / "A", c_in, r, base.cfg, false),
+            d: (cfg.kind == AdapterKind::Loda).then(|| {
+                (
+                    Conv2d::new(&p / "D1", r, r, ConvConfig::same(1), true),
+                    Conv2d::zeros(&p / "D2", r, r, ConvConfig::same(1), true),
+                )
+            }),
+            b: Conv2d::zeros(&p / "B", r, c_out, ConvConfig::same(1), false),
+            scale: cfg.alpha / r as f64,
+            activation: cfg.activation,
+        }
+    }
+}
+
+impl LowRank<Linear> {
+    /// An adapter for `base` (a linear layer), with parameters under `p`.
+    pub fn for_linear(p: nn::Path, base: &Linear, cfg: &AdapterConfig) -> Self {
+        let (d_in, d_out) = base.dims();
+        let r = cfg.rank;
+        Self {
+            a: Linear::new(&p / "A", d_in, r, false),
+            d: (cfg.kind == AdapterKind::Loda).then(|| {
+                (
+                    Linear::new(&p / "D1", r, r, true),
+                    Linear::zeros(&p / "D2", r, r, true),
+                )
+            }),
+            b: Linear::zeros(&p / "B", r, d_out, false),
+            scale: cfg.alpha / r as f64,
+            activation: cfg.activation,
+        }
+    }
+}
+
+impl<L: AdapterLayer> Adapter for LowRank<L> {
+    fn delta(&self, x: &Tensor) -> Tensor {
+        let u = self.a.apply(x);
+        let g = match &self.d {
+            Some((d1, d2)) => &u + d2.apply(&self.activation.apply(&d1.apply(&u))),
+            None => u,
+        };
+        self.b.apply(&g) * self.scale
+    }
+}
+
+/// Attaches adapters to `unet` where `cfg` says, with parameters in `store` (named after each
+/// layer: `adapter.{layer}.A.weight`, ...). Returns how many layers got one.
+pub fn attach(unet: &mut UNet, store: &nn::VarStore, cfg: &AdapterConfig) -> anyhow::Result<usize> {
+    cfg.validate()?;
+    let root = store.root();
+    let mut count = 0;
+    unet.for_each_adaptable(&mut |site, layer| {
+        let wanted = match site {
+            Site::ResnetConv => cfg.resnet_convs,
+            Site::Attention => cfg.attention,
+            Site::TimeEmbedding => cfg.time_embedding,
+        };
+        if !wanted {
+            return;
+        }
+        count += 1;
+        match layer {
+            LayerMut::Conv(c) => {
+                let p = under(&root, &c.name);
+                c.adapter = Some(Box::new(LowRank::for_conv(p, c, cfg)));
+            }
+            LayerMut::Linear(l) => {
+                let p = under(&root, &l.name);
+                l.adapter = Some(Box::new(LowRank::for_linear(p, l, cfg)));
+            }
+        }
+    });
+    Ok(count)
+}
+
+/// The path `{layer}.adapter` in the adapter store (`nn::Path::sub` takes one component at a time).
+fn under<'a>(root: &nn::Path<'a>, layer: &str) -> nn::Path<'a> {
+    let mut p = root.sub("adapter");
+    for c in layer.split('.') {
+        p = p.sub(c);
+    }
+    p
+}

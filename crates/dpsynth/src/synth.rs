@@ -1,0 +1,181 @@
+//! Model folders and synthetic data: a diffusers-style folder (U-Net config and weights, noise
+//! schedule, class names) and the sampling of a labelled synthetic dataset from it.
+//!
+//! Besides diffusers' `config.json` and `diffusion_pytorch_model.safetensors`, a folder holds
+//! `scheduler_config.json` (diffusers' scheduler keys `beta_schedule`, `beta_start`, `beta_end`,
+//! `num_train_timesteps`) and `classes.json` (a JSON array of class names, dpsynth's own).
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use tch::Device;
+
+use crate::data::Dataset;
+use crate::diffusion::sampler::{sample_with_progress, SamplerConfig};
+use crate::diffusion::{BetaSchedule, NoiseSchedule};
+use crate::fsutil::write_atomic;
+use crate::nn::unet::UNet;
+
+/// File name of the scheduler config in a model folder (as in diffusers pipelines).
+pub const SCHEDULER_FILE: &str = "scheduler_config.json";
+/// File name of the class names in a model folder.
+pub const CLASSES_FILE: &str = "classes.json";
+
+/// The scheduler keys dpsynth reads and writes (a subset of diffusers' `DDPMScheduler` config).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SchedulerConfig {
+    /// `linear` or `squaredcos_cap_v2`.
+    pub beta_schedule: String,
+    /// β at t = 0 (linear schedule).
+    #[serde(default = "default_beta_start")]
+    pub beta_start: f64,
+    /// β at t = T − 1 (linear schedule).
+    #[serde(default = "default_beta_end")]
+    pub beta_end: f64,
+    /// T.
+    pub num_train_timesteps: usize,
+}
+
+fn default_beta_start() -> f64 {
+    1e-4
+}
+fn default_beta_end() -> f64 {
+    0.02
+}
+
+impl SchedulerConfig {
+    /// The config of `kind` over `t` steps.
+    pub fn of(kind: BetaSchedule, t: usize) -> Self {
+        match kind {
+            BetaSchedule::Linear { start, end } => Self {
+                beta_schedule: "linear".into(),
+                beta_start: start,
+                beta_end: end,
+                num_train_timesteps: t,
+            },
+            BetaSchedule::Cosine => Self {
+                beta_schedule: "squaredcos_cap_v2".into(),
+                beta_start: default_beta_start(),
+                beta_end: default_beta_end(),
+                num_train_timesteps: t,
+            },
+        }
+    }
+
+    /// Builds the schedule.
+    pub fn build(&self) -> Result<NoiseSchedule> {
+        let kind = match self.beta_schedule.as_str() {
+            "linear" => BetaSchedule::Linear {
+                start: self.beta_start,
+                end: self.beta_end,
+            },
+            "squaredcos_cap_v2" => BetaSchedule::Cosine,
+            other => bail!("beta_schedule '{other}': expected linear or squaredcos_cap_v2"),
+        };
+        NoiseSchedule::new(kind, self.num_train_timesteps)
+    }
+}
+
+/// A loaded model folder.
+pub struct ModelDir {
+    /// The U-Net.
+    pub unet: UNet,
+    /// Its noise schedule.
+    pub schedule: NoiseSchedule,
+    /// The scheduler settings the schedule came from.
+    pub scheduler: SchedulerConfig,
+    /// Class names, one per non-null class embedding.
+    pub classes: Vec<String>,
+}
+
+/// Writes the scheduler config and class names beside a saved U-Net.
+pub fn save_extras(dir: &Path, scheduler: &SchedulerConfig, classes: &[String]) -> Result<()> {
+    for (file, json) in [
+        (SCHEDULER_FILE, serde_json::to_string_pretty(scheduler)?),
+        (CLASSES_FILE, serde_json::to_string_pretty(classes)?),
+    ] {
+        let p = dir.join(file);
+        write_atomic(&p, json.as_bytes()).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// Loads a model folder. A folder without `scheduler_config.json` gets the DDPM linear schedule
+/// over 1000 steps; one without `classes.json` gets classes named `0`, `1`, ...
+pub fn load_model_dir(dir: &Path, device: Device) -> Result<ModelDir> {
+    let unet = UNet::load(dir, device)?;
+    let Some(null) = unet.null_class() else {
+        bail!(
+            "{}: the model is unconditional (no num_class_embeds); dpsynth needs a \
+             class-conditional model",
+            dir.display()
+        );
+    };
+    let sched_path = dir.join(SCHEDULER_FILE);
+    let scheduler = if sched_path.exists() {
+        let text = std::fs::read_to_string(&sched_path)
+            .with_context(|| format!("reading {}", sched_path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{}: invalid", sched_path.display()))?
+    } else {
+        SchedulerConfig::of(BetaSchedule::DDPM_LINEAR, 1000)
+    };
+    let schedule = scheduler
+        .build()
+        .with_context(|| format!("{}", sched_path.display()))?;
+    let classes_path = dir.join(CLASSES_FILE);
+    let classes: Vec<String> = if classes_path.exists() {
+        let text = std::fs::read_to_string(&classes_path)
+            .with_context(|| format!("reading {}", classes_path.display()))?;
+        serde_json::from_str(&text).with_context(|| {
+            format!("{}: expected a JSON array of names", classes_path.display())
+        })?
+    } else {
+        (0..null).map(|c| c.to_string()).collect()
+    };
+    if classes.len() as i64 != null {
+        bail!(
+            "{}: {} class names for a model with {null} classes",
+            classes_path.display(),
+            classes.len()
+        );
+    }
+    Ok(ModelDir {
+        unet,
+        schedule,
+        scheduler,
+        classes,
+    })
+}
+
+/// Samples `per_class` images of every class (labels in class order), as a dataset.
+pub fn generate(
+    model: &ModelDir,
+    per_class: usize,
+    cfg: &SamplerConfig,
+    seed: u64,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Dataset> {
+    let shape = model
+        .unet
+        .sample_shape()
+        .context("the model config has no sample_size")?;
+    let labels: Vec<i64> = (0..model.classes.len() as i64)
+        .flat_map(|c| std::iter::repeat_n(c, per_class))
+        .collect();
+    let images = sample_with_progress(
+        &model.unet,
+        &model.schedule,
+        &labels,
+        shape,
+        cfg,
+        seed,
+        model.unet.device(),
+        progress,
+    )?;
+    Ok(Dataset::from_unit_tensor(
+        &images,
+        labels.iter().map(|&l| l as u8).collect(),
+        model.classes.clone(),
+    )?)
+}
