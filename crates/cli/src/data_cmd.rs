@@ -156,22 +156,3 @@ fn print_summary(spec: &str, s: &data::Summary) {
         println!("  {i:>3} {name:<12} {n}");
     }
 }
-
-/// The interim main job: fetch MNIST if needed and print its training-set summary.
-pub fn run_default(data_dir: &Path) -> Result<()> {
-    run(
-        DataCommand::Fetch {
-            name: "mnist".into(),
-            dir: None,
-            from: None,
-        },
-        data_dir,
-    )?;
-    run(
-        DataCommand::Info {
-            spec: "mnist:train".into(),
-            json: false,
-        },
-        data_dir,
-    )
-}

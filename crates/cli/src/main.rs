@@ -3,8 +3,11 @@
 mod baseline_cmd;
 mod data_cmd;
 mod device;
+mod evaluate_cmd;
+mod finetune_cmd;
 mod pretrain_cmd;
 mod privacy_cmd;
+mod run_cmd;
 mod sample_cmd;
 
 use std::path::PathBuf;
@@ -44,11 +47,15 @@ enum Command {
     Baseline(baseline_cmd::BaselineArgs),
     /// Pretrain the class-conditional U-Net on public data (non-private).
     Pretrain(pretrain_cmd::PretrainArgs),
+    /// DP fine-tuning of a pretrained model on private data (loda, lora, attention, full, scratch).
+    Finetune(finetune_cmd::FinetuneArgs),
+    /// Train the downstream classifier on (synthetic) data and test it on real data.
+    Evaluate(evaluate_cmd::EvaluateArgs),
     /// Sample a labelled synthetic dataset (ImageFolder + grid) from a model folder.
     Sample(sample_cmd::SampleArgs),
-    /// The main job. For now: fetch MNIST and print its summary (the pipeline lands in later
-    /// issues).
-    Run,
+    /// The main job: DP fine-tuning on private data, sampling, and the downstream test, from one
+    /// config (the embedded default: MNIST, the shipped base model, DP-LoDA at epsilon 10).
+    Run(run_cmd::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -70,9 +77,11 @@ fn main() -> ExitCode {
         Command::Data { command } => data_cmd::run(command, &cli.data_dir),
         Command::Baseline(a) => baseline_cmd::run(a, &cli.data_dir),
         Command::Pretrain(a) => pretrain_cmd::run(a, &cli.data_dir),
+        Command::Finetune(a) => finetune_cmd::run(a, &cli.data_dir),
+        Command::Evaluate(a) => evaluate_cmd::run(a, &cli.data_dir),
         Command::Sample(a) => sample_cmd::run(a, &cli.data_dir),
         Command::Privacy { command } => privacy_cmd::run(command),
-        Command::Run => data_cmd::run_default(&cli.data_dir),
+        Command::Run(a) => run_cmd::run(a, &cli.data_dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -87,6 +87,10 @@ pub struct ModelDir {
     pub scheduler: SchedulerConfig,
     /// Class names, one per non-null class embedding.
     pub classes: Vec<String>,
+    /// The adapters attached to the U-Net, if the folder carries any.
+    pub adapter: Option<crate::nn::adapter::AdapterConfig>,
+    /// The store holding the adapters' weights (kept alive with the model).
+    pub adapter_store: Option<tch::nn::VarStore>,
 }
 
 /// Writes the scheduler config and class names beside a saved U-Net.
@@ -102,9 +106,27 @@ pub fn save_extras(dir: &Path, scheduler: &SchedulerConfig, classes: &[String]) 
 }
 
 /// Loads a model folder. A folder without `scheduler_config.json` gets the DDPM linear schedule
-/// over 1000 steps; one without `classes.json` gets classes named `0`, `1`, ...
+/// over 1000 steps; one without `classes.json` gets classes named `0`, `1`, ...; one with
+/// `adapter_config.json` gets its adapters attached and loaded from `adapter_model.safetensors`.
 pub fn load_model_dir(dir: &Path, device: Device) -> Result<ModelDir> {
-    let unet = UNet::load(dir, device)?;
+    let mut unet = UNet::load(dir, device)?;
+    let adapter_cfg_path = dir.join(crate::train::finetune::ADAPTER_CONFIG);
+    let (adapter, adapter_store) = if adapter_cfg_path.exists() {
+        let text = std::fs::read_to_string(&adapter_cfg_path)
+            .with_context(|| format!("reading {}", adapter_cfg_path.display()))?;
+        let acfg: crate::nn::adapter::AdapterConfig = serde_json::from_str(&text)
+            .with_context(|| format!("{}: invalid adapter config", adapter_cfg_path.display()))?;
+        let store = tch::nn::VarStore::new(device);
+        crate::nn::adapter::attach(&mut unet, &store, &acfg)
+            .with_context(|| format!("{}", adapter_cfg_path.display()))?;
+        crate::nn::unet::weights::load_safetensors(
+            &store,
+            &dir.join(crate::train::finetune::ADAPTER_WEIGHTS),
+        )?;
+        (Some(acfg), Some(store))
+    } else {
+        (None, None)
+    };
     let Some(null) = unet.null_class() else {
         bail!(
             "{}: the model is unconditional (no num_class_embeds); dpsynth needs a \
@@ -145,6 +167,8 @@ pub fn load_model_dir(dir: &Path, device: Device) -> Result<ModelDir> {
         schedule,
         scheduler,
         classes,
+        adapter,
+        adapter_store,
     })
 }
 

@@ -2,6 +2,8 @@
 
 pub mod checkpoint;
 pub mod classifier;
+pub mod downstream;
+pub mod finetune;
 pub mod plot;
 pub mod pretrain;
 

@@ -1,0 +1,178 @@
+//! `dpsynth finetune`: DP fine-tuning of a pretrained model on private data.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use dpsynth::data;
+use dpsynth::data::grid;
+use dpsynth::diffusion::sampler::SamplerConfig;
+use dpsynth::fsutil::write_atomic;
+use dpsynth::synth::{generate, load_model_dir};
+use dpsynth::train::finetune::{finetune, FinetuneConfig, Finetuned, Mode};
+use indicatif::{ProgressBar, ProgressStyle};
+use privacy::Accountant;
+
+use crate::device::parse_device;
+
+#[derive(Args, Clone)]
+pub struct FinetuneArgs {
+    /// Base model folder (e.g. models/mnist-base).
+    #[arg(long, default_value = "models/mnist-base")]
+    pub base: PathBuf,
+    /// Private training data (dataset spec).
+    #[arg(long, default_value = "mnist:train")]
+    pub data: String,
+    /// Target ε.
+    #[arg(long)]
+    pub epsilon: f64,
+    /// Target δ.
+    #[arg(long, default_value_t = 1e-5)]
+    pub delta: f64,
+    /// loda, lora, attention (DP-LDM), full (DP-Diffusion) or scratch (DPDM).
+    #[arg(long, default_value = "loda")]
+    pub mode: Mode,
+    /// Adapter rank r (loda, lora).
+    #[arg(long, default_value_t = 4)]
+    pub rank: i64,
+    /// Adapter scale α (update × α / r); default r.
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    /// Also put adapters on attention projections.
+    #[arg(long)]
+    pub adapt_attention: bool,
+    /// Also put adapters on the time-embedding linears.
+    #[arg(long)]
+    pub adapt_time: bool,
+    /// Keep the class embedding frozen in adapter and attention modes.
+    #[arg(long)]
+    pub freeze_class_embedding: bool,
+    /// Noise multiplicity K: (timestep, noise) draws per example, averaged before clipping.
+    #[arg(long, default_value_t = 1)]
+    pub noise_multiplicity: i64,
+    /// Expected logical batch size.
+    #[arg(long, default_value_t = 1000)]
+    pub batch: usize,
+    /// Micro-batch size (memory bound).
+    #[arg(long, default_value_t = 250)]
+    pub physical_batch: usize,
+    /// Passes over the private data.
+    #[arg(long, default_value_t = 2.0)]
+    pub epochs: f64,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f64,
+    /// Per-example clipping norm C.
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f64,
+    /// Accountant: pld (default) or rdp.
+    #[arg(long, default_value = "pld")]
+    pub accountant: Accountant,
+    /// Seed: repeatable, but the privacy noise is then NOT cryptographically secure.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Output folder: model/ (loadable by `sample`), checkpoint/, grid.png, report.json.
+    #[arg(long, default_value = "out/finetune")]
+    pub out: PathBuf,
+    /// Continue from the checkpoint in --out (the privacy ledger continues with it).
+    #[arg(long)]
+    pub resume: bool,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+impl FinetuneArgs {
+    /// The library settings these flags describe.
+    pub fn config(&self) -> FinetuneConfig {
+        let mut c = FinetuneConfig::new(self.mode, self.epsilon, self.delta);
+        c.adapter.rank = self.rank;
+        c.adapter.alpha = self.alpha.unwrap_or(self.rank as f64);
+        c.adapter.attention = self.adapt_attention;
+        c.adapter.time_embedding = self.adapt_time;
+        c.train_class_embedding = !self.freeze_class_embedding;
+        c.accountant = self.accountant;
+        c.epochs = self.epochs;
+        c.batch_size = self.batch;
+        c.physical_batch = self.physical_batch;
+        c.noise_multiplicity = self.noise_multiplicity;
+        c.lr = self.lr;
+        c.max_grad_norm = self.clip;
+        c.seed = self.seed;
+        c
+    }
+}
+
+/// Runs the fine-tuning with a progress bar and writes report.json and grid.png; returns the
+/// record for callers (`run`).
+pub fn run_finetune(a: &FinetuneArgs, data_dir: &Path) -> Result<Finetuned> {
+    let device = parse_device(&a.device)?;
+    let train = data::load(&a.data, data_dir)?;
+    let cfg = a.config();
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
+        )
+        .expect("valid template"),
+    );
+    let mut eps = 0.0;
+    let done = finetune(&a.base, &train, &cfg, &a.out, a.resume, device, &mut |s| {
+        bar.set_length(s.total);
+        bar.set_position(s.step);
+        if let Some(e) = s.epsilon {
+            eps = e;
+        }
+        bar.set_message(format!("loss {:.4}  eps {eps:.3}", s.loss));
+    })?;
+    bar.finish();
+    let model = load_model_dir(&done.model_dir, device)?;
+    let grid_ds = generate(&model, 10, &SamplerConfig::ddim(50, 1.0), 0, &mut |_| {})?;
+    grid::write_grid(&grid_ds, 10, 2, &a.out.join("grid.png"))?;
+    let report = serde_json::json!({
+        "command": "finetune",
+        "base": a.base,
+        "data": a.data,
+        "mode": cfg.mode.to_string(),
+        "trainable_parameters": done.trainable_parameters,
+        "base_parameters": done.base_parameters,
+        "epsilon_spent": done.epsilon,
+        "delta": cfg.delta,
+        "accountant": cfg.accountant.to_string(),
+        "noise_multiplier": done.state.noise_multiplier,
+        "sample_rate": done.state.sample_rate,
+        "steps": done.state.step,
+        "ledger": done.state.ledger,
+        "secure_noise": done.secure_noise,
+        "noise_note": if done.secure_noise { "noise from OS-seeded ChaCha20" } else { "seeded run: noise is repeatable and NOT private" },
+        "training_seconds": done.state.seconds,
+        "settings": cfg,
+    });
+    let path = a.out.join("report.json");
+    write_atomic(&path, serde_json::to_string_pretty(&report)?.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "mode {}: {} trainable of {} parameters, epsilon {:.3} at delta {:e} ({}), sigma {:.3}, {} steps in {:.0}s{}",
+        cfg.mode,
+        done.trainable_parameters,
+        done.base_parameters,
+        done.epsilon,
+        cfg.delta,
+        cfg.accountant,
+        done.state.noise_multiplier,
+        done.state.step,
+        done.state.seconds,
+        if done.secure_noise { "" } else { " (seeded: noise not secure)" }
+    );
+    println!(
+        "model: {}  grid: {}",
+        done.model_dir.display(),
+        a.out.join("grid.png").display()
+    );
+    Ok(done)
+}
+
+/// Runs `dpsynth finetune`.
+pub fn run(a: FinetuneArgs, data_dir: &Path) -> Result<()> {
+    run_finetune(&a, data_dir).map(|_| ())
+}

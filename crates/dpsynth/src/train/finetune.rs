@@ -1,0 +1,455 @@
+//! DP fine-tuning of a pretrained U-Net on private data, in one of five modes:
+//! `loda`/`lora` (adapters only, base frozen), `attention` (attention blocks only, as DP-LDM),
+//! `full` (every weight, as DP-Diffusion) and `scratch` (random initialisation, as DPDM).
+//!
+//! DP-SGD with Poisson sampling, per-example clipping of the mean loss over K (timestep, noise)
+//! draws (noise multiplicity), Gaussian noise calibrated with the chosen accountant, and atomic
+//! checkpoints that carry the privacy ledger so a resumed run is accounted as one run.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use privacy::{calibrate_noise, Accountant, Ledger};
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Tensor};
+
+use super::{checkpoint, shallow};
+use crate::data::Dataset;
+use crate::diffusion::loss::{draw, eps_loss_with, LossConfig};
+use crate::dp::engine::{DpSgd, DpSgdConfig};
+use crate::dp::optim::{Optimizer, OptimizerConfig};
+use crate::dp::sampling::PoissonSampler;
+use crate::nn::adapter::{attach, AdapterConfig, AdapterKind};
+use crate::nn::unet::UNet;
+use crate::synth::{load_model_dir, save_extras, ModelDir};
+
+/// What is trained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// LoDA adapters (non-linear low-dimensional), base frozen.
+    Loda,
+    /// LoRA adapters, base frozen.
+    Lora,
+    /// Attention blocks only (DP-LDM).
+    Attention,
+    /// Every weight (DP-Diffusion).
+    Full,
+    /// Every weight of a randomly initialised model (DPDM).
+    Scratch,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "loda" => Self::Loda,
+            "lora" => Self::Lora,
+            "attention" => Self::Attention,
+            "full" => Self::Full,
+            "scratch" => Self::Scratch,
+            other => {
+                bail!("unknown mode '{other}': expected loda, lora, attention, full or scratch")
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            Self::Loda => "loda",
+            Self::Lora => "lora",
+            Self::Attention => "attention",
+            Self::Full => "full",
+            Self::Scratch => "scratch",
+        };
+        f.write_str(s)
+    }
+}
+
+/// Settings of a DP fine-tuning run (saved in checkpoints and reports).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneConfig {
+    /// What is trained.
+    pub mode: Mode,
+    /// Adapter settings (loda and lora modes).
+    pub adapter: AdapterConfig,
+    /// Also train the class-embedding table (tiny; lets the classes move to the private data).
+    pub train_class_embedding: bool,
+    /// Target ε.
+    pub epsilon: f64,
+    /// Target δ.
+    pub delta: f64,
+    /// Accountant for calibration and reporting.
+    pub accountant: Accountant,
+    /// Passes over the private data (steps = epochs · N / batch, rounded up).
+    pub epochs: f64,
+    /// Expected logical batch size (q = batch / N).
+    pub batch_size: usize,
+    /// Largest micro-batch (examples) put through the model at once.
+    pub physical_batch: usize,
+    /// Noise multiplicity K: (timestep, noise) draws per example, averaged before clipping.
+    pub noise_multiplicity: i64,
+    /// Adam learning rate.
+    pub lr: f64,
+    /// Per-example clipping norm C.
+    pub max_grad_norm: f64,
+    /// Probability of training an example as the null class (for classifier-free guidance).
+    pub class_dropout: f64,
+    /// Seed: repeatable, but the privacy noise is then not cryptographically secure.
+    pub seed: Option<u64>,
+    /// Steps between checkpoints.
+    pub checkpoint_every: u64,
+}
+
+impl FinetuneConfig {
+    /// The defaults for `mode` (the paper's LoDA recipe scaled to a 2-core CPU budget).
+    pub fn new(mode: Mode, epsilon: f64, delta: f64) -> Self {
+        Self {
+            mode,
+            adapter: AdapterConfig::new(
+                if mode == Mode::Lora {
+                    AdapterKind::Lora
+                } else {
+                    AdapterKind::Loda
+                },
+                4,
+            ),
+            train_class_embedding: true,
+            epsilon,
+            delta,
+            accountant: Accountant::Pld,
+            epochs: 2.0,
+            batch_size: 1000,
+            physical_batch: 250,
+            noise_multiplicity: 1,
+            lr: 2e-3,
+            max_grad_norm: 1.0,
+            class_dropout: 0.1,
+            seed: None,
+            checkpoint_every: 20,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        ensure!(
+            self.epochs > 0.0,
+            "--epochs must be positive, got {}",
+            self.epochs
+        );
+        ensure!(self.batch_size > 0, "--batch must be at least 1");
+        ensure!(
+            self.physical_batch > 0,
+            "--physical-batch must be at least 1"
+        );
+        ensure!(
+            self.noise_multiplicity >= 1,
+            "--noise-multiplicity must be at least 1, got {}",
+            self.noise_multiplicity
+        );
+        ensure!(
+            self.lr > 0.0 && self.lr.is_finite(),
+            "--lr must be positive"
+        );
+        ensure!(
+            self.checkpoint_every > 0,
+            "checkpoint_every must be at least 1"
+        );
+        if matches!(self.mode, Mode::Loda | Mode::Lora) {
+            self.adapter.validate()?;
+        }
+        Ok(())
+    }
+}
+
+/// Progress of one step.
+#[derive(Debug, Clone)]
+pub struct FinetuneStep {
+    /// Steps done.
+    pub step: u64,
+    /// Total steps.
+    pub total: u64,
+    /// Mean per-row loss of the step.
+    pub loss: f64,
+    /// ε spent so far, when computed (every ~2% of the run).
+    pub epsilon: Option<f64>,
+}
+
+/// Checkpointed state besides the tensors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FinetuneState {
+    /// Steps done.
+    pub step: u64,
+    /// Planned steps.
+    pub total_steps: u64,
+    /// σ in use.
+    pub noise_multiplier: f64,
+    /// Poisson sampling rate q.
+    pub sample_rate: f64,
+    /// Every DP-SGD step so far, across resumes.
+    pub ledger: Ledger,
+    /// Training seconds summed over sessions.
+    pub seconds: f64,
+    /// The run's settings.
+    pub config: FinetuneConfig,
+}
+
+/// What a finished fine-tuning run produced.
+pub struct Finetuned {
+    /// The model folder written (loadable by `sample`).
+    pub model_dir: PathBuf,
+    /// Final state with the full ledger.
+    pub state: FinetuneState,
+    /// ε spent, by the configured accountant.
+    pub epsilon: f64,
+    /// Trainable parameters.
+    pub trainable_parameters: usize,
+    /// Parameters of the base U-Net.
+    pub base_parameters: usize,
+    /// Whether all privacy randomness came from the OS-seeded generator.
+    pub secure_noise: bool,
+}
+
+/// Adapter weights file in a model folder.
+pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+/// Adapter config file in a model folder.
+pub const ADAPTER_CONFIG: &str = "adapter_config.json";
+
+/// The model being fine-tuned: U-Net, optional adapter store, and the named trainable tensors.
+struct Trainee {
+    model: ModelDir,
+    adapters: Option<nn::VarStore>,
+    trainable: Vec<(String, Tensor)>,
+}
+
+fn sorted(vars: impl IntoIterator<Item = (String, Tensor)>) -> Vec<(String, Tensor)> {
+    let mut v: Vec<_> = vars.into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn prepare(base: &Path, cfg: &FinetuneConfig, device: Device) -> Result<Trainee> {
+    let mut model = load_model_dir(base, device)?;
+    if model.adapter.is_some() {
+        bail!(
+            "{}: already carries adapters; fine-tune from the base model folder",
+            base.display()
+        );
+    }
+    if cfg.mode == Mode::Scratch {
+        model.unet = UNet::new(model.unet.config().clone(), device)?;
+    }
+    let vars = model.unet.vs.variables();
+    let set = |names: &dyn Fn(&str) -> bool| {
+        for (k, v) in &vars {
+            let _ = v.set_requires_grad(names(k));
+        }
+    };
+    let class_embedding = |k: &str| cfg.train_class_embedding && k.starts_with("class_embedding.");
+    let mut adapters = None;
+    match cfg.mode {
+        Mode::Full | Mode::Scratch => set(&|_| true),
+        Mode::Attention => set(&|k| k.contains(".attentions.") || class_embedding(k)),
+        Mode::Loda | Mode::Lora => {
+            set(&class_embedding);
+            let store = nn::VarStore::new(device);
+            let kind = if cfg.mode == Mode::Loda {
+                AdapterKind::Loda
+            } else {
+                AdapterKind::Lora
+            };
+            let acfg = AdapterConfig {
+                kind,
+                ..cfg.adapter.clone()
+            };
+            attach(&mut model.unet, &store, &acfg)?;
+            model.adapter = Some(acfg);
+            adapters = Some(store);
+        }
+    }
+    let mut trainable: Vec<(String, Tensor)> = sorted(
+        model
+            .unet
+            .vs
+            .variables()
+            .into_iter()
+            .filter(|(_, v)| v.requires_grad()),
+    );
+    if let Some(store) = &adapters {
+        trainable.extend(sorted(store.variables()));
+    }
+    ensure!(
+        !trainable.is_empty(),
+        "mode {} leaves nothing to train",
+        cfg.mode
+    );
+    Ok(Trainee {
+        model,
+        adapters,
+        trainable,
+    })
+}
+
+/// Fine-tunes the model in `base` on `train` with DP-SGD; writes `out/model` (a model folder),
+/// `out/checkpoint`, and returns the record.
+pub fn finetune(
+    base: &Path,
+    train: &Dataset,
+    cfg: &FinetuneConfig,
+    out: &Path,
+    resume: bool,
+    device: Device,
+    on_step: &mut dyn FnMut(&FinetuneStep),
+) -> Result<Finetuned> {
+    cfg.validate()?;
+    if let Some(seed) = cfg.seed {
+        tch::manual_seed(seed as i64);
+    }
+    let t = prepare(base, cfg, device)?;
+    let unet = &t.model.unet;
+    let null = unet.null_class().context("the model has no null class")?;
+    let [c, h, w] = unet
+        .sample_shape()
+        .context("the model config has no sample_size")?;
+    ensure!(
+        [train.channels, train.height, train.width] == [c as usize, h as usize, w as usize],
+        "private images are {}x{}x{}, the model takes {c}x{h}x{w}",
+        train.channels,
+        train.height,
+        train.width
+    );
+    ensure!(
+        train.num_classes() as i64 == null,
+        "private data has {} classes, the model {null}",
+        train.num_classes()
+    );
+    ensure!(!train.is_empty(), "the private training set is empty");
+
+    let n = train.len();
+    let q = (cfg.batch_size as f64 / n as f64).min(1.0);
+    let total_steps = (cfg.epochs * n as f64 / cfg.batch_size as f64).ceil() as u64;
+    let sigma = calibrate_noise(cfg.accountant, cfg.epsilon, cfg.delta, q, total_steps)
+        .context("calibrating the noise multiplier")?;
+    let tensors: Vec<Tensor> = t.trainable.iter().map(|(_, v)| v.shallow_clone()).collect();
+    let mut opt = Optimizer::new(
+        shallow(&tensors),
+        OptimizerConfig::Adam {
+            lr: cfg.lr,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.0,
+        },
+    )?;
+    let mut engine = DpSgd::new(
+        shallow(&tensors),
+        DpSgdConfig::new(cfg.max_grad_norm, sigma, q * n as f64),
+        cfg.seed,
+    )?;
+    let mut sampler = PoissonSampler::new(n, q, cfg.seed)?;
+    let mut state = FinetuneState {
+        step: 0,
+        total_steps,
+        noise_multiplier: sigma,
+        sample_rate: q,
+        ledger: Ledger::new(),
+        seconds: 0.0,
+        config: cfg.clone(),
+    };
+    let ckpt = out.join("checkpoint");
+    if checkpoint::exists(&ckpt) {
+        ensure!(
+            resume,
+            "{}: holds a checkpoint; pass --resume to continue it or choose another --out",
+            ckpt.display()
+        );
+        let (saved, by_name): (FinetuneState, _) = checkpoint::load(&ckpt)?;
+        ensure!(
+            saved.noise_multiplier == sigma && saved.sample_rate == q,
+            "{}: checkpoint used sigma {} and q {}, these settings give {sigma} and {q};              resume with the same settings",
+            ckpt.display(),
+            saved.noise_multiplier,
+            saved.sample_rate
+        );
+        checkpoint::restore(&t.trainable, &by_name, &ckpt)?;
+        opt.restore(&by_name, "opt.")?;
+        state.step = saved.step;
+        state.ledger = saved.ledger;
+        state.seconds = saved.seconds;
+    }
+    let loss_cfg = LossConfig {
+        repeats: cfg.noise_multiplicity,
+        class_dropout: cfg.class_dropout,
+    };
+    let schedule = &t.model.schedule;
+    let report_every = (total_steps / 50).max(1);
+    let start = Instant::now();
+    let seconds_before = state.seconds;
+    while state.step < total_steps {
+        let batch = sampler.sample();
+        let mut loss_sum = 0.0;
+        let mut rows = 0usize;
+        for micro in batch.micro_batches(cfg.physical_batch)? {
+            let (x0, y) = train.batch(micro, device);
+            let draws = draw(schedule, &x0, &y, &loss_cfg, Some(null))?;
+            let mut l = 0.0;
+            engine.accumulate(cfg.noise_multiplicity, || {
+                let losses = eps_loss_with(unet, schedule, &x0, &draws);
+                l = losses.sum(tch::Kind::Float).double_value(&[]);
+                losses
+            })?;
+            loss_sum += l;
+            rows += micro.len() * cfg.noise_multiplicity as usize;
+        }
+        opt.step(&engine.finish_step()?)?;
+        state.ledger.record(q, sigma, 1);
+        state.step += 1;
+        state.seconds = seconds_before + start.elapsed().as_secs_f64();
+        let epsilon = (state.step.is_multiple_of(report_every) || state.step == total_steps)
+            .then(|| state.ledger.epsilon(cfg.accountant, cfg.delta))
+            .transpose()?;
+        on_step(&FinetuneStep {
+            step: state.step,
+            total: total_steps,
+            loss: loss_sum / rows.max(1) as f64,
+            epsilon,
+        });
+        if state.step.is_multiple_of(cfg.checkpoint_every) || state.step == total_steps {
+            let mut all: Vec<(String, Tensor)> = t
+                .trainable
+                .iter()
+                .map(|(k, v)| (k.clone(), v.shallow_clone()))
+                .collect();
+            all.extend(opt.named_state("opt."));
+            checkpoint::save(&ckpt, state.step, &state, &all)?;
+        }
+    }
+    let model_dir = out.join("model");
+    save_model(&t, &model_dir)?;
+    let epsilon = state.ledger.epsilon(cfg.accountant, cfg.delta)?;
+    Ok(Finetuned {
+        model_dir,
+        epsilon,
+        trainable_parameters: tensors.iter().map(Tensor::numel).sum(),
+        base_parameters: unet.vs.variables().values().map(Tensor::numel).sum(),
+        state,
+        secure_noise: engine.is_secure() && sampler.is_secure(),
+    })
+}
+
+/// Writes the fine-tuned model folder: the U-Net (base weights plus whatever was trained), the
+/// scheduler and class names, and for adapter modes the adapter config and weights.
+fn save_model(t: &Trainee, dir: &Path) -> Result<()> {
+    t.model.unet.save(dir)?;
+    save_extras(dir, &t.model.scheduler, &t.model.classes)?;
+    if let (Some(store), Some(acfg)) = (&t.adapters, &t.model.adapter) {
+        crate::nn::unet::weights::save_safetensors(store, &dir.join(ADAPTER_WEIGHTS))?;
+        let p = dir.join(ADAPTER_CONFIG);
+        crate::fsutil::write_atomic(&p, serde_json::to_string_pretty(acfg)?.as_bytes())
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
