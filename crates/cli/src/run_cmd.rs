@@ -297,3 +297,41 @@ pub fn run(a: RunArgs, data_dir: &Path) -> Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every committed run config (the embedded default, the smoke config and the results cells)
+    /// parses, names a valid mode, and points at the shipped base model.
+    #[test]
+    fn committed_run_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if !(name.starts_with("run-") || name.starts_with("mnist-"))
+                || name == "mnist-base.toml"
+            {
+                continue;
+            }
+            let cfg: RunConfig = toml::from_str(&std::fs::read_to_string(&path).unwrap())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            cfg.finetune.mode.parse::<Mode>().unwrap();
+            assert_eq!(cfg.finetune.base, Path::new("models/mnist-base"), "{name}");
+            seen += 1;
+        }
+        assert!(seen >= 10, "only {seen} run configs found");
+        let default: RunConfig = toml::from_str(DEFAULT_CONFIG).unwrap();
+        assert_eq!(default.finetune.epsilon, 10.0);
+        assert_eq!(default.sample.per_class * 10, 10_000);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let bad = DEFAULT_CONFIG.replace("rank = 4", "rank = 4\nrnak = 5");
+        let err = toml::from_str::<RunConfig>(&bad).err().unwrap().to_string();
+        assert!(err.contains("rnak"), "{err}");
+    }
+}

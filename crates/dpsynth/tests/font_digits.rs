@@ -65,3 +65,14 @@ fn missing_font_folder_is_an_error() {
         .to_string();
     assert!(msg.contains("dpsynth data fetch fonts"), "{msg}");
 }
+
+#[test]
+fn shipped_pretraining_config_loads() {
+    let p = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../configs/mnist-base.toml"
+    ));
+    let cfg = dpsynth::train::pretrain::PretrainConfig::load(p).unwrap();
+    assert_eq!(cfg.model.num_class_embeds, Some(11));
+    assert_eq!(cfg.data[0].spec, "font-digits:train");
+}
