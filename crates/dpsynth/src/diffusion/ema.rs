@@ -29,6 +29,11 @@ impl Ema {
         Ok(Self { decay, shadow })
     }
 
+    /// Changes the decay (warm-up schedules); values outside [0, 1] are clamped.
+    pub fn set_decay(&mut self, decay: f64) {
+        self.decay = decay.clamp(0.0, 1.0);
+    }
+
     /// The decay.
     pub fn decay(&self) -> f64 {
         self.decay

@@ -359,6 +359,10 @@ pub fn pretrain(
         };
         opt.set_lr(lr);
         opt.step(&grads)?;
+        // EMA warm-up (as in diffusers' EMAModel): the effective decay grows from 0.1 towards
+        // the configured one, so the average does not remember the random initialisation
+        let warm = (1.0 + state.step as f64) / (10.0 + state.step as f64);
+        ema.set_decay(t.ema_decay.min(warm));
         ema.update(&model.vs)?;
         state.step += 1;
         let l = loss.double_value(&[]);
