@@ -143,6 +143,15 @@ pub fn train_classifier(
         ledger: Ledger::new(),
         config: cfg.clone(),
     };
+    let tensors: Vec<Tensor> = params.iter().map(|(_, t)| t.shallow_clone()).collect();
+    let mut opt = Optimizer::new(
+        shallow(&tensors),
+        OptimizerConfig::Sgd {
+            lr: cfg.lr,
+            momentum: cfg.momentum,
+            weight_decay: 0.0,
+        },
+    )?;
     if let Some(dir) = ckpt_dir.filter(|d| checkpoint::exists(d)) {
         let (saved, tensors): (TrainState, _) = checkpoint::load(dir)?;
         checkpoint::restore(&params, &tensors, dir)?;
@@ -154,19 +163,11 @@ pub fn train_classifier(
             saved.noise_multiplier,
             saved.sample_rate
         );
+        opt.restore(&tensors, "opt.")?;
         state.step = saved.step;
         state.ledger = saved.ledger;
     }
 
-    let tensors: Vec<Tensor> = params.iter().map(|(_, t)| t.shallow_clone()).collect();
-    let mut opt = Optimizer::new(
-        shallow(&tensors),
-        OptimizerConfig::Sgd {
-            lr: cfg.lr,
-            momentum: cfg.momentum,
-            weight_decay: 0.0,
-        },
-    )?;
     let mut sampler = PoissonSampler::new(n, q, cfg.seed)?;
     let mut engine = match cfg.privacy {
         Some(_) => Some(DpSgd::new(
@@ -226,7 +227,12 @@ pub fn train_classifier(
         });
         let due = cfg.checkpoint_every > 0 && state.step.is_multiple_of(cfg.checkpoint_every);
         if let Some(dir) = ckpt_dir.filter(|_| due || state.step == total_steps) {
-            checkpoint::save(dir, state.step, &state, &params)?;
+            let mut all: Vec<(String, Tensor)> = params
+                .iter()
+                .map(|(k, v)| (k.clone(), v.shallow_clone()))
+                .collect();
+            all.extend(opt.named_state("opt."));
+            checkpoint::save(dir, state.step, &state, &all)?;
         }
     }
     Ok(Trained {
