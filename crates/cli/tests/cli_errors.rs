@@ -1,20 +1,17 @@
 //! The binary on bad input: a message naming the file or flag, exit status 1, never a panic.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
+use std::path::Path;
+
+/// `dpsynth --data-dir DATA ARGS`.
 fn dpsynth(data_dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_dpsynth"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .output()
-        .expect("binary runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let dir = data_dir.to_str().expect("UTF-8 temp path");
+    let all: Vec<&str> = ["--data-dir", dir]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    common::dpsynth(&all)
 }
 
 fn assert_clean_failure(code: i32, stderr: &str, expect: &str) {

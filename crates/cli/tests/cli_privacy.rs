@@ -1,19 +1,9 @@
 //! `dpsynth privacy`: the JSON output carries the accountant's value (checked against the
 //! dp_accounting reference for one case) and bad input fails cleanly.
 
-use std::process::Command;
+mod common;
 
-fn dpsynth(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_dpsynth"))
-        .args(args)
-        .output()
-        .expect("binary runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::dpsynth;
 
 #[test]
 fn epsilon_json_matches_dp_accounting() {
