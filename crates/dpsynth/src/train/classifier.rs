@@ -9,7 +9,7 @@ use privacy::{calibrate_noise, Accountant, Ledger};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
-use super::{checkpoint, shallow};
+use super::{checkpoint, shallow, shallow_named, sorted_by_name};
 use crate::data::Dataset;
 use crate::dp::engine::{DpSgd, DpSgdConfig};
 use crate::dp::optim::{Optimizer, OptimizerConfig};
@@ -96,13 +96,6 @@ pub struct Trained {
     pub train_seconds: f64,
 }
 
-/// Named trainable tensors of a VarStore, sorted by name (stable checkpoint order).
-fn named_params(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
-    let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
 /// Trains a classifier on `train`, with DP-SGD when `cfg.privacy` is set. Resumes from
 /// `ckpt_dir` when it holds a checkpoint, continuing both the schedule and the privacy ledger.
 pub fn train_classifier(
@@ -134,7 +127,7 @@ pub fn train_classifier(
 
     let vs = nn::VarStore::new(device);
     let model = Classifier::new(&vs.root(), model_cfg)?;
-    let params = named_params(&vs);
+    let params = sorted_by_name(vs.variables());
     let mut state = TrainState {
         step: 0,
         total_steps,
@@ -227,10 +220,7 @@ pub fn train_classifier(
         });
         let due = cfg.checkpoint_every > 0 && state.step.is_multiple_of(cfg.checkpoint_every);
         if let Some(dir) = ckpt_dir.filter(|_| due || state.step == total_steps) {
-            let mut all: Vec<(String, Tensor)> = params
-                .iter()
-                .map(|(k, v)| (k.clone(), v.shallow_clone()))
-                .collect();
+            let mut all = shallow_named(&params);
             all.extend(opt.named_state("opt."));
             checkpoint::save(dir, state.step, &state, &all)?;
         }

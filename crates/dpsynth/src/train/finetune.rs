@@ -14,7 +14,7 @@ use privacy::{calibrate_noise, Accountant, Ledger};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Tensor};
 
-use super::{checkpoint, shallow};
+use super::{checkpoint, shallow, shallow_named, sorted_by_name};
 use crate::data::Dataset;
 use crate::diffusion::loss::{draw, eps_loss_with, LossConfig};
 use crate::dp::engine::{DpSgd, DpSgdConfig};
@@ -226,12 +226,6 @@ struct Trainee {
     trainable: Vec<(String, Tensor)>,
 }
 
-fn sorted(vars: impl IntoIterator<Item = (String, Tensor)>) -> Vec<(String, Tensor)> {
-    let mut v: Vec<_> = vars.into_iter().collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
 fn prepare(base: &Path, cfg: &FinetuneConfig, device: Device) -> Result<Trainee> {
     let mut model = load_model_dir(base, device)?;
     if model.adapter.is_some() {
@@ -271,7 +265,7 @@ fn prepare(base: &Path, cfg: &FinetuneConfig, device: Device) -> Result<Trainee>
             adapters = Some(store);
         }
     }
-    let mut trainable: Vec<(String, Tensor)> = sorted(
+    let mut trainable: Vec<(String, Tensor)> = sorted_by_name(
         model
             .unet
             .vs
@@ -280,7 +274,7 @@ fn prepare(base: &Path, cfg: &FinetuneConfig, device: Device) -> Result<Trainee>
             .filter(|(_, v)| v.requires_grad()),
     );
     if let Some(store) = &adapters {
-        trainable.extend(sorted(store.variables()));
+        trainable.extend(sorted_by_name(store.variables()));
     }
     ensure!(
         !trainable.is_empty(),
@@ -418,11 +412,7 @@ pub fn finetune(
             epsilon,
         });
         if state.step.is_multiple_of(cfg.checkpoint_every) || state.step == total_steps {
-            let mut all: Vec<(String, Tensor)> = t
-                .trainable
-                .iter()
-                .map(|(k, v)| (k.clone(), v.shallow_clone()))
-                .collect();
+            let mut all = shallow_named(&t.trainable);
             all.extend(opt.named_state("opt."));
             checkpoint::save(&ckpt, state.step, &state, &all)?;
         }

@@ -12,7 +12,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use super::{checkpoint, shallow};
+use super::{checkpoint, shallow, shallow_named, sorted_by_name};
 use crate::data::{self, Dataset};
 use crate::diffusion::ema::Ema;
 use crate::diffusion::loss::{eps_loss, LossConfig};
@@ -262,12 +262,6 @@ pub struct PretrainRun<'a> {
     pub device: Device,
 }
 
-fn named_trainables(model: &UNet) -> Vec<(String, Tensor)> {
-    let mut v: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
 /// Global L2 norm of a list of gradients.
 fn global_norm(grads: &[Tensor]) -> f64 {
     grads
@@ -291,7 +285,7 @@ pub fn pretrain(
         .null_class()
         .context("pretraining needs a class-conditional model (num_class_embeds)")?;
     let mix = Mix::load(&cfg.data, run.data_dir, &model)?;
-    let params = named_trainables(&model);
+    let params = sorted_by_name(model.vs.variables());
     let tensors: Vec<Tensor> = params.iter().map(|(_, p)| p.shallow_clone()).collect();
     let mut opt = Optimizer::new(
         shallow(&tensors),
@@ -383,10 +377,7 @@ pub fn pretrain(
         });
         let finished = state.step == t.steps;
         if state.step.is_multiple_of(t.checkpoint_every) || finished {
-            let mut all: Vec<(String, Tensor)> = params
-                .iter()
-                .map(|(n, t)| (n.clone(), t.shallow_clone()))
-                .collect();
+            let mut all = shallow_named(&params);
             all.extend(ema.named("ema."));
             all.extend(opt.named_state("opt."));
             checkpoint::save(&ckpt_dir, state.step, &state, &all)?;
