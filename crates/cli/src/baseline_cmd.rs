@@ -2,13 +2,13 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::progress::Progress;
 use anyhow::{Context, Result};
 use clap::Args;
 use dpsynth::data::{self, Dataset};
 use dpsynth::fsutil::write_atomic;
 use dpsynth::nn::classifier::ClassifierConfig;
 use dpsynth::train::classifier::{evaluate, train_classifier, PrivacyTarget, TrainConfig};
-use indicatif::{ProgressBar, ProgressStyle};
 use privacy::Accountant;
 use tch::Device;
 
@@ -119,11 +119,7 @@ pub fn run(a: BaselineArgs, data_dir: &Path) -> Result<()> {
         seed: a.seed,
         checkpoint_every: 200,
     };
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} [{elapsed} < {eta}]")
-            .expect("valid template"),
-    );
+    let bar = Progress::new(0, "steps");
     let mut last_eps = 0.0;
     let trained = train_classifier(
         &train,

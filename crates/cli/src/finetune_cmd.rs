@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::progress::Progress;
 use anyhow::{Context, Result};
 use clap::Args;
 use dpsynth::data;
@@ -10,7 +11,6 @@ use dpsynth::diffusion::sampler::SamplerConfig;
 use dpsynth::fsutil::write_atomic;
 use dpsynth::synth::{generate, load_model_dir};
 use dpsynth::train::finetune::{finetune, FinetuneConfig, Finetuned, Mode};
-use indicatif::{ProgressBar, ProgressStyle};
 use privacy::Accountant;
 
 use crate::device::parse_device;
@@ -109,13 +109,7 @@ pub fn run_finetune(a: &FinetuneArgs, data_dir: &Path) -> Result<Finetuned> {
     let device = parse_device(&a.device)?;
     let train = data::load(&a.data, data_dir)?;
     let cfg = a.config();
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
-        )
-        .expect("valid template"),
-    );
+    let bar = Progress::new(0, "steps");
     let mut eps = 0.0;
     let done = finetune(&a.base, &train, &cfg, &a.out, a.resume, device, &mut |s| {
         bar.set_length(s.total);

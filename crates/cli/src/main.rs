@@ -7,6 +7,7 @@ mod evaluate_cmd;
 mod finetune_cmd;
 mod pretrain_cmd;
 mod privacy_cmd;
+mod progress;
 mod run_cmd;
 mod sample_cmd;
 

@@ -2,10 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::progress::Progress;
 use anyhow::Result;
 use clap::Args;
 use dpsynth::train::pretrain::{pretrain, PretrainConfig, PretrainRun};
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::device::parse_device;
 
@@ -37,13 +37,7 @@ pub fn run(a: PretrainArgs, data_dir: &Path) -> Result<()> {
         cfg.train.steps = s;
     }
     let device = parse_device(&a.device)?;
-    let bar = ProgressBar::new(cfg.train.steps);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
-        )
-        .expect("valid template"),
-    );
+    let bar = Progress::new(cfg.train.steps, "steps");
     let mut smooth = None;
     let model_dir = pretrain(
         &cfg,

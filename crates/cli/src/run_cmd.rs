@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::progress::Progress;
 use anyhow::{Context, Result};
 use clap::Args;
 use dpsynth::data::{self, fetch, grid, imagefolder};
@@ -12,7 +13,6 @@ use dpsynth::fsutil::write_atomic;
 use dpsynth::synth::{generate, load_model_dir};
 use dpsynth::train::downstream::{train_and_test, DownstreamConfig};
 use dpsynth::train::finetune::Mode;
-use indicatif::{ProgressBar, ProgressStyle};
 use privacy::Accountant;
 use serde::Deserialize;
 
@@ -177,13 +177,7 @@ pub fn run(a: RunArgs, data_dir: &Path) -> Result<()> {
         clip_sample: true,
     };
     let total = cfg.sample.per_class * model.classes.len();
-    let bar = ProgressBar::new(total as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} images  [{elapsed_precise} < {eta_precise}]",
-        )
-        .expect("valid template"),
-    );
+    let bar = Progress::new(total as u64, "images");
     let t0 = Instant::now();
     let synthetic = generate(
         &model,

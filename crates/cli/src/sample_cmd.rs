@@ -3,13 +3,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::progress::Progress;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use dpsynth::data::{grid, imagefolder};
 use dpsynth::diffusion::sampler::{SamplerConfig, SamplerKind, Spacing};
 use dpsynth::fsutil::write_atomic;
 use dpsynth::synth::{generate, load_model_dir};
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::device::parse_device;
 
@@ -86,11 +86,7 @@ pub fn run(a: SampleArgs, _data_dir: &Path) -> Result<()> {
     let model = load_model_dir(&a.model, device)?;
     let cfg = a.sampler_config();
     let total = a.per_class * model.classes.len();
-    let bar = ProgressBar::new(total as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} images  {per_sec}  [{elapsed} < {eta}]")
-            .expect("valid template"),
-    );
+    let bar = Progress::new(total as u64, "images");
     let start = Instant::now();
     let ds = generate(&model, a.per_class, &cfg, a.seed, &mut |n| {
         bar.set_position(n as u64)
