@@ -1,10 +1,10 @@
-//! `dpsynth data ...`: fetch, info and grid.
+//! `dpsynth data ...`: fetch, generate, info and grid.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::Subcommand;
-use dpsynth::data::{self, fetch, font_digits, grid, spec::SPEC_HELP};
+use dpsynth::data::{self, dead_leaves, fetch, font_digits, grid, photo_crops, spec::SPEC_HELP};
 
 #[derive(Subcommand)]
 pub enum DataCommand {
@@ -16,9 +16,17 @@ pub enum DataCommand {
     /// checked against md5 sums. cifar10 comes from --from PATH (the official
     /// cifar-10-binary.tar.gz, its extracted folder, or an ImageFolder tree with train/ and
     /// test/), else from ../shared/data/cifar10-jpeg.tar.gz when it exists.
+    ///
+    /// fonts: 20 free Debian font packages, each with its copyright file (for `data generate
+    /// font-digits`). photos: natural colour photographs, for `data generate photo-crops`:
+    /// 5 from the scikit-image wheel (skimage/data: public domain or CC0) and 2 from the
+    /// scikit-learn wheel (sklearn/datasets/images: CC BY 2.0), both via `pip download`; the 12
+    /// nature photographs of the Debian package mate-backgrounds (GPL-2+) and 10 photographic
+    /// wallpapers of plasma-workspace-wallpapers (LGPLv3 per wallpaper, GPL-2+ package), via
+    /// `apt-get download`. DATA/photos/LICENSES.md names each file's package, version and
+    /// licence. A source that fails is reported and skipped; the fetch fails only if all do.
     Fetch {
-        /// Dataset name: mnist, fashion-mnist, cifar10 or fonts (free fonts from Debian packages,
-        /// for `data generate font-digits`).
+        /// Dataset name: mnist, fashion-mnist, cifar10, fonts or photos.
         name: String,
         /// Data folder (overrides the global --data-dir).
         #[arg(long)]
@@ -31,16 +39,31 @@ pub enum DataCommand {
     /// `dpsynth data fetch fonts`, each with a random stroke thickness (3x3 dilation/erosion),
     /// rotation (±15°), shear (±0.3), aspect ratio (0.8-1.2) and size (longer side 16-20 px), centred
     /// by centre of mass in 28x28 like MNIST. Written as IDX files to DATA/font-digits and read as
-    /// `font-digits:train|test`. Repeatable with --seed.
+    /// `font-digits:train|test`.
+    ///
+    /// `dead-leaves`: procedural 32x32 colour images (Baradad et al. 2021): randomly rotated
+    /// discs, ellipses and rectangles occluding one another, radii with density r^-3 between 1 px
+    /// and a per-image maximum of 10-40 px, colours from a per-image palette (or free random
+    /// colours), filled flat, with a gradient or with soft stripes, drawn 4x4 supersampled and
+    /// box-averaged. Needs nothing fetched.
+    ///
+    /// `photo-crops`: random square crops of the photographs fetched by `dpsynth data fetch
+    /// photos` (fetched first if missing), side log-uniform between 32 px and the photograph's
+    /// short side, flipped horizontally half the time, resized to 32x32 with an antialiasing
+    /// (Catmull-Rom) filter.
+    ///
+    /// Both are written as CIFAR-10-format records to DATA/NAME/{train,test}.bin with one class,
+    /// "image" (pretrain them with labels = "null"), and read as `NAME:train|test`. Every
+    /// generator is repeatable with --seed; an existing output folder is an error.
     Generate {
-        /// What to generate: font-digits.
+        /// What to generate: font-digits, dead-leaves or photo-crops.
         name: String,
-        /// Training images.
-        #[arg(long, default_value_t = 60000)]
-        train: usize,
-        /// Test images.
-        #[arg(long, default_value_t = 10000)]
-        test: usize,
+        /// Training images [default: 60000 for font-digits, 50000 otherwise].
+        #[arg(long)]
+        train: Option<usize>,
+        /// Test images [default: 10000].
+        #[arg(long)]
+        test: Option<usize>,
         /// Seed.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -79,6 +102,12 @@ pub fn run(cmd: DataCommand, data_dir: &Path) -> Result<()> {
                     println!("{name}: already present in {} (verified)", p.display())
                 }
                 fetch::Outcome::Fetched(p) => println!("{name}: fetched into {}", p.display()),
+                fetch::Outcome::FetchedPartly { path, failed } => {
+                    println!("{name}: fetched into {}", path.display());
+                    for f in failed {
+                        eprintln!("warning: {name}: source skipped: {f}");
+                    }
+                }
             }
         }
         DataCommand::Generate {
@@ -87,26 +116,28 @@ pub fn run(cmd: DataCommand, data_dir: &Path) -> Result<()> {
             test,
             seed,
         } => {
-            anyhow::ensure!(
-                name == "font-digits",
-                "unknown generator '{name}': expected font-digits"
-            );
+            let default_train = if name == "font-digits" { 60000 } else { 50000 };
+            let (train, test) = (train.unwrap_or(default_train), test.unwrap_or(10000));
             anyhow::ensure!(train > 0, "--train must be at least 1");
-            let fonts = data_dir.join("fonts");
-            if !fonts.exists() {
-                run(
-                    DataCommand::Fetch {
-                        name: "fonts".into(),
-                        dir: None,
-                        from: None,
-                    },
-                    data_dir,
-                )?;
-            }
-            let out = font_digits::write_dataset(&fonts, data_dir, train, test, seed)?;
+            let started = std::time::Instant::now();
+            let out = match name.as_str() {
+                "font-digits" => {
+                    let fonts = fetched(data_dir, "fonts")?;
+                    font_digits::write_dataset(&fonts, data_dir, train, test, seed)?
+                }
+                dead_leaves::NAME => dead_leaves::write_dataset(data_dir, train, test, seed)?,
+                photo_crops::NAME => {
+                    let photos = fetched(data_dir, "photos")?;
+                    photo_crops::write_dataset(&photos, data_dir, train, test, seed)?
+                }
+                other => anyhow::bail!(
+                    "unknown generator '{other}': expected font-digits, dead-leaves or photo-crops"
+                ),
+            };
             println!(
-                "font-digits: wrote {train} train and {test} test images to {}",
-                out.display()
+                "{name}: wrote {train} train and {test} test images to {} in {:.1} s",
+                out.display(),
+                started.elapsed().as_secs_f64()
             );
         }
         DataCommand::Info { spec, json } => {
@@ -133,6 +164,22 @@ pub fn run(cmd: DataCommand, data_dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `data_dir/name`, fetched first when missing.
+fn fetched(data_dir: &Path, name: &str) -> Result<PathBuf> {
+    let dir = data_dir.join(name);
+    if !dir.exists() {
+        run(
+            DataCommand::Fetch {
+                name: name.into(),
+                dir: None,
+                from: None,
+            },
+            data_dir,
+        )?;
+    }
+    Ok(dir)
 }
 
 fn print_summary(spec: &str, s: &data::Summary) {

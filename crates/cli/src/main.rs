@@ -24,8 +24,9 @@ struct Cli {
     /// Folder holding fetched datasets (mnist/, fashion-mnist/, cifar10/).
     #[arg(long, global = true, default_value = "data", env = "DPSYNTH_DATA")]
     data_dir: PathBuf,
-    /// CPU threads for libtorch (default: one per core). Use 1 per process when running several
-    /// jobs side by side: oversubscribed OpenMP threads slow everything down.
+    /// CPU threads for libtorch and for the dead-leaves and photo-crops generators (default: one
+    /// per core). Use 1 per process when running several jobs side by side: oversubscribed
+    /// OpenMP threads slow everything down.
     #[arg(long, global = true, env = "DPSYNTH_THREADS")]
     threads: Option<i32>,
     #[command(subcommand)]

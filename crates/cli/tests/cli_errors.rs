@@ -78,3 +78,47 @@ fn grid_of_imagefolder_and_bad_flag() {
     assert_eq!(v["count"], 2);
     assert_eq!(v["per_class"][1][0], "y");
 }
+
+#[test]
+fn dead_leaves_generate_info_grid_and_bad_generator() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "data",
+        "generate",
+        "dead-leaves",
+        "--train",
+        "12",
+        "--test",
+        "3",
+    ];
+    let (code, stdout, err) = dpsynth(dir.path(), &args);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        stdout.contains("wrote 12 train and 3 test images"),
+        "{stdout}"
+    );
+    let (code, _, err) = dpsynth(dir.path(), &args);
+    assert_clean_failure(code, &err, "dead-leaves: already exists");
+
+    let (code, stdout, err) = dpsynth(dir.path(), &["data", "info", "dead-leaves:train", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["count"], 12);
+    assert_eq!(v["shape"], serde_json::json!([3, 32, 32]));
+    let out = dir.path().join("grid.png");
+    let (code, _, err) = dpsynth(
+        dir.path(),
+        &[
+            "data",
+            "grid",
+            "dead-leaves:test",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(image::open(&out).is_ok());
+
+    let (code, _, err) = dpsynth(dir.path(), &["data", "generate", "noise"]);
+    assert_clean_failure(code, &err, "unknown generator 'noise'");
+}

@@ -1,4 +1,5 @@
-//! Fetchers that put MNIST, Fashion-MNIST and CIFAR-10 under the data folder.
+//! Fetchers that put MNIST, Fashion-MNIST, CIFAR-10, free fonts and public photographs (the last
+//! in `photos`) under the data folder.
 //!
 //! Every fetcher assembles its files in a hidden temp folder beside the target and renames it into
 //! place only once every file is verified, so a failed or interrupted fetch never leaves a folder
@@ -15,7 +16,7 @@ use super::error::{DataError, Result};
 use super::idx;
 
 /// The datasets `dpsynth data fetch` knows.
-pub const FETCHABLE: [&str; 4] = ["mnist", "fashion-mnist", "cifar10", "fonts"];
+pub const FETCHABLE: [&str; 5] = ["mnist", "fashion-mnist", "cifar10", "fonts", "photos"];
 
 /// Official md5 of the raw (uncompressed) MNIST IDX files.
 pub const MNIST_MD5: [(&str, &str); 4] = [
@@ -60,6 +61,13 @@ pub enum Outcome {
     AlreadyPresent(PathBuf),
     /// The dataset was fetched into this folder.
     Fetched(PathBuf),
+    /// Some sources of a collection (`photos`) failed; the others were fetched into the folder.
+    FetchedPartly {
+        /// The folder.
+        path: PathBuf,
+        /// One line per failed source: what failed and why.
+        failed: Vec<String>,
+    },
 }
 
 /// Fetches dataset `name` into `data_dir/<name>`. `source` is an optional local copy (CIFAR-10).
@@ -69,6 +77,7 @@ pub fn fetch(name: &str, data_dir: &Path, source: Option<&Path>) -> Result<Outco
         "fashion-mnist" => fetch_fashion(data_dir),
         "cifar10" => fetch_cifar10(data_dir, source),
         "fonts" => fetch_fonts(data_dir),
+        "photos" => super::photos::fetch_photos(data_dir),
         other => Err(DataError::fetch(
             other,
             format!("unknown dataset: expected one of {}", FETCHABLE.join(", ")),
@@ -112,7 +121,7 @@ fn verify_idx_folder(dir: &Path, sums: &[(&str, &str)]) -> Result<()> {
 }
 
 /// A hidden temp folder beside `target`, removed on drop unless renamed into place.
-fn staging(target: &Path) -> Result<tempfile::TempDir> {
+pub(super) fn staging(target: &Path) -> Result<tempfile::TempDir> {
     let parent = target.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| DataError::io(parent, e))?;
     let name = target
@@ -125,13 +134,13 @@ fn staging(target: &Path) -> Result<tempfile::TempDir> {
         .map_err(|e| DataError::io(parent, e))
 }
 
-fn commit_staging(stage: tempfile::TempDir, target: &Path) -> Result<Outcome> {
+pub(super) fn commit_staging(stage: tempfile::TempDir, target: &Path) -> Result<Outcome> {
     let path = stage.keep();
     std::fs::rename(&path, target).map_err(|e| DataError::io(target, e))?;
     Ok(Outcome::Fetched(target.to_path_buf()))
 }
 
-fn run(name: &str, cmd: &mut Command) -> Result<String> {
+pub(super) fn run(name: &str, cmd: &mut Command) -> Result<String> {
     let program = cmd.get_program().to_string_lossy().into_owned();
     let out = cmd.output().map_err(|e| {
         DataError::fetch(
@@ -262,6 +271,15 @@ fn fetch_fashion(data_dir: &Path) -> Result<Outcome> {
 /// unpacks it with `dpkg-deb -x`; returns the unpacked root. Refreshes the package lists once when
 /// the package is unknown and that is allowed.
 fn deb_extract(name: &str, package: &str, work: &Path) -> Result<PathBuf> {
+    deb_extract_versioned(name, package, work).map(|(root, _)| root)
+}
+
+/// [`deb_extract`], also returning the package's version (from `dpkg-deb -f DEB Version`).
+pub(super) fn deb_extract_versioned(
+    name: &str,
+    package: &str,
+    work: &Path,
+) -> Result<(PathBuf, String)> {
     let dl = work.join(format!("{package}.download"));
     std::fs::create_dir_all(&dl).map_err(|e| DataError::io(&dl, e))?;
     let get = || {
@@ -294,7 +312,11 @@ fn deb_extract(name: &str, package: &str, work: &Path) -> Result<PathBuf> {
         name,
         Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root),
     )?;
-    Ok(root)
+    let version = run(
+        name,
+        Command::new("dpkg-deb").arg("-f").arg(&deb).arg("Version"),
+    )?;
+    Ok((root, version.trim().to_string()))
 }
 
 /// Debian font packages whose digits make the public `font-digits` data (see `font_digits`).

@@ -1,14 +1,18 @@
 //! Datasets: one in-memory type, readers for IDX, CIFAR-10 binary and ImageFolder, dataset specs,
-//! fetchers and sample grids.
+//! fetchers, generators of public pretraining data, and sample grids.
 
 pub mod cifar;
 pub mod dataset;
+pub mod dead_leaves;
 pub mod error;
 pub mod fetch;
 pub mod font_digits;
+pub mod generated;
 pub mod grid;
 pub mod idx;
 pub mod imagefolder;
+pub mod photo_crops;
+pub mod photos;
 pub mod spec;
 
 pub use dataset::{Dataset, Summary};

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::dataset::Dataset;
 use super::error::{DataError, Result};
-use super::{cifar, idx, imagefolder};
+use super::{cifar, dead_leaves, generated, idx, imagefolder, photo_crops};
 
 /// Train or test split of a named dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,13 +28,19 @@ pub enum DatasetSpec {
     FontDigits(Split),
     /// CIFAR-10, from `DATA/cifar10/` (official binary batches or an ImageFolder copy).
     Cifar10(Split),
+    /// Procedural dead-leaves images (public 32×32 colour pretraining data), from
+    /// `DATA/dead-leaves/`.
+    DeadLeaves(Split),
+    /// Random crops of public photographs (32×32 colour pretraining data), from
+    /// `DATA/photo-crops/`.
+    PhotoCrops(Split),
     /// Any ImageFolder tree.
     ImageFolder(PathBuf),
 }
 
 /// The spec forms accepted, for help texts and error messages.
-pub const SPEC_HELP: &str =
-    "mnist:train|test, fashion-mnist:train|test, cifar10:train|test, imagefolder:PATH";
+pub const SPEC_HELP: &str = "mnist:train|test, fashion-mnist:train|test, font-digits:train|test, \
+     cifar10:train|test, dead-leaves:train|test, photo-crops:train|test, imagefolder:PATH";
 
 impl std::str::FromStr for DatasetSpec {
     type Err = DataError;
@@ -56,6 +62,8 @@ impl std::str::FromStr for DatasetSpec {
             "fashion-mnist" => Ok(Self::FashionMnist(split()?)),
             "font-digits" => Ok(Self::FontDigits(split()?)),
             "cifar10" => Ok(Self::Cifar10(split()?)),
+            dead_leaves::NAME => Ok(Self::DeadLeaves(split()?)),
+            photo_crops::NAME => Ok(Self::PhotoCrops(split()?)),
             "imagefolder" if !arg.is_empty() => Ok(Self::ImageFolder(PathBuf::from(arg))),
             "imagefolder" => Err(DataError::spec(
                 s,
@@ -80,6 +88,8 @@ impl fmt::Display for DatasetSpec {
             Self::FashionMnist(s) => write!(f, "fashion-mnist:{}", split(s)),
             Self::FontDigits(s) => write!(f, "font-digits:{}", split(s)),
             Self::Cifar10(s) => write!(f, "cifar10:{}", split(s)),
+            Self::DeadLeaves(s) => write!(f, "{}:{}", dead_leaves::NAME, split(s)),
+            Self::PhotoCrops(s) => write!(f, "{}:{}", photo_crops::NAME, split(s)),
             Self::ImageFolder(p) => write!(f, "imagefolder:{}", p.display()),
         }
     }
@@ -94,8 +104,9 @@ fn require(path: PathBuf, fetch_name: &str) -> Result<PathBuf> {
     if path.exists() {
         Ok(path)
     } else {
-        let how = if fetch_name == "font-digits" {
-            "dpsynth data generate font-digits".to_string()
+        let generated = ["font-digits", dead_leaves::NAME, photo_crops::NAME];
+        let how = if generated.contains(&fetch_name) {
+            format!("dpsynth data generate {fetch_name}")
         } else {
             format!("dpsynth data fetch {fetch_name}")
         };
@@ -149,6 +160,15 @@ impl DatasetSpec {
                     };
                     imagefolder::read(&require(dir.join(sub), "cifar10")?)
                 }
+            }
+            Self::DeadLeaves(split) | Self::PhotoCrops(split) => {
+                let name = match self {
+                    Self::DeadLeaves(_) => dead_leaves::NAME,
+                    _ => photo_crops::NAME,
+                };
+                let dir = data_dir.join(name);
+                require(generated::split_file(&dir, *split), name)?;
+                generated::read_split(&dir, *split)
             }
             Self::ImageFolder(root) => imagefolder::read(root),
         }
