@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use dpsynth::data::{self, Dataset};
 use dpsynth::fsutil::write_atomic;
-use dpsynth::nn::classifier::ClassifierConfig;
+use dpsynth::nn::arch::{Arch, NetSpec};
 use dpsynth::train::classifier::{evaluate, train_classifier, PrivacyTarget, TrainConfig};
 use privacy::Accountant;
 use tch::Device;
@@ -57,6 +57,9 @@ pub struct BaselineArgs {
     /// Continue from the checkpoint in --out (the ledger continues with it).
     #[arg(long)]
     resume: bool,
+    /// Classifier: auto (the CNN for mnist, the GroupNorm ResNet-8 for cifar10), cnn or resnet.
+    #[arg(long, default_value = "auto")]
+    arch: Arch,
 }
 
 fn split(ds: &Dataset, val: usize, seed: u64) -> Result<(Dataset, Dataset)> {
@@ -78,14 +81,21 @@ fn split(ds: &Dataset, val: usize, seed: u64) -> Result<(Dataset, Dataset)> {
 }
 
 /// Runs `dpsynth baseline`.
-pub fn run(a: BaselineArgs, data_dir: &Path) -> Result<()> {
-    let (model_cfg, name) = match a.data.as_str() {
-        "mnist" => (ClassifierConfig::mnist(), "mnist"),
-        "cifar10" => (ClassifierConfig::cifar10(), "cifar10"),
+pub fn run(a: BaselineArgs, data_dir: &Path, device: Device) -> Result<()> {
+    let name = match a.data.as_str() {
+        "mnist" => "mnist",
+        "cifar10" => "cifar10",
         other => anyhow::bail!("--data {other}: expected mnist or cifar10"),
     };
     let full = data::load(&format!("{name}:train"), data_dir)?;
     let test = data::load(&format!("{name}:test"), data_dir)?;
+    let model_cfg = NetSpec::for_data(
+        a.arch,
+        full.channels,
+        full.height,
+        full.width,
+        full.num_classes(),
+    )?;
     let (train, val) = if a.val > 0 {
         split(&full, a.val, 0)?
     } else {
@@ -121,29 +131,24 @@ pub fn run(a: BaselineArgs, data_dir: &Path) -> Result<()> {
     };
     let bar = Progress::new(0, "steps");
     let mut last_eps = 0.0;
-    let trained = train_classifier(
-        &train,
-        model_cfg,
-        &cfg,
-        Some(&a.out),
-        Device::Cpu,
-        &mut |s| {
-            bar.set_length(s.total_steps);
-            bar.set_position(s.step);
-            if let Some(e) = s.epsilon {
-                last_eps = e;
-            }
-            bar.set_message(format!("loss {:.4} eps {last_eps:.3}", s.loss));
-        },
-    )?;
+    let trained = train_classifier(&train, model_cfg, &cfg, Some(&a.out), device, &mut |s| {
+        bar.set_length(s.total_steps);
+        bar.set_position(s.step);
+        if let Some(e) = s.epsilon {
+            last_eps = e;
+        }
+        bar.set_message(format!("loss {:.4} eps {last_eps:.3}", s.loss));
+    })?;
     bar.finish();
     let p = cfg.privacy.expect("baseline is private");
     let eps = trained.state.ledger.epsilon(p.accountant, p.delta)?;
-    let test_m = evaluate(&trained.model, &test, Device::Cpu);
-    let val_acc = (!val.is_empty()).then(|| evaluate(&trained.model, &val, Device::Cpu).accuracy);
+    let test_m = evaluate(trained.model.as_ref(), &test, device);
+    let val_acc =
+        (!val.is_empty()).then(|| evaluate(trained.model.as_ref(), &val, device).accuracy);
     let report = serde_json::json!({
         "command": "baseline",
         "data": name,
+        "arch": model_cfg.arch().to_string(),
         "train_examples": train.len(),
         "validation_examples": val.len(),
         "test_accuracy": test_m.accuracy,

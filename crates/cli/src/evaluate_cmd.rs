@@ -6,9 +6,9 @@ use anyhow::{Context, Result};
 use clap::Args;
 use dpsynth::data::{self, spec::SPEC_HELP};
 use dpsynth::fsutil::write_atomic;
+use dpsynth::nn::arch::Arch;
 use dpsynth::train::downstream::{train_and_test, DownstreamConfig, DownstreamResult};
-
-use crate::device::parse_device;
+use tch::Device;
 
 #[derive(Args, Clone)]
 pub struct EvaluateArgs {
@@ -28,34 +28,35 @@ pub struct EvaluateArgs {
     /// Where to write report.json (optional).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    /// Classifier: auto (the ResNet-8 for 3-channel images, the CNN otherwise), cnn or resnet.
+    #[arg(long, default_value = "auto")]
+    pub arch: Arch,
 }
 
 /// Trains and tests; prints accuracy, per-class accuracy and the confusion matrix.
-pub fn run_evaluate(a: &EvaluateArgs, data_dir: &Path) -> Result<DownstreamResult> {
+pub fn run_evaluate(a: &EvaluateArgs, data_dir: &Path, device: Device) -> Result<DownstreamResult> {
     anyhow::ensure!(
         (0.0..1.0).contains(&a.val_fraction),
         "--val-fraction must be in [0, 1), got {}",
         a.val_fraction
     );
-    let device = parse_device(&a.device)?;
     let train = data::load(&a.train, data_dir)?;
     let test = data::load(&a.test, data_dir)?;
     let cfg = DownstreamConfig {
         epochs: a.epochs,
         val_fraction: a.val_fraction,
         seed: a.seed,
+        arch: a.arch,
         ..DownstreamConfig::default()
     };
     let r = train_and_test(&train, &test, &cfg, device, &mut |e, acc| {
         eprintln!("epoch {e}: held-out synthetic accuracy {:.2}%", 100.0 * acc)
     })?;
     println!(
-        "test accuracy {:.2}% on {} (epoch {} chosen on {} held-out training images)",
+        "test accuracy {:.2}% on {} ({}, epoch {} chosen on {} held-out training images)",
         100.0 * r.test.accuracy,
         a.test,
+        r.arch,
         r.best_epoch,
         r.val_examples
     );
@@ -83,6 +84,6 @@ pub fn run_evaluate(a: &EvaluateArgs, data_dir: &Path) -> Result<DownstreamResul
 }
 
 /// Runs `dpsynth evaluate`.
-pub fn run(a: EvaluateArgs, data_dir: &Path) -> Result<()> {
-    run_evaluate(&a, data_dir).map(|_| ())
+pub fn run(a: EvaluateArgs, data_dir: &Path, device: Device) -> Result<()> {
+    run_evaluate(&a, data_dir, device).map(|_| ())
 }

@@ -12,8 +12,7 @@ use dpsynth::fsutil::write_atomic;
 use dpsynth::synth::{generate, load_model_dir};
 use dpsynth::train::finetune::{finetune, FinetuneConfig, Finetuned, Mode};
 use privacy::Accountant;
-
-use crate::device::parse_device;
+use tch::Device;
 
 #[derive(Args, Clone)]
 pub struct FinetuneArgs {
@@ -77,9 +76,6 @@ pub struct FinetuneArgs {
     /// Continue from the checkpoint in --out (the privacy ledger continues with it).
     #[arg(long)]
     pub resume: bool,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
 }
 
 impl FinetuneArgs {
@@ -105,8 +101,7 @@ impl FinetuneArgs {
 
 /// Runs the fine-tuning with a progress bar and writes report.json and grid.png; returns the
 /// record for callers (`run`).
-pub fn run_finetune(a: &FinetuneArgs, data_dir: &Path) -> Result<Finetuned> {
-    let device = parse_device(&a.device)?;
+pub fn run_finetune(a: &FinetuneArgs, data_dir: &Path, device: Device) -> Result<Finetuned> {
     let train = data::load(&a.data, data_dir)?;
     let cfg = a.config();
     let bar = Progress::new(0, "steps");
@@ -167,6 +162,6 @@ pub fn run_finetune(a: &FinetuneArgs, data_dir: &Path) -> Result<Finetuned> {
 }
 
 /// Runs `dpsynth finetune`.
-pub fn run(a: FinetuneArgs, data_dir: &Path) -> Result<()> {
-    run_finetune(&a, data_dir).map(|_| ())
+pub fn run(a: FinetuneArgs, data_dir: &Path, device: Device) -> Result<()> {
+    run_finetune(&a, data_dir, device).map(|_| ())
 }

@@ -29,6 +29,10 @@ struct Cli {
     /// OpenMP threads slow everything down.
     #[arg(long, global = true, env = "DPSYNTH_THREADS")]
     threads: Option<i32>,
+    /// Where models run: cpu, cuda (the first GPU) or cuda:N. Asking for CUDA where libtorch
+    /// sees none is an error, never a silent fall-back to the CPU.
+    #[arg(long, global = true, default_value = "cpu", env = "DPSYNTH_DEVICE")]
+    device: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -75,15 +79,17 @@ fn main() -> ExitCode {
         }
         tch::set_num_threads(n);
     }
+    let dir = &cli.data_dir;
+    let device = || device::parse_device(&cli.device);
     let result = match cli.command {
-        Command::Data { command } => data_cmd::run(command, &cli.data_dir),
-        Command::Baseline(a) => baseline_cmd::run(a, &cli.data_dir),
-        Command::Pretrain(a) => pretrain_cmd::run(a, &cli.data_dir),
-        Command::Finetune(a) => finetune_cmd::run(a, &cli.data_dir),
-        Command::Evaluate(a) => evaluate_cmd::run(a, &cli.data_dir),
-        Command::Sample(a) => sample_cmd::run(a, &cli.data_dir),
+        Command::Data { command } => data_cmd::run(command, dir),
         Command::Privacy { command } => privacy_cmd::run(command),
-        Command::Run(a) => run_cmd::run(a, &cli.data_dir),
+        Command::Baseline(a) => device().and_then(|d| baseline_cmd::run(a, dir, d)),
+        Command::Pretrain(a) => device().and_then(|d| pretrain_cmd::run(a, dir, d)),
+        Command::Finetune(a) => device().and_then(|d| finetune_cmd::run(a, dir, d)),
+        Command::Evaluate(a) => device().and_then(|d| evaluate_cmd::run(a, dir, d)),
+        Command::Sample(a) => device().and_then(|d| sample_cmd::run(a, d)),
+        Command::Run(a) => device().and_then(|d| run_cmd::run(a, dir, d)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,8 +6,7 @@ use crate::progress::Progress;
 use anyhow::Result;
 use clap::Args;
 use dpsynth::train::pretrain::{pretrain, PretrainConfig, PretrainRun};
-
-use crate::device::parse_device;
+use tch::Device;
 
 #[derive(Args)]
 pub struct PretrainArgs {
@@ -24,19 +23,15 @@ pub struct PretrainArgs {
     /// Override train.steps of the config.
     #[arg(long)]
     steps: Option<u64>,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
 }
 
 /// Runs `dpsynth pretrain`.
-pub fn run(a: PretrainArgs, data_dir: &Path) -> Result<()> {
+pub fn run(a: PretrainArgs, data_dir: &Path, device: Device) -> Result<()> {
     let mut cfg = PretrainConfig::load(&a.config)?;
     if let Some(s) = a.steps {
         anyhow::ensure!(s > 0, "--steps must be at least 1");
         cfg.train.steps = s;
     }
-    let device = parse_device(&a.device)?;
     let bar = Progress::new(cfg.train.steps, "steps");
     let mut smooth = None;
     let model_dir = pretrain(

@@ -10,13 +10,14 @@ use clap::Args;
 use dpsynth::data::{self, fetch, grid, imagefolder};
 use dpsynth::diffusion::sampler::{SamplerConfig, SamplerKind, Spacing};
 use dpsynth::fsutil::write_atomic;
+use dpsynth::nn::arch::Arch;
 use dpsynth::synth::{generate, load_model_dir};
 use dpsynth::train::downstream::{train_and_test, DownstreamConfig};
 use dpsynth::train::finetune::Mode;
 use privacy::Accountant;
 use serde::Deserialize;
+use tch::Device;
 
-use crate::device::parse_device;
 use crate::finetune_cmd::{run_finetune, FinetuneArgs};
 
 /// The embedded default config.
@@ -30,9 +31,6 @@ pub struct RunArgs {
     /// Output folder (overrides the config's `out`). Must not hold a previous run.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
 }
 
 #[derive(Deserialize)]
@@ -82,6 +80,9 @@ struct Sample {
 struct Evaluate {
     epochs: usize,
     val_fraction: f64,
+    /// auto (default: from the images' shape), cnn or resnet.
+    #[serde(default)]
+    arch: Arch,
 }
 
 /// A relative path from the config, tried against the working folder, then the repository the
@@ -99,7 +100,7 @@ fn resolve(p: &Path) -> PathBuf {
 }
 
 /// Runs `dpsynth run`.
-pub fn run(a: RunArgs, data_dir: &Path) -> Result<()> {
+pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
     let (text, source) = match &a.config {
         Some(p) => (
             std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?,
@@ -115,7 +116,6 @@ pub fn run(a: RunArgs, data_dir: &Path) -> Result<()> {
         "{}: holds a finished run; choose another --out",
         out.display()
     );
-    let device = parse_device(&a.device)?;
     let start = Instant::now();
 
     // 1. private data (fetched if it is a named dataset that is missing)
@@ -159,10 +159,9 @@ pub fn run(a: RunArgs, data_dir: &Path) -> Result<()> {
         seed: None,
         out: out.join("finetune"),
         resume: out.join("finetune/checkpoint/checkpoint.json").exists(),
-        device: a.device.clone(),
     };
     let t0 = Instant::now();
-    let ft = run_finetune(&ft_args, data_dir)?;
+    let ft = run_finetune(&ft_args, data_dir, device)?;
     let finetune_secs = t0.elapsed().as_secs_f64();
 
     // 3. sampling
@@ -200,6 +199,7 @@ pub fn run(a: RunArgs, data_dir: &Path) -> Result<()> {
     let dcfg = DownstreamConfig {
         epochs: cfg.evaluate.epochs,
         val_fraction: cfg.evaluate.val_fraction,
+        arch: cfg.evaluate.arch,
         ..DownstreamConfig::default()
     };
     let r = train_and_test(&synthetic, &test, &dcfg, device, &mut |e, acc| {
@@ -296,27 +296,37 @@ pub fn run(a: RunArgs, data_dir: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// Every committed run config (the embedded default, the smoke config and the results cells)
-    /// parses, names a valid mode, and points at the shipped base model.
+    /// Every committed run config (the embedded default, the smoke config and the MNIST and
+    /// CIFAR-10 results cells) parses, names a valid mode, and points at its dataset's base model
+    /// and private data. (Pretraining configs, `*-base*.toml`, are checked by the library.)
     #[test]
     fn committed_run_configs_parse() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
-        let mut seen = 0;
+        let mut seen = [0; 3];
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            if !(name.starts_with("run-") || name.starts_with("mnist-"))
-                || name == "mnist-base.toml"
-            {
+            let (i, base, data) = match name.split('-').next().unwrap() {
+                "run" | "mnist" => (0, "models/mnist-base", "mnist"),
+                "cifar" => (1, "models/cifar-base", "cifar10"),
+                _ => (2, "", ""),
+            };
+            if i == 2 || name.contains("-base") {
                 continue;
             }
             let cfg: RunConfig = toml::from_str(&std::fs::read_to_string(&path).unwrap())
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             cfg.finetune.mode.parse::<Mode>().unwrap();
-            assert_eq!(cfg.finetune.base, Path::new("models/mnist-base"), "{name}");
-            seen += 1;
+            assert_eq!(cfg.finetune.base, Path::new(base), "{name}");
+            assert_eq!(cfg.private.train, format!("{data}:train"), "{name}");
+            assert_eq!(cfg.private.test, format!("{data}:test"), "{name}");
+            seen[i] += 1;
         }
-        assert!(seen >= 10, "only {seen} run configs found");
+        assert!(seen[0] >= 10, "only {} MNIST run configs found", seen[0]);
+        assert_eq!(
+            seen[1], 8,
+            "CIFAR-10 cells: loda, lora, full, scratch at epsilon 1 and 10"
+        );
         let default: RunConfig = toml::from_str(DEFAULT_CONFIG).unwrap();
         assert_eq!(default.finetune.epsilon, 10.0);
         assert_eq!(default.sample.per_class * 10, 10_000);

@@ -1,6 +1,6 @@
 //! `dpsynth sample`: a labelled synthetic dataset from a model folder.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::progress::Progress;
@@ -10,8 +10,7 @@ use dpsynth::data::{grid, imagefolder};
 use dpsynth::diffusion::sampler::{SamplerConfig, SamplerKind, Spacing};
 use dpsynth::fsutil::write_atomic;
 use dpsynth::synth::{generate, load_model_dir};
-
-use crate::device::parse_device;
+use tch::Device;
 
 /// Sampler choice on the command line.
 #[derive(Clone, Copy, ValueEnum)]
@@ -52,9 +51,6 @@ pub struct SampleArgs {
     /// Output folder: images/ (ImageFolder), grid.png, report.json. Must not exist.
     #[arg(long)]
     pub out: PathBuf,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
 }
 
 impl SampleArgs {
@@ -75,14 +71,13 @@ impl SampleArgs {
 }
 
 /// Runs `dpsynth sample`.
-pub fn run(a: SampleArgs, _data_dir: &Path) -> Result<()> {
+pub fn run(a: SampleArgs, device: Device) -> Result<()> {
     anyhow::ensure!(a.per_class > 0, "--per-class must be at least 1");
     anyhow::ensure!(
         !a.out.join("images").exists(),
         "{}: already holds images/; choose another --out",
         a.out.display()
     );
-    let device = parse_device(&a.device)?;
     let model = load_model_dir(&a.model, device)?;
     let cfg = a.sampler_config();
     let total = a.per_class * model.classes.len();

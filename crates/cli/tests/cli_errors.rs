@@ -122,3 +122,45 @@ fn dead_leaves_generate_info_grid_and_bad_generator() {
     let (code, _, err) = dpsynth(dir.path(), &["data", "generate", "noise"]);
     assert_clean_failure(code, &err, "unknown generator 'noise'");
 }
+
+/// `--device` is global: every torch command takes it (before or after the command name), and
+/// asking for CUDA where libtorch has none is one clear line, not a fall-back to the CPU.
+#[test]
+fn device_flag_is_global_and_cuda_without_a_gpu_fails_cleanly() {
+    if tch::Cuda::is_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m");
+    let out = dir.path().join("o");
+    let (m, o) = (model.to_str().unwrap(), out.to_str().unwrap());
+    let cases: [&[&str]; 7] = [
+        &["--device", "cuda", "evaluate", "--train", "mnist:train"],
+        &["baseline", "--epsilon", "1", "--device", "cuda:0"],
+        &[
+            "pretrain",
+            "--config",
+            "configs/mnist-base.toml",
+            "--device",
+            "cuda",
+        ],
+        &["finetune", "--epsilon", "1", "--device", "cuda"],
+        &["sample", "--model", m, "--out", o, "--device", "cuda"],
+        &["run", "--device", "cuda:1"],
+        &[
+            "--device",
+            "cuda",
+            "evaluate",
+            "--train",
+            "mnist:train",
+            "--arch",
+            "resnet",
+        ],
+    ];
+    for args in cases {
+        let (code, _, err) = dpsynth(dir.path(), args);
+        assert_clean_failure(code, &err, "CUDA is not available");
+    }
+    let (code, _, err) = dpsynth(dir.path(), &["--device", "tpu", "run"]);
+    assert_clean_failure(code, &err, "--device tpu: expected cpu, cuda or cuda:N");
+}

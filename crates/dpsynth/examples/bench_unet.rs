@@ -1,21 +1,26 @@
-//! Times non-private U-Net training (forward + backward + AdamW) and DDIM sampling with
-//! classifier-free guidance. The PyTorch + diffusers peer is `bench/peers/diffusers_unet.py`;
-//! see `bench/README.md`.
+//! Times non-private U-Net training (forward + backward + AdamW), DDIM sampling with
+//! classifier-free guidance and, with `--dp-iters N`, DP-SGD steps of LoDA fine-tuning (rank 4 on
+//! the ResNet convs, class embedding trained, per-example clipping). The PyTorch + diffusers peer
+//! is `bench/peers/diffusers_unet.py`; see `bench/README.md`. `--config` takes a diffusers
+//! `config.json` or a pretraining TOML (`configs/*-base.toml`, its `[model]` table).
 //!
 //! ```text
 //! cargo run --release -p dpsynth --example bench_unet -- \
 //!     [--config bench/unet_mnist.json] [--device cpu|cuda] [--train-batch 64] [--train-iters 10]
-//!     [--sample-batch 16] [--sample-steps 50] [--guidance 3.0] [--threads N]
+//!     [--sample-batch 16] [--sample-steps 50] [--guidance 3.0] [--dp-iters 0] [--threads N]
 //! ```
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use dpsynth::diffusion::loss::{eps_loss, LossConfig};
+use dpsynth::diffusion::loss::{draw, eps_loss, eps_loss_with, LossConfig};
 use dpsynth::diffusion::sampler::{sample, SamplerConfig};
 use dpsynth::diffusion::NoiseSchedule;
+use dpsynth::dp::engine::{DpSgd, DpSgdConfig};
+use dpsynth::nn::adapter::{attach, AdapterConfig, AdapterKind};
 use dpsynth::nn::unet::{UNet, UNetConfig};
+use dpsynth::train::pretrain::PretrainConfig;
 use tch::nn::OptimizerConfig;
 use tch::{Device, Kind, Tensor};
 
@@ -27,6 +32,7 @@ struct Args {
     sample_batch: usize,
     sample_steps: usize,
     guidance: f64,
+    dp_iters: usize,
     threads: Option<i32>,
 }
 
@@ -39,6 +45,7 @@ fn parse_args() -> Result<Args> {
         sample_batch: 16,
         sample_steps: 50,
         guidance: 3.0,
+        dp_iters: 0,
         threads: None,
     };
     let mut it = std::env::args().skip(1);
@@ -59,6 +66,7 @@ fn parse_args() -> Result<Args> {
             "--sample-batch" => a.sample_batch = value.parse().with_context(bad)?,
             "--sample-steps" => a.sample_steps = value.parse().with_context(bad)?,
             "--guidance" => a.guidance = value.parse().with_context(bad)?,
+            "--dp-iters" => a.dp_iters = value.parse().with_context(bad)?,
             "--threads" => a.threads = Some(value.parse().with_context(bad)?),
             _ => bail!("unknown flag {flag}"),
         }
@@ -102,7 +110,11 @@ fn main() -> Result<()> {
     if let Some(n) = args.threads {
         tch::set_num_threads(n);
     }
-    let config = UNetConfig::load(&args.config)?;
+    let config = if args.config.extension().is_some_and(|e| e == "toml") {
+        PretrainConfig::load(&args.config)?.model
+    } else {
+        UNetConfig::load(&args.config)?
+    };
     let [c, h, w] = {
         let (h, w) = config
             .sample_size
@@ -115,7 +127,7 @@ fn main() -> Result<()> {
         .context("the bench config needs num_class_embeds")?
         - 1;
     tch::manual_seed(0);
-    let unet = UNet::new(config, args.device)?;
+    let mut unet = UNet::new(config, args.device)?;
     let params: i64 = unet.vs.variables().values().map(|v| v.numel() as i64).sum();
     let schedule = NoiseSchedule::linear(1000)?;
     println!(
@@ -174,6 +186,63 @@ fn main() -> Result<()> {
         "sample: DDIM-{} guidance {}, {n} images in {secs:.2}s wall, {cpu:.2}s CPU: {:.2} images/s, {:.2} images/CPU-s",
         args.sample_steps,
         args.guidance,
+        n / secs,
+        n / cpu
+    );
+    if args.dp_iters > 0 {
+        dp_loda(&mut unet, &schedule, &args, [c, h, w], classes)?;
+    }
+    Ok(())
+}
+
+/// Times DP-SGD steps of LoDA fine-tuning on random data: a logical batch of `--train-batch`
+/// examples in one micro-batch, per-example clipping, noise.
+fn dp_loda(
+    unet: &mut UNet,
+    schedule: &NoiseSchedule,
+    args: &Args,
+    [c, h, w]: [i64; 3],
+    classes: i64,
+) -> Result<()> {
+    for (k, v) in unet.vs.variables() {
+        let _ = v.set_requires_grad(k.starts_with("class_embedding."));
+    }
+    let store = tch::nn::VarStore::new(args.device);
+    attach(unet, &store, &AdapterConfig::new(AdapterKind::Loda, 4))?;
+    let mut params: Vec<Tensor> = store.trainable_variables();
+    params.extend(
+        unet.vs
+            .trainable_variables()
+            .into_iter()
+            .filter(Tensor::requires_grad),
+    );
+    let trainable: i64 = params.iter().map(|p| p.numel() as i64).sum();
+    let b = args.train_batch;
+    let mut dp = DpSgd::new(
+        params.iter().map(Tensor::shallow_clone).collect(),
+        DpSgdConfig::new(1.0, 1.0, b as f64),
+        Some(0),
+    )?;
+    let x0 = Tensor::rand([b, c, h, w], (Kind::Float, args.device)) * 2.0 - 1.0;
+    let labels = Tensor::randint(classes, [b], (Kind::Int64, args.device));
+    let loss_cfg = LossConfig::default();
+    let mut step = || -> Result<()> {
+        let d = draw(schedule, &x0, &labels, &loss_cfg, Some(classes))?;
+        dp.accumulate(1, || eps_loss_with(unet, schedule, &x0, &d))?;
+        dp.finish_step()?;
+        Ok(())
+    };
+    step()?;
+    let ((), secs, cpu) = timed(args.device, || {
+        for _ in 0..args.dp_iters {
+            step()?;
+        }
+        Ok(())
+    })?;
+    let n = b as f64 * args.dp_iters as f64;
+    println!(
+        "dp-loda: {trainable} trainable, batch {b}, {} steps in {secs:.2}s wall, {cpu:.2}s CPU: {:.1} examples/s, {:.1} examples/CPU-s",
+        args.dp_iters,
         n / secs,
         n / cpu
     );

@@ -1,6 +1,7 @@
 //! Datasets: one in-memory type, readers for IDX, CIFAR-10 binary and ImageFolder, dataset specs,
 //! fetchers, generators of public pretraining data, and sample grids.
 
+pub mod augment;
 pub mod cifar;
 pub mod dataset;
 pub mod dead_leaves;

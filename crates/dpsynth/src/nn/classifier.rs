@@ -151,6 +151,19 @@ impl Classifier {
     }
 }
 
+/// A network mapping images `[N, C, H, W]` in [-1, 1] to logits `[N, classes]`: the CNN or the
+/// ResNet, so training and evaluation code serves both.
+pub trait ImageClassifier: std::fmt::Debug {
+    /// Logits `[N, classes]`.
+    fn forward(&self, x: &Tensor) -> Tensor;
+}
+
+impl ImageClassifier for Classifier {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        Classifier::forward(self, x)
+    }
+}
+
 /// Cross-entropy of each row of `logits [N, classes]` against int64 `labels [N]`, shape `[N]`.
 pub fn cross_entropy_per_example(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     ensure!(

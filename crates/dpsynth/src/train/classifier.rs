@@ -1,4 +1,4 @@
-//! Training the CNN classifier, privately (DP-SGD on private data: the baseline) or not (on
+//! Training a classifier (the CNN or the ResNet), privately (DP-SGD on private data: the baseline) or not (on
 //! synthetic data: downstream evaluation), and measuring it.
 
 use std::path::Path;
@@ -15,7 +15,8 @@ use crate::dp::engine::{DpSgd, DpSgdConfig};
 use crate::dp::optim::{Optimizer, OptimizerConfig};
 use crate::dp::sampling::PoissonSampler;
 use crate::metrics::Metrics;
-use crate::nn::classifier::{cross_entropy_per_example, Classifier, ClassifierConfig};
+use crate::nn::arch::NetSpec;
+use crate::nn::classifier::{cross_entropy_per_example, ImageClassifier};
 
 /// The privacy target of a DP-SGD run.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -87,7 +88,7 @@ pub struct Trained {
     /// Holds the parameters.
     pub vs: nn::VarStore,
     /// The model.
-    pub model: Classifier,
+    pub model: Box<dyn ImageClassifier>,
     /// Final training state (with the full ledger).
     pub state: TrainState,
     /// True when all randomness came from the OS-seeded secure generator.
@@ -100,7 +101,7 @@ pub struct Trained {
 /// `ckpt_dir` when it holds a checkpoint, continuing both the schedule and the privacy ledger.
 pub fn train_classifier(
     train: &Dataset,
-    model_cfg: ClassifierConfig,
+    model_cfg: impl Into<NetSpec>,
     cfg: &TrainConfig,
     ckpt_dir: Option<&Path>,
     device: Device,
@@ -126,7 +127,7 @@ pub fn train_classifier(
     };
 
     let vs = nn::VarStore::new(device);
-    let model = Classifier::new(&vs.root(), model_cfg)?;
+    let model = model_cfg.into().build(&vs.root())?;
     let params = sorted_by_name(vs.variables());
     let mut state = TrainState {
         step: 0,
@@ -192,7 +193,7 @@ pub fn train_classifier(
                 engine.finish_step()?
             }
             None => non_private_grads(
-                &model,
+                model.as_ref(),
                 train,
                 &batch.indices,
                 cfg,
@@ -236,7 +237,7 @@ pub fn train_classifier(
 
 /// Mean-loss gradients of one batch by ordinary backpropagation (no privacy).
 fn non_private_grads(
-    model: &Classifier,
+    model: &dyn ImageClassifier,
     train: &Dataset,
     indices: &[usize],
     cfg: &TrainConfig,
@@ -259,7 +260,7 @@ fn non_private_grads(
 }
 
 /// Accuracy, per-class accuracy and confusion matrix of `model` on `data`.
-pub fn evaluate(model: &Classifier, data: &Dataset, device: Device) -> Metrics {
+pub fn evaluate(model: &dyn ImageClassifier, data: &Dataset, device: Device) -> Metrics {
     let _guard = tch::no_grad_guard();
     let mut preds = Vec::with_capacity(data.len());
     let all: Vec<usize> = (0..data.len()).collect();

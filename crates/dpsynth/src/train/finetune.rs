@@ -5,6 +5,13 @@
 //! DP-SGD with Poisson sampling, per-example clipping of the mean loss over K (timestep, noise)
 //! draws (noise multiplicity), Gaussian noise calibrated with the chosen accountant, and atomic
 //! checkpoints that carry the privacy ledger so a resumed run is accounted as one run.
+//!
+//! The base model's classes need not be the private data's, only as many: a base pretrained on
+//! unlabelled public images (CIFAR-10's, trained as the null class only) has placeholder classes
+//! `0`..`9` whose embeddings never saw a label. The class embedding is then learned here, under
+//! DP (it is trained by default in every mode; its per-example gradients come from the Embedding
+//! rule of `dp::grad_sample`), and freezing it is refused. The fine-tuned model folder carries the
+//! private data's class names.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -79,6 +86,7 @@ pub struct FinetuneConfig {
     /// Adapter settings (loda and lora modes).
     pub adapter: AdapterConfig,
     /// Also train the class-embedding table (tiny; lets the classes move to the private data).
+    /// Required when the base model's class names differ from the private data's.
     pub train_class_embedding: bool,
     /// Target ε.
     pub epsilon: f64,
@@ -316,11 +324,7 @@ pub fn finetune(
         train.height,
         train.width
     );
-    ensure!(
-        train.num_classes() as i64 == null,
-        "private data has {} classes, the model {null}",
-        train.num_classes()
-    );
+    check_classes(base, &t.model.classes, &train.class_names, cfg)?;
     ensure!(!train.is_empty(), "the private training set is empty");
 
     let n = train.len();
@@ -418,7 +422,7 @@ pub fn finetune(
         }
     }
     let model_dir = out.join("model");
-    save_model(&t, &model_dir)?;
+    save_model(&t, &train.class_names, &model_dir)?;
     let epsilon = state.ledger.epsilon(cfg.accountant, cfg.delta)?;
     Ok(Finetuned {
         model_dir,
@@ -430,11 +434,44 @@ pub fn finetune(
     })
 }
 
+/// Checks that the base model has a class embedding for every private class, and that it will be
+/// trained when the base model's classes are not the private data's.
+fn check_classes(
+    base: &Path,
+    base_classes: &[String],
+    private: &[String],
+    cfg: &FinetuneConfig,
+) -> Result<()> {
+    let file = base.join(crate::synth::CLASSES_FILE);
+    ensure!(
+        base_classes.len() == private.len(),
+        "the private data has {} classes, the base model {} ({}): pretrain a base with \
+         num_class_embeds = {} (classes + null)",
+        private.len(),
+        base_classes.len(),
+        file.display(),
+        private.len() + 1
+    );
+    let frozen = !cfg.train_class_embedding && !matches!(cfg.mode, Mode::Full | Mode::Scratch);
+    if base_classes != private && frozen {
+        bail!(
+            "the base model's classes ({}: {}) are not the private data's ({}): their embeddings \
+             must be learned, so the class embedding cannot be frozen (drop \
+             --freeze-class-embedding)",
+            file.display(),
+            base_classes.join(", "),
+            private.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// Writes the fine-tuned model folder: the U-Net (base weights plus whatever was trained), the
-/// scheduler and class names, and for adapter modes the adapter config and weights.
-fn save_model(t: &Trainee, dir: &Path) -> Result<()> {
+/// scheduler and the private data's class names, and for adapter modes the adapter config and
+/// weights.
+fn save_model(t: &Trainee, classes: &[String], dir: &Path) -> Result<()> {
     t.model.unet.save(dir)?;
-    save_extras(dir, &t.model.scheduler, &t.model.classes)?;
+    save_extras(dir, &t.model.scheduler, classes)?;
     if let (Some(store), Some(acfg)) = (&t.adapters, &t.model.adapter) {
         crate::nn::unet::weights::save_safetensors(store, &dir.join(ADAPTER_WEIGHTS))?;
         let p = dir.join(ADAPTER_CONFIG);

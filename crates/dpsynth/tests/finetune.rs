@@ -1,0 +1,180 @@
+//! DP fine-tuning from a base model whose classes are not the private data's (as a CIFAR-10 base
+//! pretrained on unlabelled public images is): the class embedding is learned under DP, the model
+//! folder carries the private class names, and freezing the embedding or a class-count mismatch
+//! is refused with a message naming the base. Also: the committed pretraining configs parse.
+
+use std::path::Path;
+
+use dpsynth::data::Dataset;
+use dpsynth::nn::unet::{UNet, UNetConfig};
+use dpsynth::synth::{load_model_dir, save_extras, SchedulerConfig};
+use dpsynth::train::finetune::{finetune, FinetuneConfig, Mode};
+use dpsynth::train::pretrain::{LabelUse, PretrainConfig};
+use tch::{Device, Kind, Tensor};
+
+/// A tiny 8×8 colour U-Net with 4 classes + null, saved with placeholder classes `0`..`3`.
+fn tiny_base(dir: &Path) {
+    let cfg = UNetConfig::from_json(
+        r#"{"sample_size": 8, "in_channels": 3, "out_channels": 3,
+            "block_out_channels": [8, 16], "layers_per_block": 1,
+            "down_block_types": ["DownBlock2D", "DownBlock2D"],
+            "up_block_types": ["UpBlock2D", "UpBlock2D"],
+            "norm_num_groups": 4, "num_class_embeds": 5}"#,
+    )
+    .unwrap();
+    tch::manual_seed(0);
+    UNet::new(cfg, Device::Cpu).unwrap().save(dir).unwrap();
+    let classes: Vec<String> = (0..4).map(|c| c.to_string()).collect();
+    let sched: SchedulerConfig =
+        serde_json::from_str(r#"{"beta_schedule": "linear", "num_train_timesteps": 1000}"#)
+            .unwrap();
+    save_extras(dir, &sched, &classes).unwrap();
+}
+
+fn private_data(classes: usize) -> Dataset {
+    let n = 16;
+    let images: Vec<u8> = (0..n * 3 * 64).map(|i| (i * 37 % 251) as u8).collect();
+    let labels: Vec<u8> = (0..n).map(|i| (i % classes) as u8).collect();
+    let names = ["plane", "car", "bird", "cat", "deer"][..classes]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    Dataset::new(Path::new("private"), images, labels, [3, 8, 8], names).unwrap()
+}
+
+fn config(mode: Mode) -> FinetuneConfig {
+    FinetuneConfig {
+        epochs: 2.0,
+        batch_size: 8,
+        physical_batch: 8,
+        seed: Some(0),
+        checkpoint_every: 100,
+        lr: 1e-2,
+        accountant: privacy::Accountant::Rdp,
+        ..FinetuneConfig::new(mode, 10.0, 1e-5)
+    }
+}
+
+fn class_table(dir: &Path) -> Tensor {
+    let m = load_model_dir(dir, Device::Cpu).unwrap();
+    let vars = m.unet.vs.variables();
+    vars["class_embedding.weight"].to_kind(Kind::Double)
+}
+
+#[test]
+fn new_classes_are_learned_under_dp_and_named_in_the_model_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    tiny_base(&base);
+    let data = private_data(4);
+    for mode in [Mode::Loda, Mode::Lora] {
+        let out = tmp.path().join(mode.to_string());
+        let done = finetune(
+            &base,
+            &data,
+            &config(mode),
+            &out,
+            false,
+            Device::Cpu,
+            &mut |_| {},
+        )
+        .unwrap();
+        let model = load_model_dir(&done.model_dir, Device::Cpu).unwrap();
+        assert_eq!(model.classes, data.class_names, "{mode}");
+        assert!(model.adapter.is_some());
+        // the embedding rows of the private classes moved; the null row (never a label here
+        // unless dropped out) is part of the same trained table
+        let moved = (class_table(&done.model_dir) - class_table(&base))
+            .narrow(0, 0, 4)
+            .abs()
+            .sum_dim_intlist(1, false, Kind::Double);
+        for c in 0..4 {
+            assert!(
+                moved.double_value(&[c]) > 0.0,
+                "{mode}: class {c} did not move"
+            );
+        }
+        assert!(
+            done.trainable_parameters > 5 * 32,
+            "{mode}: embedding not counted"
+        );
+    }
+}
+
+#[test]
+fn frozen_embedding_with_foreign_classes_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    tiny_base(&base);
+    let mut cfg = config(Mode::Loda);
+    cfg.train_class_embedding = false;
+    let err = finetune(
+        &base,
+        &private_data(4),
+        &cfg,
+        &tmp.path().join("o"),
+        false,
+        Device::Cpu,
+        &mut |_| {},
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("cannot be frozen") && err.contains("classes.json"),
+        "{err}"
+    );
+}
+
+#[test]
+fn class_count_mismatch_names_the_base() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    tiny_base(&base);
+    let err = finetune(
+        &base,
+        &private_data(5),
+        &config(Mode::Loda),
+        &tmp.path().join("o"),
+        false,
+        Device::Cpu,
+        &mut |_| {},
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("5 classes") && err.contains("base model 4"),
+        "{err}"
+    );
+}
+
+/// The CIFAR-10 pretraining configs: 32×32×3, 10 classes + null, public sources only, all used
+/// as the null class, and a model of at most 40 MB of float32 weights.
+#[test]
+fn cifar_base_configs_parse() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    for (name, sources) in [
+        (
+            "cifar-base.toml",
+            &["dead-leaves:train", "photo-crops:train"][..],
+        ),
+        ("cifar-base-deadleaves.toml", &["dead-leaves:train"][..]),
+        ("cifar-base-photos.toml", &["photo-crops:train"][..]),
+    ] {
+        let cfg = PretrainConfig::load(&dir.join(name)).unwrap();
+        let m = &cfg.model;
+        assert_eq!((m.in_channels, m.out_channels), (3, 3), "{name}");
+        assert_eq!(m.sample_size.unwrap().hw(), (32, 32), "{name}");
+        assert_eq!(m.num_class_embeds, Some(11), "{name}");
+        let specs: Vec<&str> = cfg.data.iter().map(|d| d.spec.as_str()).collect();
+        assert_eq!(specs, sources, "{name}");
+        assert!(
+            cfg.data.iter().all(|d| d.labels == LabelUse::Null),
+            "{name}"
+        );
+        let unet = UNet::new(m.clone(), Device::Cpu).unwrap();
+        let params: i64 = unet.vs.variables().values().map(|v| v.numel() as i64).sum();
+        assert!(params * 4 <= 40 << 20, "{name}: {params} parameters");
+    }
+}
