@@ -13,8 +13,7 @@
 //!
 //! See `bench/README.md` for the command.
 
-use std::process::Command;
-use std::time::Instant;
+mod common;
 
 use anyhow::{bail, Context, Result};
 use dpsynth::dp::{DpSgd, DpSgdConfig, Optimizer, OptimizerConfig, Strategy};
@@ -153,69 +152,25 @@ fn shallow(ts: &[Tensor]) -> Vec<Tensor> {
     ts.iter().map(Tensor::shallow_clone).collect()
 }
 
-/// CPU time consumed by all threads of this process, in ms.
-fn process_cpu_ms() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime only writes the timespec we pass it.
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
-}
-
-/// Runs `f` once; returns (wall ms, CPU ms).
-fn timed(f: impl FnOnce() -> Result<()>) -> Result<(f64, f64)> {
-    let (t, c) = (Instant::now(), process_cpu_ms());
-    f()?;
-    Ok((t.elapsed().as_secs_f64() * 1e3, process_cpu_ms() - c))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    }
-}
-
-/// Peak resident set size of this process in KiB.
-fn vm_hwm_kib() -> Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .context("no VmHWM in /proc/self/status")?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("malformed VmHWM")?
-        .parse()?)
-}
-
 /// Runs this benchmark as a child doing only `mode` steps; returns its VmHWM in MiB.
 fn child_peak(args: &Args, mode: &str) -> Result<f64> {
-    let out = Command::new(std::env::current_exe()?)
-        .args(["--peak", mode, "--batch", &args.batch.to_string()])
-        .args(["--threads", &tch::get_num_threads().to_string()])
-        .args(["--chunk", &args.chunk.unwrap_or(1 << 24).to_string()])
-        .args(["--reps", &args.warmup.max(3).to_string()])
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "peak child {mode} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let text = String::from_utf8(out.stdout)?;
-    let kib: f64 = text
-        .trim()
-        .strip_prefix("vmhwm_kib=")
-        .context("unexpected child output")?
-        .parse()?;
-    Ok(kib / 1024.0)
+    let chunk = args.chunk.unwrap_or(1 << 24).to_string();
+    let reps = args.warmup.max(3).to_string();
+    let threads = tch::get_num_threads().to_string();
+    let batch = args.batch.to_string();
+    let argv = [
+        "--peak",
+        mode,
+        "--batch",
+        &batch,
+        "--threads",
+        &threads,
+        "--chunk",
+        &chunk,
+        "--reps",
+        &reps,
+    ];
+    common::child_peak_mib(&argv.map(String::from))
 }
 
 fn main() -> Result<()> {
@@ -232,25 +187,20 @@ fn main() -> Result<()> {
                 Peak::Dp => dp_step_recorded(&mut bench)?,
             }
         }
-        println!("vmhwm_kib={}", vm_hwm_kib()?);
-        return Ok(());
+        return common::print_vm_hwm();
     }
 
     for _ in 0..args.warmup {
         bench.nonprivate_step()?;
         dp_step_recorded(&mut bench)?;
     }
-    let (mut np, mut dp) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+    let (mut np, mut dp) = (common::Samples::default(), common::Samples::default());
     for _ in 0..args.reps {
-        let (w, c) = timed(|| bench.nonprivate_step())?;
-        np.0.push(w);
-        np.1.push(c);
-        let (w, c) = timed(|| dp_step_recorded(&mut bench))?;
-        dp.0.push(w);
-        dp.1.push(c);
+        np.time(|| bench.nonprivate_step())?;
+        dp.time(|| dp_step_recorded(&mut bench))?;
     }
-    let (np_wall, np_cpu) = (median(np.0), median(np.1));
-    let (dp_wall, dp_cpu) = (median(dp.0), median(dp.1));
+    let (np_wall, np_cpu) = np.medians();
+    let (dp_wall, dp_cpu) = dp.medians();
     let setup = child_peak(&args, "setup")?;
     let peak_np = child_peak(&args, "nonprivate")?;
     let peak_dp = child_peak(&args, "dp")?;

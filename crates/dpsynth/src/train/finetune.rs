@@ -228,13 +228,19 @@ pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 
 /// The model being fine-tuned: U-Net, optional adapter store, and the named trainable tensors.
-struct Trainee {
-    model: ModelDir,
-    adapters: Option<nn::VarStore>,
-    trainable: Vec<(String, Tensor)>,
+pub struct Trainee {
+    /// The loaded model folder (adapters attached for `loda`/`lora`).
+    pub model: ModelDir,
+    /// The adapters' parameters (`loda`/`lora` modes).
+    pub adapters: Option<nn::VarStore>,
+    /// What `cfg.mode` trains, sorted by name (base parameters first, then adapters).
+    pub trainable: Vec<(String, Tensor)>,
 }
 
-fn prepare(base: &Path, cfg: &FinetuneConfig, device: Device) -> Result<Trainee> {
+/// Loads the base model folder and sets up what `cfg.mode` trains exactly as [`finetune`] does
+/// (frozen base, attached adapters, trainable class embedding, ...). Public so that benchmarks
+/// time the very model a fine-tuning run trains.
+pub fn prepare(base: &Path, cfg: &FinetuneConfig, device: Device) -> Result<Trainee> {
     let mut model = load_model_dir(base, device)?;
     if model.adapter.is_some() {
         bail!(

@@ -18,6 +18,7 @@ mod cost;
 mod embedding;
 mod group_norm;
 mod matmul;
+mod narrow_conv;
 
 use anyhow::{bail, ensure, Context, Result};
 use tch::Tensor;
@@ -213,6 +214,20 @@ pub fn per_sample_with(
             matmul::layer_grads(x, gy, want_w, want_b, strategy, w_shape, b_shape)
         }
         LayerKind::Conv2d(cfg) => {
+            // narrow convs (adapters' A: C_in -> r) scatter the output gradient instead
+            let x_shape = entry.input.size();
+            if want_w && narrow_conv::preferred(&x_shape, &w_shape, cfg, b, k, strategy) {
+                let rows = (b, k);
+                return narrow_conv::layer_grads(
+                    &entry.input,
+                    grad_out,
+                    w_shape,
+                    cfg,
+                    rows,
+                    want_b,
+                    b_shape,
+                );
+            }
             let (x, gy) = conv::linear_form(&entry.input, grad_out, &w_shape, cfg, b, k)?;
             // gather once when the whole batch fits in a chunk, else a chunk at a time
             let (n, d, t) = x.dims();
