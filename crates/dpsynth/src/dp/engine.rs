@@ -194,8 +194,8 @@ impl DpSgd {
         if self.scratch.len() < entries.len() {
             self.scratch.resize_with(entries.len(), Scratch::default);
         }
-        let tape = entries.iter().zip(&grads_out).zip(targets);
-        for (((entry, gy), target), scratch) in tape.zip(&mut self.scratch) {
+        let calls = entries.iter().zip(&grads_out).zip(targets);
+        for (((entry, gy), target), scratch) in calls.zip(&mut self.scratch) {
             if !gy.defined() {
                 continue; // output unused by the loss: zero gradient, nothing to add
             }
