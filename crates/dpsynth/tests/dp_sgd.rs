@@ -339,6 +339,35 @@ fn engine_clipped_sum_matches_brute_force_with_k() {
     assert!(params.iter().all(|p| !p.grad().defined()));
 }
 
+/// The engine keeps the gathered convolution patches of one step for the next; steps of
+/// growing, then shrinking batches (a larger buffer than needed) must still be exact.
+#[test]
+fn engine_reuses_patch_buffers_across_steps_of_any_batch_size() {
+    tch::manual_seed(6);
+    let vs = f64_store();
+    let model = classifier(&vs);
+    let params = vs.trainable_variables();
+    let c = 0.5;
+    let mut dp = engine(shallow(&params), c, 0.0, 1.0, Some(0));
+    for (b, k) in [(3, 1), (5, 2), (2, 1), (4, 1)] {
+        let (x, y) = mnist_batch(b, k, &[1.0, 3.0, 0.01, 1.0, 2.0]);
+        let brute = classifier_brute(&model, &params, &x, &y, b, k);
+        let factors: Vec<f64> = brute
+            .iter()
+            .map(|g| (c / (total_norm(g) + 1e-6)).min(1.0))
+            .collect();
+        dp.accumulate(k, || {
+            cross_entropy_per_example(&model.forward(&x), &y).unwrap()
+        })
+        .unwrap();
+        let grads = dp.finish_step().unwrap();
+        for (i, g) in grads.iter().enumerate() {
+            let what = format!("B={b} K={k} param {i}");
+            assert_close(g, &weighted_sum(&brute, &factors, i), &what);
+        }
+    }
+}
+
 #[test]
 fn clipping_bounds_huge_gradients_and_leaves_small_ones_untouched() {
     tch::manual_seed(6);

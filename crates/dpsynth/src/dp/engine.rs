@@ -16,7 +16,7 @@ use anyhow::{bail, ensure, Context, Result};
 use tch::{Kind, Tensor};
 
 use super::clip::clip_factors;
-use super::grad_sample::{self, LayerGrads, RuleOptions};
+use super::grad_sample::{self, LayerGrads, RuleOptions, Scratch};
 use super::rng::{DpRng, Purpose};
 use super::tape::{self, Entry};
 
@@ -96,6 +96,8 @@ pub struct DpSgd {
     rng: DpRng,
     acc: Vec<Option<Tensor>>,
     pending_examples: i64,
+    /// Buffers the per-sample rules reuse from step to step, one per tape position.
+    scratch: Vec<Scratch>,
 }
 
 impl DpSgd {
@@ -128,6 +130,7 @@ impl DpSgd {
             rng: DpRng::new(seed, Purpose::Noise),
             acc,
             pending_examples: 0,
+            scratch: Vec::new(),
         })
     }
 
@@ -188,11 +191,15 @@ impl DpSgd {
         let _no_grad = tch::no_grad_guard();
         let mut layers: Vec<(LayerGrads, Targets)> = Vec::new();
         let mut total = Tensor::f_zeros([examples], (Kind::Double, losses.device()))?;
-        for ((entry, gy), target) in entries.iter().zip(&grads_out).zip(targets) {
+        if self.scratch.len() < entries.len() {
+            self.scratch.resize_with(entries.len(), Scratch::default);
+        }
+        let calls = entries.iter().zip(&grads_out).zip(targets);
+        for (((entry, gy), target), scratch) in calls.zip(&mut self.scratch) {
             if !gy.defined() {
                 continue; // output unused by the loss: zero gradient, nothing to add
             }
-            let lg = grad_sample::per_sample_with(entry, gy, k, &self.cfg.rules)?;
+            let lg = grad_sample::per_sample_in(entry, gy, k, &self.cfg.rules, scratch)?;
             if let Some(sq) = lg.sq_norms() {
                 total += sq.f_to_kind(Kind::Double)?;
             }

@@ -2,10 +2,10 @@
 //! the middle dimensions) and Conv2d (positions are output pixels, `x_t` the unfolded patch). The
 //! K rows of an example are already folded into its positions.
 //!
-//! Tensors are feature-major: input features `[B, D, T]` and output gradient `gy [B, O, T]`, the
-//! natural layout of unfolded convolutions (for Linear they are transposed views; convolution
-//! patches are a `[B, D, T]` view of `[D, B, T]` storage). Convolution
-//! patches, `k²` times larger than the activation, are gathered a chunk of examples at a time
+//! Tensors are indexed feature-first: input features `[B, D, T]` and output gradient
+//! `gy [B, O, T]`. The features of both layer kinds are transposed views of position-major
+//! `[B, T, D]` storage (a Linear layer's input as it is; convolution patches are gathered that
+//! way), so `[B·T, D]` is a view too. Convolution patches, `k²` times larger than the activation, are gathered a chunk of examples at a time
 //! when the whole batch's would exceed a cap (see [`super::RuleOptions`]).
 
 use anyhow::Result;

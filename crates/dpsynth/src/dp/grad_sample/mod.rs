@@ -183,6 +183,15 @@ pub fn per_sample(
     per_sample_with(entry, grad_out, k, &options)
 }
 
+/// Memory a rule reuses from one call to the next (the gathered patches of a convolution), so
+/// that every step does not pay for fresh pages. [`super::DpSgd`] keeps one per tape position.
+/// The [`LayerGrads`] of a call may be views of it: drop them before the next call that is given
+/// the same scratch.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    patches: Option<Tensor>,
+}
+
 /// Applies the rule for `entry.kind` to one recorded layer call.
 ///
 /// `grad_out` is the gradient of the summed loss (`Σ rows / K`) at `entry.output`; `k` is the
@@ -192,6 +201,17 @@ pub fn per_sample_with(
     grad_out: &Tensor,
     k: i64,
     options: &RuleOptions,
+) -> Result<LayerGrads> {
+    per_sample_in(entry, grad_out, k, options, &mut Scratch::default())
+}
+
+/// [`per_sample_with`], reusing `scratch` for the memory the rule needs.
+pub fn per_sample_in(
+    entry: &Entry,
+    grad_out: &Tensor,
+    k: i64,
+    options: &RuleOptions,
+    scratch: &mut Scratch,
 ) -> Result<LayerGrads> {
     let strategy = options.strategy;
     let b = examples_of(entry, grad_out, k)?;
@@ -233,7 +253,7 @@ pub fn per_sample_with(
             let (n, d, t) = x.dims();
             let chunk = options.chunk_elements.max(1);
             let x = if n * d * t <= chunk {
-                matmul::Features::Dense(x.examples(0, n)?)
+                matmul::Features::Dense(x.examples_in(0, n, &mut scratch.patches)?)
             } else {
                 matmul::Features::Patches(x, chunk)
             };
