@@ -43,33 +43,11 @@ pub struct DigitFont {
 
 /// Loads every .ttf/.otf under `dir` (recursively, sorted by path) that draws all ten digits.
 pub fn load_fonts(dir: &Path) -> Result<Vec<DigitFont>> {
-    if !dir.is_dir() {
-        return Err(DataError::format(
-            dir,
-            "no such folder: run `dpsynth data fetch fonts` first",
-        ));
-    }
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).map_err(|e| DataError::io(&d, e))? {
-            let p = e.map_err(|e| DataError::io(&d, e))?.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p
-                .extension()
-                .and_then(|x| x.to_str())
-                .is_some_and(|x| matches!(x.to_ascii_lowercase().as_str(), "ttf" | "otf"))
-            {
-                files.push(p);
-            }
-        }
-    }
+    let mut files = super::walk::files_with_extensions(dir, &["ttf", "otf"], "fonts")?;
     files.retain(|p| {
         let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("");
         !EXCLUDED_FONTS.contains(&stem)
     });
-    files.sort();
     let mut fonts = Vec::new();
     for path in files {
         let bytes = std::fs::read(&path).map_err(|e| DataError::io(&path, e))?;

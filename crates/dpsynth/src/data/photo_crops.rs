@@ -102,29 +102,7 @@ pub fn crop_side(rng: &mut impl Rng, short: f64) -> f64 {
 /// A file that does not decode is an error naming it: the photo folder holds only what the
 /// fetcher put there.
 pub fn load_photos(dir: &Path) -> Result<Vec<Photo>> {
-    if !dir.is_dir() {
-        return Err(DataError::format(
-            dir,
-            "no such folder: run `dpsynth data fetch photos` first",
-        ));
-    }
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).map_err(|e| DataError::io(&d, e))? {
-            let p = e.map_err(|e| DataError::io(&d, e))?.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p
-                .extension()
-                .and_then(|x| x.to_str())
-                .is_some_and(|x| matches!(x.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
-            {
-                files.push(p);
-            }
-        }
-    }
-    files.sort();
+    let files = super::walk::files_with_extensions(dir, &["jpg", "jpeg", "png"], "photos")?;
     if files.is_empty() {
         return Err(DataError::format(dir, "holds no .jpg or .png photograph"));
     }
