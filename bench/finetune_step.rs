@@ -24,7 +24,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, ensure, Context, Result};
 use dpsynth::diffusion::loss::{draw, eps_loss_with, Draws, LossConfig};
-use dpsynth::dp::{DpSgd, DpSgdConfig, Optimizer, OptimizerConfig};
+use dpsynth::dp::{DpSgd, DpSgdConfig, Optimizer};
 use dpsynth::train::finetune::{prepare, FinetuneConfig, Mode, Trainee};
 use tch::{Device, Kind, Tensor};
 
@@ -98,16 +98,8 @@ impl Trained {
     fn new(args: &Args, mode: Mode) -> Result<Self> {
         let cfg = run_default(mode);
         let t = prepare(&args.base, &cfg, Device::Cpu)?;
-        let params: Vec<Tensor> = t.trainable.iter().map(|(_, v)| v.shallow_clone()).collect();
-        let opt = Optimizer::new(
-            shallow(&params),
-            OptimizerConfig::Adam {
-                lr: cfg.lr,
-                betas: (0.9, 0.999),
-                eps: 1e-8,
-                weight_decay: 0.0,
-            },
-        )?;
+        let params = t.tensors();
+        let opt = t.optimizer(&cfg)?;
         // σ does not change the work; the expected batch is the physical one
         let dp_cfg = DpSgdConfig::new(cfg.max_grad_norm, 1.0, args.batch as f64);
         let dp = DpSgd::new(shallow(&params), dp_cfg, None)?;

@@ -237,6 +237,29 @@ pub struct Trainee {
     pub trainable: Vec<(String, Tensor)>,
 }
 
+impl Trainee {
+    /// The trainable tensors (shallow copies sharing storage), in [`Trainee::trainable`] order.
+    pub fn tensors(&self) -> Vec<Tensor> {
+        self.trainable
+            .iter()
+            .map(|(_, v)| v.shallow_clone())
+            .collect()
+    }
+
+    /// The optimizer fine-tuning uses: Adam at `cfg.lr` over [`Trainee::tensors`].
+    pub fn optimizer(&self, cfg: &FinetuneConfig) -> Result<Optimizer> {
+        Optimizer::new(
+            self.tensors(),
+            OptimizerConfig::Adam {
+                lr: cfg.lr,
+                betas: (0.9, 0.999),
+                eps: 1e-8,
+                weight_decay: 0.0,
+            },
+        )
+    }
+}
+
 /// Loads the base model folder and sets up what `cfg.mode` trains exactly as [`finetune`] does
 /// (frozen base, attached adapters, trainable class embedding, ...). Public so that benchmarks
 /// time the very model a fine-tuning run trains.
@@ -338,16 +361,8 @@ pub fn finetune(
     let total_steps = (cfg.epochs * n as f64 / cfg.batch_size as f64).ceil() as u64;
     let sigma = calibrate_noise(cfg.accountant, cfg.epsilon, cfg.delta, q, total_steps)
         .context("calibrating the noise multiplier")?;
-    let tensors: Vec<Tensor> = t.trainable.iter().map(|(_, v)| v.shallow_clone()).collect();
-    let mut opt = Optimizer::new(
-        shallow(&tensors),
-        OptimizerConfig::Adam {
-            lr: cfg.lr,
-            betas: (0.9, 0.999),
-            eps: 1e-8,
-            weight_decay: 0.0,
-        },
-    )?;
+    let tensors = t.tensors();
+    let mut opt = t.optimizer(cfg)?;
     let mut engine = DpSgd::new(
         shallow(&tensors),
         DpSgdConfig::new(cfg.max_grad_norm, sigma, q * n as f64),
