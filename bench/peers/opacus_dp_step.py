@@ -12,15 +12,12 @@ only do one kind of step, like the Rust benchmark.
 
 import argparse
 import json
-import statistics
-import subprocess
-import sys
-import time
 import warnings
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from peer_harness import build_steps, child_peak, make_private, time_interleaved, vm_hwm_mib
 
 warnings.filterwarnings("ignore")
 
@@ -51,27 +48,7 @@ def make_step(kind, batch):
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     criterion = nn.CrossEntropyLoss()
     if kind != "nonprivate":
-        from opacus import PrivacyEngine
-
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.TensorDataset(x, y), batch_size=batch
-        )
-        engine = PrivacyEngine(accountant="rdp")
-        extra = {"criterion": criterion} if kind == "ghost" else {}
-        out = engine.make_private(
-            module=model,
-            optimizer=opt,
-            data_loader=loader,
-            noise_multiplier=1.0,
-            max_grad_norm=1.0,
-            poisson_sampling=False,
-            grad_sample_mode=kind,
-            **extra,
-        )
-        if kind == "ghost":
-            model, opt, criterion, _ = out
-        else:
-            model, opt, _ = out
+        model, opt, criterion = make_private(model, opt, criterion, x, y, kind)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -80,14 +57,6 @@ def make_step(kind, batch):
         opt.step()
 
     return step
-
-
-def vm_hwm_mib():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    raise RuntimeError("no VmHWM")
 
 
 def main():
@@ -113,29 +82,11 @@ def main():
         return
 
     kinds = ["nonprivate"] + [m for m in a.modes.split(",") if m]
-    steps = {}
-    for k in kinds:
-        try:
-            steps[k] = make_step(k, a.batch)
-            for _ in range(a.warmup):
-                steps[k]()
-        except Exception as e:  # a mode this Opacus version cannot run
-            print(f"{k}: unavailable ({type(e).__name__}: {e})", file=sys.stderr)
-            steps.pop(k, None)
-    wall = {k: [] for k in steps}
-    cpu = {k: [] for k in steps}
-    for _ in range(a.reps):
-        for k, step in steps.items():
-            t, c = time.perf_counter(), time.process_time()
-            step()
-            wall[k].append((time.perf_counter() - t) * 1e3)
-            cpu[k].append((time.process_time() - c) * 1e3)
+    steps = build_steps(kinds, lambda k: make_step(k, a.batch), a.warmup)
+    wall, cpu = time_interleaved(steps, a.reps)
 
     def peak(kind):
-        cmd = [sys.executable, __file__, "--peak", kind, "--batch", str(a.batch)]
-        cmd += ["--threads", str(torch.get_num_threads())]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        return float(out.strip().split("=")[1])
+        return child_peak(__file__, kind, ["--batch", a.batch, "--threads", torch.get_num_threads()])
 
     import opacus
 
@@ -146,10 +97,9 @@ def main():
     )
     print("                  wall ms    CPU ms   VmHWM MiB")
     result = {"impl": "pytorch/opacus", "batch": a.batch, "threads": torch.get_num_threads()}
-    base_wall = statistics.median(wall["nonprivate"])
-    base_cpu = statistics.median(cpu["nonprivate"])
+    base_wall, base_cpu = wall["nonprivate"], cpu["nonprivate"]
     for k in steps:
-        w, c, m = statistics.median(wall[k]), statistics.median(cpu[k]), peak(k)
+        w, c, m = wall[k], cpu[k], peak(k)
         print(
             f"{k:<16} {w:9.2f} {c:9.2f} {m:9.1f} (+{m - setup:.1f})"
             f"   ratio to non-private: wall {w / base_wall:.3f}, CPU {c / base_cpu:.3f}"

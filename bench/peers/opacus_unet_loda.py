@@ -25,15 +25,12 @@ and then run only one kind of step.
 import argparse
 import json
 import os
-import statistics
-import subprocess
-import sys
-import time
 import warnings
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from peer_harness import build_steps, child_peak, make_private, time_interleaved, vm_hwm_mib
 
 warnings.filterwarnings("ignore")
 
@@ -145,27 +142,7 @@ def make_step(kind, a):
     criterion = EpsLoss()
     model = unet
     if kind != "nonprivate":
-        from opacus import PrivacyEngine
-
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.TensorDataset(x0, labels), batch_size=b
-        )
-        engine = PrivacyEngine(accountant="rdp")
-        extra = {"criterion": criterion} if kind == "ghost" else {}
-        out = engine.make_private(
-            module=unet,
-            optimizer=opt,
-            data_loader=loader,
-            noise_multiplier=1.0,
-            max_grad_norm=1.0,
-            poisson_sampling=False,
-            grad_sample_mode=kind,
-            **extra,
-        )
-        if kind == "ghost":
-            model, opt, criterion, _ = out
-        else:
-            model, opt, _ = out
+        model, opt, criterion = make_private(unet, opt, criterion, x0, labels, kind)
 
     sa = acp[t].sqrt().view(-1, 1, 1, 1)
     sb = (1 - acp[t]).sqrt().view(-1, 1, 1, 1)
@@ -179,14 +156,6 @@ def make_step(kind, a):
         opt.step()
 
     return step, sum(p.numel() for p in params)
-
-
-def vm_hwm_mib():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    raise RuntimeError("no VmHWM")
 
 
 def main():
@@ -214,30 +183,20 @@ def main():
         return
 
     kinds = ["nonprivate"] + [m for m in a.modes.split(",") if m]
-    steps, trainable = {}, None
-    for k in kinds:
-        try:
-            steps[k], trainable = make_step(k, a)
-            for _ in range(a.warmup):
-                steps[k]()
-        except Exception as e:  # a mode this Opacus version cannot run
-            print(f"{k}: unavailable ({type(e).__name__}: {e})", file=sys.stderr)
-            steps.pop(k, None)
-    wall = {k: [] for k in steps}
-    cpu = {k: [] for k in steps}
-    for _ in range(a.reps):
-        for k, step in steps.items():
-            t, c = time.perf_counter(), time.process_time()
-            step()
-            wall[k].append((time.perf_counter() - t) * 1e3)
-            cpu[k].append((time.process_time() - c) * 1e3)
+    counts = []
+
+    def make(kind):
+        step, n = make_step(kind, a)
+        counts.append(n)
+        return step
+
+    steps = build_steps(kinds, make, a.warmup)
+    trainable = counts[0]
+    wall, cpu = time_interleaved(steps, a.reps)
 
     def peak(kind):
-        cmd = [sys.executable, __file__, "--peak", kind, "--batch", str(a.batch)]
-        cmd += ["--base", a.base, "--rank", str(a.rank), "--warmup", str(a.warmup)]
-        cmd += ["--threads", str(torch.get_num_threads())]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        return float(out.strip().splitlines()[-1].split("=")[1])
+        args = ["--batch", a.batch, "--base", a.base, "--rank", a.rank, "--warmup", a.warmup]
+        return child_peak(__file__, kind, args + ["--threads", torch.get_num_threads()])
 
     import diffusers
     import opacus
@@ -250,10 +209,9 @@ def main():
     )
     print("step          wall ms   CPU ms  wall ms/ex  CPU ms/ex  wall/np  CPU/np  peak RSS +MiB")
     result = {"impl": "pytorch/opacus", "batch": a.batch, "threads": torch.get_num_threads()}
-    base_wall = statistics.median(wall["nonprivate"])
-    base_cpu = statistics.median(cpu["nonprivate"])
+    base_wall, base_cpu = wall["nonprivate"], cpu["nonprivate"]
     for k in steps:
-        w, c, m = statistics.median(wall[k]), statistics.median(cpu[k]), peak(k)
+        w, c, m = wall[k], cpu[k], peak(k)
         print(
             f"{k:<12} {w:8.1f} {c:8.1f} {w / a.batch:11.3f} {c / a.batch:10.3f} "
             f"{w / base_wall:8.3f} {c / base_cpu:7.3f} {m - setup:14.1f}"
