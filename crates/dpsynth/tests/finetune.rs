@@ -55,6 +55,22 @@ fn config(mode: Mode) -> FinetuneConfig {
     }
 }
 
+/// The error of a fine-tuning run that must fail (output under `tmp/o`).
+fn finetune_error(base: &Path, data: &Dataset, cfg: &FinetuneConfig, tmp: &Path) -> String {
+    finetune(
+        base,
+        data,
+        cfg,
+        &tmp.join("o"),
+        false,
+        Device::Cpu,
+        &mut |_| {},
+    )
+    .err()
+    .expect("fine-tuning should have failed")
+    .to_string()
+}
+
 fn class_table(dir: &Path) -> Tensor {
     let m = load_model_dir(dir, Device::Cpu).unwrap();
     let vars = m.unet.vs.variables();
@@ -108,18 +124,7 @@ fn frozen_embedding_with_foreign_classes_is_refused() {
     tiny_base(&base);
     let mut cfg = config(Mode::Loda);
     cfg.train_class_embedding = false;
-    let err = finetune(
-        &base,
-        &private_data(4),
-        &cfg,
-        &tmp.path().join("o"),
-        false,
-        Device::Cpu,
-        &mut |_| {},
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let err = finetune_error(&base, &private_data(4), &cfg, tmp.path());
     assert!(
         err.contains("cannot be frozen") && err.contains("classes.json"),
         "{err}"
@@ -131,18 +136,7 @@ fn class_count_mismatch_names_the_base() {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().join("base");
     tiny_base(&base);
-    let err = finetune(
-        &base,
-        &private_data(5),
-        &config(Mode::Loda),
-        &tmp.path().join("o"),
-        false,
-        Device::Cpu,
-        &mut |_| {},
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let err = finetune_error(&base, &private_data(5), &config(Mode::Loda), tmp.path());
     assert!(
         err.contains("5 classes") && err.contains("base model 4"),
         "{err}"
