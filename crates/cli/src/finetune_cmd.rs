@@ -116,7 +116,7 @@ pub fn run_finetune(a: &FinetuneArgs, data_dir: &Path, device: Device) -> Result
     })?;
     bar.finish();
     let model = load_model_dir(&done.model_dir, device)?;
-    let grid_ds = generate(&model, 10, &SamplerConfig::ddim(50, 1.0), 0, &mut |_| {})?;
+    let grid_ds = generate(&model, 10, &SamplerConfig::ddpm(50, 1.0), 0, &mut |_| {})?;
     grid::write_grid(&grid_ds, 10, 2, &a.out.join("grid.png"))?;
     let report = serde_json::json!({
         "command": "finetune",

@@ -73,6 +73,23 @@ struct Sample {
     steps: usize,
     guidance: f64,
     seed: u64,
+    /// "ddpm" (default) or "ddim".
+    #[serde(default)]
+    sampler: RunSampler,
+    /// DDIM η; only with sampler = "ddim".
+    #[serde(default)]
+    eta: f64,
+}
+
+/// The `[sample] sampler` key.
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum RunSampler {
+    /// DDPM ancestral sampling.
+    #[default]
+    Ddpm,
+    /// DDIM.
+    Ddim,
 }
 
 #[derive(Deserialize)]
@@ -110,6 +127,10 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
     };
     let cfg: RunConfig =
         toml::from_str(&text).with_context(|| format!("{source}: invalid run config"))?;
+    anyhow::ensure!(
+        cfg.sample.eta == 0.0 || cfg.sample.sampler == RunSampler::Ddim,
+        "{source}: [sample] eta applies to sampler = \"ddim\" only"
+    );
     let out = a.out.clone().unwrap_or(cfg.out.clone());
     anyhow::ensure!(
         !out.join("report.json").exists(),
@@ -168,7 +189,12 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
     eprintln!("== sampling {} images per class", cfg.sample.per_class);
     let model = load_model_dir(&ft.model_dir, device)?;
     let sampler = SamplerConfig {
-        kind: SamplerKind::Ddim { eta: 0.0 },
+        kind: match cfg.sample.sampler {
+            RunSampler::Ddpm => SamplerKind::Ddpm,
+            RunSampler::Ddim => SamplerKind::Ddim {
+                eta: cfg.sample.eta,
+            },
+        },
         num_steps: cfg.sample.steps,
         spacing: Spacing::Leading,
         guidance_scale: cfg.sample.guidance,
@@ -245,7 +271,7 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
          - private data: `{}`, tested on `{}`\n\
          - mode: {} ({} trainable of {} parameters)\n\
          - privacy: epsilon = {:.3} at delta = {:e} (PLD accountant), sigma = {:.3}, q = {:.5}, {} steps; noise {}\n\
-         - synthetic images: {} (DDIM-{}, guidance {})\n\
+         - synthetic images: {} ({}-{}, guidance {})\n\
          - **downstream test accuracy: {:.2}%** (epoch {} chosen on {} held-out synthetic images)\n\
          - time: fine-tune {:.0} s, sample {:.0} s, evaluate {:.0} s, total {:.0} s on {} thread(s)\n\n\
          ![samples](grid.png)\n\n\
@@ -262,6 +288,10 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
         ft.state.step,
         if ft.secure_noise { "from OS-seeded ChaCha20" } else { "seeded (NOT private)" },
         synthetic.len(),
+        match cfg.sample.sampler {
+            RunSampler::Ddpm => "DDPM",
+            RunSampler::Ddim => "DDIM",
+        },
         cfg.sample.steps,
         cfg.sample.guidance,
         100.0 * r.test.accuracy,

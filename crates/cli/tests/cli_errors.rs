@@ -164,3 +164,34 @@ fn device_flag_is_global_and_cuda_without_a_gpu_fails_cleanly() {
     let (code, _, err) = dpsynth(dir.path(), &["--device", "tpu", "run"]);
     assert_clean_failure(code, &err, "--device tpu: expected cpu, cuda or cuda:N");
 }
+
+#[test]
+fn eta_without_ddim_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("s");
+    let (code, _, err) = dpsynth(
+        dir.path(),
+        &[
+            "sample",
+            "--model",
+            "models/mnist-base",
+            "--eta",
+            "0.5",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_clean_failure(code, &err, "--eta 0.5 applies to --sampler ddim only");
+    assert!(!out.exists(), "a refused sample must write nothing");
+
+    let cfg = dir.path().join("run.toml");
+    let text = include_str!("../../../configs/run-smoke.toml")
+        .replace("[sample]", "[sample]\nsampler = \"ddpm\"\neta = 1.0");
+    std::fs::write(&cfg, text).unwrap();
+    let (code, _, err) = dpsynth(dir.path(), &["run", "--config", cfg.to_str().unwrap()]);
+    assert_clean_failure(
+        code,
+        &err,
+        "[sample] eta applies to sampler = \"ddim\" only",
+    );
+}

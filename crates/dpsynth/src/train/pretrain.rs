@@ -387,7 +387,17 @@ pub fn pretrain(
                 .out
                 .join("samples")
                 .join(format!("step-{:07}.png", state.step));
-            sample_grid(&model, &ema, &schedule, [c, h, w], null, &grid, run.device)?;
+            let labelled = !mix.class_names().is_empty();
+            sample_grid(
+                &model,
+                &ema,
+                &schedule,
+                [c, h, w],
+                null,
+                labelled,
+                &grid,
+                run.device,
+            )?;
         }
     }
     // the shipped model holds the EMA weights
@@ -423,13 +433,17 @@ fn mean_tail(v: &[f32], n: usize) -> f64 {
     tail.iter().map(|&x| x as f64).sum::<f64>() / tail.len().max(1) as f64
 }
 
-/// Samples one row of 10 images per class with the EMA weights (DDIM-50, guidance 3) to a PNG.
+/// Samples a 10×10 grid with the EMA weights (DDPM-50) to a PNG: one row per class with
+/// guidance 3 when the model learns labels, else 100 null-class (unconditional) images, since
+/// the class embeddings of a model pretrained on unlabelled data are untrained.
+#[allow(clippy::too_many_arguments)]
 fn sample_grid(
     model: &UNet,
     ema: &Ema,
     schedule: &NoiseSchedule,
     shape: [i64; 3],
     null: i64,
+    labelled: bool,
     path: &Path,
     device: Device,
 ) -> Result<()> {
@@ -439,12 +453,17 @@ fn sample_grid(
     let labels: Vec<i64> = (0..null)
         .flat_map(|c| std::iter::repeat_n(c, per_class))
         .collect();
+    let (conditions, guidance) = if labelled {
+        (labels.clone(), 3.0)
+    } else {
+        (vec![null; labels.len()], 1.0)
+    };
     let images = sample(
         &eval,
         schedule,
-        &labels,
+        &conditions,
         shape,
-        &SamplerConfig::ddim(50, 3.0),
+        &SamplerConfig::ddpm(50, guidance),
         0,
         device,
     )?;
