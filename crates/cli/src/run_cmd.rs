@@ -8,7 +8,7 @@ use crate::progress::Progress;
 use anyhow::{Context, Result};
 use clap::Args;
 use dpsynth::data::{self, fetch, grid, imagefolder};
-use dpsynth::diffusion::sampler::{SamplerConfig, SamplerKind, Spacing};
+use dpsynth::diffusion::sampler::{SamplerConfig, Spacing};
 use dpsynth::fsutil::write_atomic;
 use dpsynth::nn::arch::Arch;
 use dpsynth::synth::{generate, load_model_dir};
@@ -19,6 +19,7 @@ use serde::Deserialize;
 use tch::Device;
 
 use crate::finetune_cmd::{run_finetune, FinetuneArgs};
+use crate::sample_cmd::Sampler;
 
 /// The embedded default config.
 pub const DEFAULT_CONFIG: &str = include_str!("../../../configs/run-default.toml");
@@ -75,21 +76,10 @@ struct Sample {
     seed: u64,
     /// "ddpm" (default) or "ddim".
     #[serde(default)]
-    sampler: RunSampler,
+    sampler: Sampler,
     /// DDIM η; only with sampler = "ddim".
     #[serde(default)]
     eta: f64,
-}
-
-/// The `[sample] sampler` key.
-#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-enum RunSampler {
-    /// DDPM ancestral sampling.
-    #[default]
-    Ddpm,
-    /// DDIM.
-    Ddim,
 }
 
 #[derive(Deserialize)]
@@ -128,7 +118,7 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
     let cfg: RunConfig =
         toml::from_str(&text).with_context(|| format!("{source}: invalid run config"))?;
     anyhow::ensure!(
-        cfg.sample.eta == 0.0 || cfg.sample.sampler == RunSampler::Ddim,
+        cfg.sample.eta == 0.0 || cfg.sample.sampler == Sampler::Ddim,
         "{source}: [sample] eta applies to sampler = \"ddim\" only"
     );
     let out = a.out.clone().unwrap_or(cfg.out.clone());
@@ -189,12 +179,7 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
     eprintln!("== sampling {} images per class", cfg.sample.per_class);
     let model = load_model_dir(&ft.model_dir, device)?;
     let sampler = SamplerConfig {
-        kind: match cfg.sample.sampler {
-            RunSampler::Ddpm => SamplerKind::Ddpm,
-            RunSampler::Ddim => SamplerKind::Ddim {
-                eta: cfg.sample.eta,
-            },
-        },
+        kind: cfg.sample.sampler.kind(cfg.sample.eta),
         num_steps: cfg.sample.steps,
         spacing: Spacing::Leading,
         guidance_scale: cfg.sample.guidance,
@@ -288,10 +273,7 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
         ft.state.step,
         if ft.secure_noise { "from OS-seeded ChaCha20" } else { "seeded (NOT private)" },
         synthetic.len(),
-        match cfg.sample.sampler {
-            RunSampler::Ddpm => "DDPM",
-            RunSampler::Ddim => "DDIM",
-        },
+        cfg.sample.sampler.name(),
         cfg.sample.steps,
         cfg.sample.guidance,
         100.0 * r.test.accuracy,

@@ -12,11 +12,13 @@ use dpsynth::fsutil::write_atomic;
 use dpsynth::synth::{generate, load_model_dir};
 use tch::Device;
 
-/// Sampler choice on the command line.
-#[derive(Clone, Copy, ValueEnum)]
+/// Sampler choice, on the command line (`--sampler`) and in run configs (`[sample] sampler`).
+#[derive(Clone, Copy, PartialEq, Eq, Default, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Sampler {
     /// DDPM ancestral sampling over --steps evenly spaced timesteps (the default: clean images
     /// in few steps and stable under guidance).
+    #[default]
     Ddpm,
     /// DDIM (deterministic with --eta 0). With guidance above 1 it can draw broken images from
     /// small models.
@@ -55,14 +57,29 @@ pub struct SampleArgs {
     pub out: PathBuf,
 }
 
+impl Sampler {
+    /// The update rule, with DDIM's η.
+    pub fn kind(self, eta: f64) -> SamplerKind {
+        match self {
+            Sampler::Ddim => SamplerKind::Ddim { eta },
+            Sampler::Ddpm => SamplerKind::Ddpm,
+        }
+    }
+
+    /// "DDPM" or "DDIM", for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Sampler::Ddim => "DDIM",
+            Sampler::Ddpm => "DDPM",
+        }
+    }
+}
+
 impl SampleArgs {
     /// The sampler settings these flags describe.
     pub fn sampler_config(&self) -> SamplerConfig {
         SamplerConfig {
-            kind: match self.sampler {
-                Sampler::Ddim => SamplerKind::Ddim { eta: self.eta },
-                Sampler::Ddpm => SamplerKind::Ddpm,
-            },
+            kind: self.sampler.kind(self.eta),
             num_steps: self.steps,
             spacing: Spacing::Leading,
             guidance_scale: self.guidance,
