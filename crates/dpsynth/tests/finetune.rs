@@ -1,11 +1,13 @@
 //! DP fine-tuning from a base model whose classes are not the private data's (as a CIFAR-10 base
 //! pretrained on unlabelled public images is): the class embedding is learned under DP, the model
 //! folder carries the private class names, and freezing the embedding or a class-count mismatch
-//! is refused with a message naming the base. Also: the committed pretraining configs parse.
+//! is refused with a message naming the base. Also: the committed pretraining configs parse, and
+//! the shipped CIFAR-10 base is its config's model and denoises.
 
 use std::path::Path;
 
 use dpsynth::data::Dataset;
+use dpsynth::diffusion::loss::{eps_loss_with, Draws};
 use dpsynth::nn::unet::{UNet, UNetConfig};
 use dpsynth::synth::{load_model_dir, save_extras, SchedulerConfig};
 use dpsynth::train::finetune::{finetune, FinetuneConfig, Mode};
@@ -158,16 +160,18 @@ fn shipped_cifar_base_matches_its_config_and_denoises() {
     let n = 8;
     let colour = Tensor::rand([n, 3, 1, 1], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
     let x0 = colour.expand([n, 3, 32, 32], false).contiguous();
-    let noise = Tensor::randn([n, 3, 32, 32], (Kind::Float, Device::Cpu));
-    let t = Tensor::full([n], 500, (Kind::Int64, Device::Cpu));
-    let xt = md.schedule.add_noise(&x0, &noise, &t);
-    let null = Tensor::full(
-        [n],
-        md.unet.null_class().unwrap(),
-        (Kind::Int64, Device::Cpu),
-    );
-    let eps = tch::no_grad(|| md.unet.forward(&xt, &t, &null));
-    let mse = (eps - noise).square().mean(Kind::Float).double_value(&[]);
+    let draws = Draws {
+        t: Tensor::full([n], 500, (Kind::Int64, Device::Cpu)),
+        noise: Tensor::randn([n, 3, 32, 32], (Kind::Float, Device::Cpu)),
+        labels: Tensor::full(
+            [n],
+            md.unet.null_class().unwrap(),
+            (Kind::Int64, Device::Cpu),
+        ),
+    };
+    let mse = tch::no_grad(|| eps_loss_with(&md.unet, &md.schedule, &x0, &draws))
+        .mean(Kind::Float)
+        .double_value(&[]);
     assert!(mse < 0.2, "epsilon-prediction error {mse} at t = 500");
 }
 
