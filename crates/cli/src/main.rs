@@ -5,6 +5,7 @@ mod data_cmd;
 mod device;
 mod evaluate_cmd;
 mod finetune_cmd;
+mod loss_cmd;
 mod pretrain_cmd;
 mod privacy_cmd;
 mod progress;
@@ -59,6 +60,9 @@ enum Command {
     Evaluate(evaluate_cmd::EvaluateArgs),
     /// Sample a labelled synthetic dataset (ImageFolder + grid) from a model folder.
     Sample(sample_cmd::SampleArgs),
+    /// Score a model on public or test images: its held-out ε-prediction loss (lower: the
+    /// model's distribution is closer to the images'). Compares bases before spending privacy.
+    Loss(loss_cmd::LossArgs),
     /// The main job: DP fine-tuning on private data, sampling, and the downstream test, from one
     /// config (the embedded default: MNIST, the shipped base model, DP-LoDA at epsilon 10).
     Run(run_cmd::RunArgs),
@@ -89,6 +93,7 @@ fn main() -> ExitCode {
         Command::Finetune(a) => device().and_then(|d| finetune_cmd::run(a, dir, d)),
         Command::Evaluate(a) => device().and_then(|d| evaluate_cmd::run(a, dir, d)),
         Command::Sample(a) => device().and_then(|d| sample_cmd::run(a, d)),
+        Command::Loss(a) => device().and_then(|d| loss_cmd::run(a, dir, d)),
         Command::Run(a) => device().and_then(|d| run_cmd::run(a, dir, d)),
     };
     match result {

@@ -195,3 +195,40 @@ fn eta_without_ddim_fails_cleanly() {
         "[sample] eta applies to sampler = \"ddim\" only",
     );
 }
+
+#[test]
+fn loss_scores_images_and_refuses_mismatched_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = |name: &str, side: u32| {
+        let root = dir.path().join(name);
+        for (class, v) in [("x", 10u8), ("y", 200)] {
+            std::fs::create_dir_all(root.join(class)).unwrap();
+            image::GrayImage::from_pixel(side, side, image::Luma([v]))
+                .save(root.join(class).join("0.png"))
+                .unwrap();
+        }
+        format!("imagefolder:{}", root.display())
+    };
+    let (small, digits) = (tree("small", 5), tree("digits", 28));
+    let loss = |spec: &str, extra: &[&str]| {
+        let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/mnist-base");
+        let mut args = vec!["loss", "--model", model, "--data", spec];
+        args.extend_from_slice(extra);
+        dpsynth(dir.path(), &args)
+    };
+    let (code, _, err) = loss(&small, &[]);
+    assert_clean_failure(code, &err, "images are [1, 5, 5] but the model");
+    let (code, _, err) = loss(&digits, &["--labels", "own"]);
+    assert_clean_failure(code, &err, "--labels own: the classes of --data");
+    let (code, _, err) = loss(&digits, &["--buckets", "0"]);
+    assert_clean_failure(code, &err, "timestep buckets must be in 1..=1000");
+
+    let out = dir.path().join("loss.json");
+    let (code, stdout, err) = loss(&digits, &["--draws", "2", "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("on 2 images × 2 draws"), "{stdout}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(v["result"]["draws"], 4);
+    assert!(v["result"]["mean"].as_f64().unwrap() > 0.0);
+}

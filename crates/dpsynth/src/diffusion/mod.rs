@@ -1,7 +1,9 @@
 //! Diffusion math: noise schedules, the ε-prediction training loss, DDPM/DDIM samplers with
-//! classifier-free guidance, and an exponential moving average of weights.
+//! classifier-free guidance, an exponential moving average of weights, and the held-out loss
+//! that scores a model on public or test images.
 
 pub mod ema;
+pub mod heldout;
 pub mod loss;
 pub mod noise;
 pub mod sampler;

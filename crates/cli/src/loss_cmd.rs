@@ -1,0 +1,124 @@
+//! `dpsynth loss`: the held-out ε-prediction loss of a model folder on public or test images.
+
+use std::path::{Path, PathBuf};
+
+use crate::progress::Progress;
+use anyhow::{ensure, Context, Result};
+use clap::{Args, ValueEnum};
+use dpsynth::data::{self, spec::SPEC_HELP};
+use dpsynth::diffusion::heldout::{heldout_loss, Conditioning, HeldoutConfig};
+use dpsynth::fsutil::write_atomic;
+use dpsynth::synth::load_model_dir;
+use tch::Device;
+
+/// The class label given with each image (`--labels`).
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LabelsArg {
+    /// The null class for every image: for a base pretrained on unlabelled public data.
+    Null,
+    /// Each image's own label: for a model fine-tuned on data with the same classes.
+    Own,
+}
+
+#[derive(Args)]
+pub struct LossArgs {
+    /// Model folder (as written by pretrain or finetune).
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long, help = format!("Public or test images to score (never the private training \
+        set: a loss measured on it is outside the DP guarantee): {SPEC_HELP}"))]
+    pub data: String,
+    /// Images scored: a seeded random subset of this size.
+    #[arg(long, default_value_t = 1000)]
+    pub limit: usize,
+    /// Timestep and noise draws per image.
+    #[arg(long, default_value_t = 4)]
+    pub draws: i64,
+    /// Images per forward pass (the draws depend on it: compare models at one value).
+    #[arg(long, default_value_t = 250)]
+    pub batch: usize,
+    /// Seed of the subset and the draws (compare models at one value).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Timestep ranges of equal width reported separately.
+    #[arg(long, default_value_t = 4)]
+    pub buckets: usize,
+    /// Class label given with each image.
+    #[arg(long, value_enum, default_value = "null")]
+    pub labels: LabelsArg,
+    /// Where to write the result as JSON (optional).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Runs `dpsynth loss`.
+pub fn run(a: LossArgs, data_dir: &Path, device: Device) -> Result<()> {
+    let model = load_model_dir(&a.model, device)?;
+    let data = data::load(&a.data, data_dir)?;
+    let shape = model.unet.sample_shape();
+    let data_shape = [data.channels, data.height, data.width].map(|v| v as i64);
+    ensure!(
+        shape.is_none_or(|s| s == data_shape),
+        "--data {}: images are {data_shape:?} but the model at {} draws {:?}",
+        a.data,
+        a.model.display(),
+        shape.unwrap_or_default()
+    );
+    let conditioning = match a.labels {
+        LabelsArg::Null => Conditioning::Null,
+        LabelsArg::Own => {
+            ensure!(
+                data.class_names == model.classes,
+                "--labels own: the classes of --data {} ({}) are not the model's ({}); use \
+                 --labels null",
+                a.data,
+                data.class_names.join(", "),
+                model.classes.join(", ")
+            );
+            Conditioning::Labels
+        }
+    };
+    let cfg = HeldoutConfig {
+        limit: a.limit,
+        draws: a.draws,
+        batch: a.batch,
+        seed: a.seed,
+        buckets: a.buckets,
+        conditioning,
+    };
+    let bar = Progress::new(a.limit.min(data.len()) as u64, "images");
+    let r = heldout_loss(
+        &model.unet,
+        &model.schedule,
+        &data,
+        &cfg,
+        device,
+        &mut |n| bar.set_position(n as u64),
+    )
+    .with_context(|| format!("scoring {} on {}", a.model.display(), a.data))?;
+    bar.finish();
+    println!(
+        "held-out loss {:.5} ± {:.5} (standard error) on {} images × {} draws of {}",
+        r.mean, r.std_err, r.images, a.draws, a.data
+    );
+    for b in &r.buckets {
+        println!(
+            "  t in {:>4}..{:<4} {:.5} ({} draws)",
+            b.start, b.end, b.mean, b.draws
+        );
+    }
+    if let Some(path) = &a.out {
+        let report = serde_json::json!({
+            "command": "loss",
+            "model": a.model,
+            "data": a.data,
+            "labels": conditioning,
+            "seed": a.seed,
+            "batch": a.batch,
+            "result": r,
+        });
+        write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
