@@ -125,6 +125,9 @@ fn buckets_partition_the_draws_and_the_draws_repeat() {
         .map(|b| b.mean * b.draws as f64)
         .sum::<f64>();
     assert!((pooled / r.draws as f64 - r.mean).abs() < 1e-9);
+    assert_eq!(r.per_image.len(), r.images);
+    let per_image_mean = r.per_image.iter().sum::<f64>() / r.images as f64;
+    assert!((per_image_mean - r.mean).abs() < 1e-9);
     assert_eq!(score(&ByLabel, &data, &c), r, "same seed, same draws");
     let other = score(&ByLabel, &data, &HeldoutConfig { seed: 6, ..c });
     assert_ne!(other.mean, r.mean, "another seed, other draws");

@@ -87,6 +87,10 @@ pub struct HeldoutLoss {
     pub draws: usize,
     /// The mean by timestep range.
     pub buckets: Vec<Bucket>,
+    /// Each scored image's mean over its draws, in scoring order. Two models scored with the
+    /// same data, seed, limit and batch share images and draws, so their per-image differences
+    /// give a paired comparison, much tighter than the two standard errors.
+    pub per_image: Vec<f64>,
 }
 
 /// Scores `model` on `data`: the ε-prediction loss on a seeded subset, under `no_grad`.
@@ -175,5 +179,6 @@ pub fn heldout_loss(
         images: per_image.len(),
         draws: per_image.len() * cfg.draws as usize,
         buckets,
+        per_image,
     })
 }
