@@ -6,7 +6,7 @@ use crate::progress::Progress;
 use anyhow::{ensure, Context, Result};
 use clap::{Args, ValueEnum};
 use dpsynth::data::{self, spec::SPEC_HELP};
-use dpsynth::diffusion::heldout::{heldout_loss, Conditioning, HeldoutConfig};
+use dpsynth::diffusion::heldout::{heldout_loss, paired_difference, Conditioning, HeldoutConfig};
 use dpsynth::fsutil::write_atomic;
 use dpsynth::synth::load_model_dir;
 use tch::Device;
@@ -49,10 +49,19 @@ pub struct LossArgs {
     /// Where to write the result as JSON (optional).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// A JSON result of an earlier `dpsynth loss --out` on the same --data, --limit, --draws,
+    /// --batch and --seed: prints this model's loss minus that one's, paired image by image.
+    #[arg(long)]
+    pub against: Option<PathBuf>,
 }
 
 /// Runs `dpsynth loss`.
 pub fn run(a: LossArgs, data_dir: &Path, device: Device) -> Result<()> {
+    let against = a
+        .against
+        .as_deref()
+        .map(|p| read_against(p, &a))
+        .transpose()?;
     let model = load_model_dir(&a.model, device)?;
     let data = data::load(&a.data, data_dir)?;
     let shape = model.unet.sample_shape();
@@ -107,6 +116,15 @@ pub fn run(a: LossArgs, data_dir: &Path, device: Device) -> Result<()> {
             b.start, b.end, b.mean, b.draws
         );
     }
+    if let Some((path, other)) = &against {
+        let (d, se) = paired_difference(&r.per_image, other)
+            .with_context(|| format!("--against {}", path.display()))?;
+        println!(
+            "minus {}: {d:+.5} ± {se:.5} (paired standard error over {} images)",
+            path.display(),
+            r.images
+        );
+    }
     if let Some(path) = &a.out {
         let report = serde_json::json!({
             "command": "loss",
@@ -115,10 +133,47 @@ pub fn run(a: LossArgs, data_dir: &Path, device: Device) -> Result<()> {
             "labels": conditioning,
             "seed": a.seed,
             "batch": a.batch,
+            "limit": a.limit,
+            "draws": a.draws,
             "result": r,
         });
         write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// Reads the per-image losses of an earlier `--out` file, refusing one scored on other images
+/// or draws.
+fn read_against(path: &Path, a: &LossArgs) -> Result<(PathBuf, Vec<f64>)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("--against {}: not JSON", path.display()))?;
+    let (data, seed, batch, limit, draws) = (
+        &v["data"],
+        &v["seed"],
+        &v["batch"],
+        &v["limit"],
+        &v["draws"],
+    );
+    ensure!(
+        data.as_str() == Some(a.data.as_str())
+            && seed.as_u64() == Some(a.seed)
+            && batch.as_u64() == Some(a.batch as u64)
+            && limit.as_u64() == Some(a.limit as u64)
+            && draws.as_i64() == Some(a.draws),
+        "--against {}: scored --data {data} --seed {seed} --batch {batch} --limit {limit} \
+         --draws {draws}; this run has --data {} --seed {} --batch {} --limit {} --draws {}: \
+         the images or draws differ, so a paired difference would mean nothing",
+        path.display(),
+        a.data,
+        a.seed,
+        a.batch,
+        a.limit,
+        a.draws
+    );
+    let per_image: Vec<f64> = serde_json::from_value(v["result"]["per_image"].clone())
+        .with_context(|| format!("--against {}: no result.per_image list", path.display()))?;
+    Ok((path.to_path_buf(), per_image))
 }

@@ -231,4 +231,15 @@ fn loss_scores_images_and_refuses_mismatched_ones() {
         serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(v["result"]["draws"], 4);
     assert!(v["result"]["mean"].as_f64().unwrap() > 0.0);
+
+    // paired against itself: the same images and draws, so a difference of exactly zero
+    let against = out.to_str().unwrap();
+    let (code, stdout, err) = loss(&digits, &["--draws", "2", "--against", against]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains(": +0.00000 ± 0.00000 (paired"), "{stdout}");
+    // other draws: refused before any scoring
+    let (code, _, err) = loss(&digits, &["--draws", "3", "--against", against]);
+    assert_clean_failure(code, &err, "the images or draws differ");
+    let (code, _, err) = loss(&digits, &["--against", "/nonexistent.json"]);
+    assert_clean_failure(code, &err, "reading /nonexistent.json");
 }

@@ -4,7 +4,9 @@
 use std::path::Path;
 
 use dpsynth::data::dataset::Dataset;
-use dpsynth::diffusion::heldout::{heldout_loss, Conditioning, HeldoutConfig, HeldoutLoss};
+use dpsynth::diffusion::heldout::{
+    heldout_loss, paired_difference, Conditioning, HeldoutConfig, HeldoutLoss,
+};
 use dpsynth::diffusion::{EpsModel, NoiseSchedule};
 use tch::{Device, Kind, Tensor};
 
@@ -148,4 +150,19 @@ fn bad_options_are_errors() {
     assert!(run(HeldoutConfig { limit: 0, ..c }).contains("limit"));
     assert!(run(HeldoutConfig { draws: 0, ..c }).contains("draws"));
     assert!(run(HeldoutConfig { buckets: 1001, ..c }).contains("buckets"));
+}
+
+#[test]
+fn paired_difference_is_the_mean_and_standard_error_of_the_differences() {
+    // differences 1, 2, 3: mean 2, sample variance 1, standard error 1/√3
+    let (mean, se) = paired_difference(&[2.0, 4.0, 6.0], &[1.0, 2.0, 3.0]).unwrap();
+    assert!((mean - 2.0).abs() < 1e-12);
+    assert!((se - 1.0 / 3f64.sqrt()).abs() < 1e-12);
+    // the same images scored twice differ by nothing
+    assert_eq!(
+        paired_difference(&[0.3, 0.1], &[0.3, 0.1]).unwrap(),
+        (0.0, 0.0)
+    );
+    assert!(paired_difference(&[1.0], &[1.0, 2.0]).is_err());
+    assert!(paired_difference(&[], &[]).is_err());
 }

@@ -182,3 +182,23 @@ pub fn heldout_loss(
         per_image,
     })
 }
+
+/// The mean of `a − b` over paired per-image losses and its standard error: how much worse
+/// (positive) or better model `a` scores than model `b` on the same images and draws.
+pub fn paired_difference(a: &[f64], b: &[f64]) -> Result<(f64, f64)> {
+    ensure!(
+        a.len() == b.len() && !a.is_empty(),
+        "paired losses need the same, non-zero number of images, got {} and {}",
+        a.len(),
+        b.len()
+    );
+    let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
+    let n = d.len() as f64;
+    let mean = d.iter().sum::<f64>() / n;
+    let var = if d.len() > 1 {
+        d.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    Ok((mean, (var / n).sqrt()))
+}
