@@ -120,7 +120,7 @@ pub fn run(a: LossArgs, data_dir: &Path, device: Device) -> Result<()> {
         let (d, se) = paired_difference(&r.per_image, other)
             .with_context(|| format!("--against {}", path.display()))?;
         println!(
-            "minus {}: {d:+.5} ± {se:.5} (paired standard error over {} images)",
+            "minus {}: {d:+.3e} ± {se:.1e} (paired standard error over {} images)",
             path.display(),
             r.images
         );

@@ -236,7 +236,7 @@ fn loss_scores_images_and_refuses_mismatched_ones() {
     let against = out.to_str().unwrap();
     let (code, stdout, err) = loss(&digits, &["--draws", "2", "--against", against]);
     assert_eq!(code, 0, "{err}");
-    assert!(stdout.contains(": +0.00000 ± 0.00000 (paired"), "{stdout}");
+    assert!(stdout.contains(": +0.000e0 ± 0.0e0 (paired"), "{stdout}");
     // other draws: refused before any scoring
     let (code, _, err) = loss(&digits, &["--draws", "3", "--against", against]);
     assert_clean_failure(code, &err, "the images or draws differ");
