@@ -150,6 +150,19 @@ fn bad_options_are_errors() {
     assert!(run(HeldoutConfig { limit: 0, ..c }).contains("limit"));
     assert!(run(HeldoutConfig { draws: 0, ..c }).contains("draws"));
     assert!(run(HeldoutConfig { buckets: 1001, ..c }).contains("buckets"));
+    // three classes given as labels to a model with two (null = 2) would index past its table
+    struct TwoClasses;
+    impl EpsModel for TwoClasses {
+        fn predict_eps(&self, x: &Tensor, _: &Tensor, _: &Tensor) -> Tensor {
+            x.zeros_like()
+        }
+        fn null_class(&self) -> Option<i64> {
+            Some(2)
+        }
+    }
+    let c = cfg(Conditioning::Labels);
+    let err = heldout_loss(&TwoClasses, &s, &data, &c, Device::Cpu, &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("3 classes, the model 2"), "{err}");
 }
 
 #[test]

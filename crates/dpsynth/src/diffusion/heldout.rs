@@ -9,7 +9,7 @@
 //! Score public or test data only. A figure computed on private training data, and any choice
 //! made from it, is outside every DP guarantee dpsynth gives.
 
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -94,7 +94,8 @@ pub struct HeldoutLoss {
 }
 
 /// Scores `model` on `data`: the ε-prediction loss on a seeded subset, under `no_grad`.
-/// `progress` is told how many images are done after every batch.
+/// `progress` is told how many images are done after every batch. Reseeds libtorch's global
+/// generator (once per batch, from `cfg.seed`).
 pub fn heldout_loss(
     model: &impl EpsModel,
     schedule: &NoiseSchedule,
@@ -114,11 +115,14 @@ pub fn heldout_loss(
         cfg.buckets
     );
     let null = model.null_class();
-    if cfg.conditioning == Conditioning::Null {
-        ensure!(
-            null.is_some(),
-            "the model is unconditional: it has no null class"
-        );
+    match (cfg.conditioning, null) {
+        (Conditioning::Null, None) => bail!("the model is unconditional: it has no null class"),
+        (Conditioning::Labels, Some(n)) => ensure!(
+            data.num_classes() as i64 <= n,
+            "the data has {} classes, the model {n}",
+            data.num_classes()
+        ),
+        _ => {}
     }
     let mut order: Vec<usize> = (0..data.len()).collect();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(cfg.seed));
