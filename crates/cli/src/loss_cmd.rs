@@ -34,7 +34,7 @@ pub struct LossArgs {
     /// Timestep and noise draws per image.
     #[arg(long, default_value_t = 4)]
     pub draws: i64,
-    /// Images per forward pass (the draws depend on it: compare models at one value).
+    /// Images per forward pass (the draws do not depend on it).
     #[arg(long, default_value_t = 250)]
     pub batch: usize,
     /// Seed of the subset and the draws (compare models at one value).
@@ -49,8 +49,8 @@ pub struct LossArgs {
     /// Where to write the result as JSON (optional).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// A JSON result of an earlier `dpsynth loss --out` on the same --data, --limit, --draws,
-    /// --batch and --seed: prints this model's loss minus that one's, paired image by image.
+    /// A JSON result of an earlier `dpsynth loss --out` on the same --data, --limit, --draws
+    /// and --seed: prints this model's loss minus that one's, paired image by image.
     #[arg(long)]
     pub against: Option<PathBuf>,
 }
@@ -150,26 +150,18 @@ fn read_against(path: &Path, a: &LossArgs) -> Result<(PathBuf, Vec<f64>)> {
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let v: serde_json::Value = serde_json::from_str(&text)
         .with_context(|| format!("--against {}: not JSON", path.display()))?;
-    let (data, seed, batch, limit, draws) = (
-        &v["data"],
-        &v["seed"],
-        &v["batch"],
-        &v["limit"],
-        &v["draws"],
-    );
+    let (data, seed, limit, draws) = (&v["data"], &v["seed"], &v["limit"], &v["draws"]);
     ensure!(
         data.as_str() == Some(a.data.as_str())
             && seed.as_u64() == Some(a.seed)
-            && batch.as_u64() == Some(a.batch as u64)
             && limit.as_u64() == Some(a.limit as u64)
             && draws.as_i64() == Some(a.draws),
-        "--against {}: scored --data {data} --seed {seed} --batch {batch} --limit {limit} \
-         --draws {draws}; this run has --data {} --seed {} --batch {} --limit {} --draws {}: \
-         the images or draws differ, so a paired difference would mean nothing",
+        "--against {}: scored --data {data} --seed {seed} --limit {limit} --draws {draws}; this \
+         run has --data {} --seed {} --limit {} --draws {}: the images or draws differ, so a \
+         paired difference would mean nothing",
         path.display(),
         a.data,
         a.seed,
-        a.batch,
         a.limit,
         a.draws
     );

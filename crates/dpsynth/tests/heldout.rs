@@ -133,8 +133,12 @@ fn buckets_partition_the_draws_and_the_draws_repeat() {
     assert_eq!(score(&ByLabel, &data, &c), r, "same seed, same draws");
     let other = score(&ByLabel, &data, &HeldoutConfig { seed: 6, ..c });
     assert_ne!(other.mean, r.mean, "another seed, other draws");
+    // an image's draws are its own: neither the batch nor the other images change them
+    let rebatched = score(&ByLabel, &data, &HeldoutConfig { batch: 7, ..c });
+    assert_eq!(rebatched.per_image, r.per_image);
     let subset = score(&ByLabel, &data, &HeldoutConfig { limit: 10, ..c });
     assert_eq!((subset.images, subset.draws), (10, 40));
+    assert_eq!(subset.per_image, r.per_image[..10]);
 }
 
 #[test]

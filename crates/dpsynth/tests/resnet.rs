@@ -10,8 +10,17 @@ use dpsynth::nn::resnet::{ResNet, ResNetConfig};
 use dpsynth::train::downstream::{train_and_test, DownstreamConfig};
 use tch::{nn, Device, Kind, Tensor};
 
+/// libtorch has one global generator; tests that seed it and draw from it hold this lock, so
+/// that tests running in parallel do not interleave their draws and each result repeats.
+static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn torch_rng() -> std::sync::MutexGuard<'static, ()> {
+    TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn shapes_names_and_size() {
+    let _rng = torch_rng();
     tch::manual_seed(1);
     let vs = nn::VarStore::new(Device::Cpu);
     let model = ResNet::new(&vs.root(), ResNetConfig::cifar10()).unwrap();
@@ -40,6 +49,7 @@ fn shapes_names_and_size() {
 
 #[test]
 fn per_example_norms_match_brute_force() {
+    let _rng = torch_rng();
     tch::manual_seed(2);
     let mut vs = nn::VarStore::new(Device::Cpu);
     let cfg = ResNetConfig {
@@ -97,6 +107,7 @@ fn arch_follows_the_data_unless_named() {
 
 #[test]
 fn downstream_trains_the_resnet_on_colour_images() {
+    let _rng = torch_rng();
     // two classes that differ in colour: red-ish and blue-ish noise
     let n = 64;
     let mut images = Vec::new();

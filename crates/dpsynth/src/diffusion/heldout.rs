@@ -11,12 +11,13 @@
 
 use anyhow::{bail, ensure, Result};
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
-use super::loss::{draw, eps_loss_with, LossConfig};
+use super::loss::{eps_loss_with, Draws};
+use super::noise::ImageNoise;
 use super::{EpsModel, NoiseSchedule};
 use crate::data::dataset::Dataset;
 
@@ -37,7 +38,7 @@ pub struct HeldoutConfig {
     pub limit: usize,
     /// Timestep and noise draws per image (≥ 1).
     pub draws: i64,
-    /// Images per forward pass. The draws depend on it, so compare models at the same value.
+    /// Images per forward pass (the draws do not depend on it).
     pub batch: usize,
     /// Seed of the subset and of the draws.
     pub seed: u64,
@@ -94,8 +95,9 @@ pub struct HeldoutLoss {
 }
 
 /// Scores `model` on `data`: the ε-prediction loss on a seeded subset, under `no_grad`.
-/// `progress` is told how many images are done after every batch. Reseeds libtorch's global
-/// generator (once per batch, from `cfg.seed`).
+/// `progress` is told how many images are done after every batch. Each image's timesteps and
+/// noise come from its own ChaCha8 streams (seeded with `cfg.seed`, stream = the image's index in
+/// `data`), so they depend neither on the batch nor on libtorch's global generator.
 pub fn heldout_loss(
     model: &impl EpsModel,
     schedule: &NoiseSchedule,
@@ -131,10 +133,6 @@ pub fn heldout_loss(
     let mut bucket_sum = vec![0.0; cfg.buckets];
     let mut bucket_n = vec![0usize; cfg.buckets];
     let mut per_image: Vec<f64> = Vec::with_capacity(order.len());
-    let loss_cfg = LossConfig {
-        repeats: cfg.draws,
-        class_dropout: 0.0,
-    };
     let _guard = tch::no_grad_guard();
     for (b, chunk) in order.chunks(cfg.batch).enumerate() {
         let (x0, labels) = data.batch(chunk, device);
@@ -142,8 +140,7 @@ pub fn heldout_loss(
             Conditioning::Labels => labels,
             Conditioning::Null => labels.full_like(null.unwrap_or(0)),
         };
-        tch::manual_seed(cfg.seed.wrapping_add(b as u64) as i64);
-        let draws = draw(schedule, &x0, &labels, &loss_cfg, None)?;
+        let draws = image_draws(chunk, &labels, cfg, t_total, data, device);
         if b == 0 {
             let one = |t: &Tensor| t.narrow(0, 0, 1);
             model.check_input(&one(&x0), &one(&draws.t), &one(&draws.labels))?;
@@ -185,6 +182,38 @@ pub fn heldout_loss(
         buckets,
         per_image,
     })
+}
+
+/// Seed offset of the timestep streams, so they are not the noise streams of the same images.
+const TIMESTEP_STREAMS: u64 = 0x7469_6d65;
+
+/// `cfg.draws` (timestep, noise) pairs for each image at dataset `indices`, rows example-major.
+fn image_draws(
+    indices: &[usize],
+    labels: &Tensor,
+    cfg: &HeldoutConfig,
+    t_total: usize,
+    data: &Dataset,
+    device: Device,
+) -> Draws {
+    let k = cfg.draws;
+    let rows = indices.len() as i64 * k;
+    let shape = [data.channels, data.height, data.width].map(|v| v as i64);
+    let mut noise = ImageNoise::for_images(cfg.seed, indices, shape);
+    let per_draw: Vec<Tensor> = (0..k).map(|_| noise.next(device)).collect();
+    let t: Vec<i64> = indices
+        .iter()
+        .flat_map(|&i| {
+            let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(TIMESTEP_STREAMS));
+            rng.set_stream(i as u64);
+            (0..k).map(move |_| rng.gen_range(0..t_total as i64))
+        })
+        .collect();
+    Draws {
+        t: Tensor::from_slice(&t).to_device(device),
+        noise: Tensor::stack(&per_draw, 1).flatten(0, 1),
+        labels: labels.repeat_interleave_self_int(k, 0, Some(rows)),
+    }
 }
 
 /// The mean of `a − b` over paired per-image losses and its standard error: how much worse

@@ -19,8 +19,16 @@ impl ImageNoise {
     /// Streams for the images `first..first + count` of a run seeded with `seed`, each image of
     /// shape `shape` (`[C, H, W]`).
     pub fn new(seed: u64, first: usize, count: usize, shape: [i64; 3]) -> Self {
-        let rngs = (first..first + count)
-            .map(|i| {
+        let indices: Vec<usize> = (first..first + count).collect();
+        Self::for_images(seed, &indices, shape)
+    }
+
+    /// Streams for the images at `indices`, in that order: image `i` gets the same stream as in
+    /// [`ImageNoise::new`], wherever it stands in the list.
+    pub fn for_images(seed: u64, indices: &[usize], shape: [i64; 3]) -> Self {
+        let rngs = indices
+            .iter()
+            .map(|&i| {
                 let mut rng = ChaCha8Rng::seed_from_u64(seed);
                 rng.set_stream(i as u64);
                 rng
