@@ -11,7 +11,7 @@ use dpsynth::data::Dataset;
 use dpsynth::diffusion::loss::{eps_loss_with, Draws};
 use dpsynth::nn::unet::{UNet, UNetConfig};
 use dpsynth::synth::{load_model_dir, save_extras, SchedulerConfig};
-use dpsynth::train::finetune::{finetune, FinetuneConfig, Mode};
+use dpsynth::train::finetune::{finetune, FinetuneConfig, Finetuned, Mode};
 use dpsynth::train::pretrain::{LabelUse, PretrainConfig};
 use tch::{Device, Kind, Tensor};
 
@@ -58,6 +58,20 @@ fn config(mode: Mode) -> FinetuneConfig {
     }
 }
 
+/// A fine-tuning run of `mode` with the test config, which must succeed.
+fn finetune_ok(base: &Path, data: &Dataset, mode: Mode, out: &Path) -> Finetuned {
+    finetune(
+        base,
+        data,
+        &config(mode),
+        out,
+        false,
+        Device::Cpu,
+        &mut |_| {},
+    )
+    .unwrap()
+}
+
 /// The error of a fine-tuning run that must fail (output under `tmp/o`).
 fn finetune_error(base: &Path, data: &Dataset, cfg: &FinetuneConfig, tmp: &Path) -> String {
     finetune(
@@ -88,16 +102,7 @@ fn new_classes_are_learned_under_dp_and_named_in_the_model_folder() {
     let data = private_data(4);
     for mode in [Mode::Loda, Mode::Lora] {
         let out = tmp.path().join(mode.to_string());
-        let done = finetune(
-            &base,
-            &data,
-            &config(mode),
-            &out,
-            false,
-            Device::Cpu,
-            &mut |_| {},
-        )
-        .unwrap();
+        let done = finetune_ok(&base, &data, mode, &out);
         let model = load_model_dir(&done.model_dir, Device::Cpu).unwrap();
         assert_eq!(model.classes, data.class_names, "{mode}");
         assert!(model.adapter.is_some());
@@ -140,16 +145,7 @@ fn placeholder_classes_start_from_the_null_embedding() {
     let data = private_data(4);
     for mode in [Mode::Loda, Mode::Full, Mode::Scratch] {
         let out = tmp.path().join(format!("init-{mode}"));
-        let done = finetune(
-            &base,
-            &data,
-            &config(mode),
-            &out,
-            false,
-            Device::Cpu,
-            &mut |_| {},
-        )
-        .unwrap();
+        let done = finetune_ok(&base, &data, mode, &out);
         let after = gap(&class_table(&done.model_dir));
         if mode == Mode::Scratch {
             assert!(after.iter().all(|&g| g > 0.5), "{mode}: {after:?}");

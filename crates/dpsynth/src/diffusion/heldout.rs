@@ -159,13 +159,7 @@ pub fn heldout_loss(
         );
         progress(per_image.len());
     }
-    let n = per_image.len() as f64;
-    let mean = per_image.iter().sum::<f64>() / n;
-    let var = if per_image.len() > 1 {
-        per_image.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
+    let (mean, std_err) = mean_and_std_err(&per_image);
     let buckets = (0..cfg.buckets)
         .map(|k| Bucket {
             start: k * width,
@@ -176,7 +170,7 @@ pub fn heldout_loss(
         .collect();
     Ok(HeldoutLoss {
         mean,
-        std_err: (var / n).sqrt(),
+        std_err,
         images: per_image.len(),
         draws: per_image.len() * cfg.draws as usize,
         buckets,
@@ -226,12 +220,17 @@ pub fn paired_difference(a: &[f64], b: &[f64]) -> Result<(f64, f64)> {
         b.len()
     );
     let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
-    let n = d.len() as f64;
-    let mean = d.iter().sum::<f64>() / n;
-    let var = if d.len() > 1 {
-        d.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    Ok(mean_and_std_err(&d))
+}
+
+/// The mean of non-empty `values` and its standard error (sample variance; 0 for one value).
+fn mean_and_std_err(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = if values.len() > 1 {
+        values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)
     } else {
         0.0
     };
-    Ok((mean, (var / n).sqrt()))
+    (mean, (var / n).sqrt())
 }
