@@ -14,20 +14,13 @@ use dpsynth::train::finetune::{finetune, FinetuneConfig, Finetuned, Mode};
 use privacy::Accountant;
 use tch::Device;
 
+/// What DP fine-tuning trains: the base model, the mode and its adapters (shared by `finetune`
+/// and `clip-scan`, which must measure exactly what a run will train).
 #[derive(Args, Clone)]
-pub struct FinetuneArgs {
+pub struct TrainableArgs {
     /// Base model folder (e.g. models/mnist-base).
     #[arg(long, default_value = "models/mnist-base")]
     pub base: PathBuf,
-    /// Private training data (dataset spec).
-    #[arg(long, default_value = "mnist:train")]
-    pub data: String,
-    /// Target ε.
-    #[arg(long)]
-    pub epsilon: f64,
-    /// Target δ.
-    #[arg(long, default_value_t = 1e-5)]
-    pub delta: f64,
     /// loda, lora, attention (DP-LDM), full (DP-Diffusion) or scratch (DPDM).
     #[arg(long, default_value = "loda")]
     pub mode: Mode,
@@ -49,6 +42,35 @@ pub struct FinetuneArgs {
     /// Noise multiplicity K: (timestep, noise) draws per example, averaged before clipping.
     #[arg(long, default_value_t = 1)]
     pub noise_multiplicity: i64,
+}
+
+impl TrainableArgs {
+    /// The library defaults for `epsilon` and `delta` with these flags applied.
+    pub fn config(&self, epsilon: f64, delta: f64) -> FinetuneConfig {
+        let mut c = FinetuneConfig::new(self.mode, epsilon, delta);
+        c.adapter.rank = self.rank;
+        c.adapter.alpha = self.alpha.unwrap_or(self.rank as f64);
+        c.adapter.attention = self.adapt_attention;
+        c.adapter.time_embedding = self.adapt_time;
+        c.train_class_embedding = !self.freeze_class_embedding;
+        c.noise_multiplicity = self.noise_multiplicity;
+        c
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct FinetuneArgs {
+    #[command(flatten)]
+    pub trainable: TrainableArgs,
+    /// Private training data (dataset spec).
+    #[arg(long, default_value = "mnist:train")]
+    pub data: String,
+    /// Target ε.
+    #[arg(long)]
+    pub epsilon: f64,
+    /// Target δ.
+    #[arg(long, default_value_t = 1e-5)]
+    pub delta: f64,
     /// Expected logical batch size.
     #[arg(long, default_value_t = 1000)]
     pub batch: usize,
@@ -61,7 +83,8 @@ pub struct FinetuneArgs {
     /// Adam learning rate.
     #[arg(long, default_value_t = 2e-3)]
     pub lr: f64,
-    /// Per-example clipping norm C.
+    /// Per-example clipping norm C. Measure the gradient norms with `dpsynth clip-scan` on
+    /// public images first: a C far above them adds noise and no signal.
     #[arg(long, default_value_t = 1.0)]
     pub clip: f64,
     /// Accountant: pld (default) or rdp.
@@ -81,17 +104,11 @@ pub struct FinetuneArgs {
 impl FinetuneArgs {
     /// The library settings these flags describe.
     pub fn config(&self) -> FinetuneConfig {
-        let mut c = FinetuneConfig::new(self.mode, self.epsilon, self.delta);
-        c.adapter.rank = self.rank;
-        c.adapter.alpha = self.alpha.unwrap_or(self.rank as f64);
-        c.adapter.attention = self.adapt_attention;
-        c.adapter.time_embedding = self.adapt_time;
-        c.train_class_embedding = !self.freeze_class_embedding;
+        let mut c = self.trainable.config(self.epsilon, self.delta);
         c.accountant = self.accountant;
         c.epochs = self.epochs;
         c.batch_size = self.batch;
         c.physical_batch = self.physical_batch;
-        c.noise_multiplicity = self.noise_multiplicity;
         c.lr = self.lr;
         c.max_grad_norm = self.clip;
         c.seed = self.seed;
@@ -106,21 +123,29 @@ pub fn run_finetune(a: &FinetuneArgs, data_dir: &Path, device: Device) -> Result
     let cfg = a.config();
     let bar = Progress::new(0, "steps");
     let mut eps = 0.0;
-    let done = finetune(&a.base, &train, &cfg, &a.out, a.resume, device, &mut |s| {
-        bar.set_length(s.total);
-        bar.set_position(s.step);
-        if let Some(e) = s.epsilon {
-            eps = e;
-        }
-        bar.set_message(format!("loss {:.4}  eps {eps:.3}", s.loss));
-    })?;
+    let done = finetune(
+        &a.trainable.base,
+        &train,
+        &cfg,
+        &a.out,
+        a.resume,
+        device,
+        &mut |s| {
+            bar.set_length(s.total);
+            bar.set_position(s.step);
+            if let Some(e) = s.epsilon {
+                eps = e;
+            }
+            bar.set_message(format!("loss {:.4}  eps {eps:.3}", s.loss));
+        },
+    )?;
     bar.finish();
     let model = load_model_dir(&done.model_dir, device)?;
     let grid_ds = generate(&model, 10, &SamplerConfig::ddpm(50, 1.0), 0, &mut |_| {})?;
     grid::write_grid(&grid_ds, 10, 2, &a.out.join("grid.png"))?;
     let report = serde_json::json!({
         "command": "finetune",
-        "base": a.base,
+        "base": a.trainable.base,
         "data": a.data,
         "mode": cfg.mode.to_string(),
         "trainable_parameters": done.trainable_parameters,

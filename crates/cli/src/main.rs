@@ -1,6 +1,7 @@
 //! The `dpsynth` command-line tool: parses arguments and calls the library.
 
 mod baseline_cmd;
+mod clip_scan_cmd;
 mod data_cmd;
 mod device;
 mod evaluate_cmd;
@@ -63,6 +64,9 @@ enum Command {
     /// Score a model on public or test images: its held-out ε-prediction loss (lower: the
     /// model's distribution is closer to the images'). Compares bases before spending privacy.
     Loss(loss_cmd::LossArgs),
+    /// Measure per-example gradient norms of a fine-tuning setup on public images, to choose the
+    /// clipping bound C (--clip) at no privacy cost.
+    ClipScan(clip_scan_cmd::ClipScanArgs),
     /// The main job: DP fine-tuning on private data, sampling, and the downstream test, from one
     /// config (the embedded default: MNIST, the shipped base model, DP-LoDA at epsilon 10).
     Run(run_cmd::RunArgs),
@@ -94,6 +98,7 @@ fn main() -> ExitCode {
         Command::Evaluate(a) => device().and_then(|d| evaluate_cmd::run(a, dir, d)),
         Command::Sample(a) => device().and_then(|d| sample_cmd::run(a, d)),
         Command::Loss(a) => device().and_then(|d| loss_cmd::run(a, dir, d)),
+        Command::ClipScan(a) => device().and_then(|d| clip_scan_cmd::run(a, dir, d)),
         Command::Run(a) => device().and_then(|d| run_cmd::run(a, dir, d)),
     };
     match result {

@@ -18,7 +18,7 @@ use privacy::Accountant;
 use serde::Deserialize;
 use tch::Device;
 
-use crate::finetune_cmd::{run_finetune, FinetuneArgs};
+use crate::finetune_cmd::{run_finetune, FinetuneArgs, TrainableArgs};
 use crate::sample_cmd::Sampler;
 
 /// The embedded default config.
@@ -150,17 +150,19 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
     );
     let f = &cfg.finetune;
     let ft_args = FinetuneArgs {
-        base: resolve(&f.base),
+        trainable: TrainableArgs {
+            base: resolve(&f.base),
+            mode: f.mode.parse::<Mode>()?,
+            rank: f.rank,
+            alpha: None,
+            adapt_attention: false,
+            adapt_time: false,
+            freeze_class_embedding: false,
+            noise_multiplicity: f.noise_multiplicity,
+        },
         data: cfg.private.train.clone(),
         epsilon: f.epsilon,
         delta: f.delta,
-        mode: f.mode.parse::<Mode>()?,
-        rank: f.rank,
-        alpha: None,
-        adapt_attention: false,
-        adapt_time: false,
-        freeze_class_embedding: false,
-        noise_multiplicity: f.noise_multiplicity,
         batch: f.batch,
         physical_batch: f.physical_batch,
         epochs: f.epochs,

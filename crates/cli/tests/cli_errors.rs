@@ -196,20 +196,25 @@ fn eta_without_ddim_fails_cleanly() {
     );
 }
 
+/// An ImageFolder `dir/name` of two grey `side`×`side` images in classes `x` and `y`; its spec.
+fn grey_tree(dir: &Path, name: &str, side: u32) -> String {
+    let root = dir.join(name);
+    for (class, v) in [("x", 10u8), ("y", 200)] {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        image::GrayImage::from_pixel(side, side, image::Luma([v]))
+            .save(root.join(class).join("0.png"))
+            .unwrap();
+    }
+    format!("imagefolder:{}", root.display())
+}
+
 #[test]
 fn loss_scores_images_and_refuses_mismatched_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let tree = |name: &str, side: u32| {
-        let root = dir.path().join(name);
-        for (class, v) in [("x", 10u8), ("y", 200)] {
-            std::fs::create_dir_all(root.join(class)).unwrap();
-            image::GrayImage::from_pixel(side, side, image::Luma([v]))
-                .save(root.join(class).join("0.png"))
-                .unwrap();
-        }
-        format!("imagefolder:{}", root.display())
-    };
-    let (small, digits) = (tree("small", 5), tree("digits", 28));
+    let (small, digits) = (
+        grey_tree(dir.path(), "small", 5),
+        grey_tree(dir.path(), "digits", 28),
+    );
     let loss = |spec: &str, extra: &[&str]| {
         let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/mnist-base");
         let mut args = vec!["loss", "--model", model, "--data", spec];
@@ -248,4 +253,35 @@ fn loss_scores_images_and_refuses_mismatched_ones() {
     assert_clean_failure(code, &err, "the images or draws differ");
     let (code, _, err) = loss(&digits, &["--against", "/nonexistent.json"]);
     assert_clean_failure(code, &err, "reading /nonexistent.json");
+}
+
+#[test]
+fn clip_scan_reports_norms_and_refuses_bad_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let (small, digits) = (
+        grey_tree(dir.path(), "small", 5),
+        grey_tree(dir.path(), "digits", 28),
+    );
+    let scan = |spec: &str, extra: &[&str]| {
+        let base = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/mnist-base");
+        let mut args = vec!["clip-scan", "--base", base, "--data", spec];
+        args.extend_from_slice(extra);
+        dpsynth(dir.path(), &args)
+    };
+    let (code, _, err) = scan(&small, &[]);
+    assert_clean_failure(code, &err, "images are [1, 5, 5] but the model at");
+    let (code, _, err) = scan(&digits, &["--clip", "0.01,-1"]);
+    assert_clean_failure(code, &err, "--clip: every bound must be positive");
+    let (code, _, err) = scan(&digits, &["--limit", "1"]);
+    assert_clean_failure(code, &err, "--limit: the scan needs at least 2 images");
+
+    let (code, stdout, err) = scan(&digits, &["--clip", "1,0.001"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("mode loda"), "{stdout}");
+    assert!(stdout.contains("on 2 images of imagefolder:"), "{stdout}");
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("1 ") || l.trim_start().starts_with("0.001 "))
+        .collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
 }

@@ -3,15 +3,17 @@
 //! and are learned under DP, the model folder carries the private class names, and freezing the
 //! embedding or a class-count mismatch is refused with a message naming the base. Also: the
 //! committed pretraining configs parse, and the shipped CIFAR-10 base is its config's model and
-//! denoises.
+//! denoises, and the clip scan measures per-example gradient norms as brute force does.
 
 use std::path::Path;
 
 use dpsynth::data::Dataset;
+use dpsynth::diffusion::heldout::{image_draws, seeded_subset};
 use dpsynth::diffusion::loss::{eps_loss_with, Draws};
 use dpsynth::nn::unet::{UNet, UNetConfig};
 use dpsynth::synth::{load_model_dir, save_extras, SchedulerConfig};
-use dpsynth::train::finetune::{finetune, FinetuneConfig, Finetuned, Mode};
+use dpsynth::train::clip_scan::{clip_pass, ClipScanConfig};
+use dpsynth::train::finetune::{finetune, prepare, FinetuneConfig, Finetuned, Mode};
 use dpsynth::train::pretrain::{LabelUse, PretrainConfig};
 use tch::{Device, Kind, Tensor};
 
@@ -239,5 +241,73 @@ fn cifar_base_configs_parse() {
         let unet = UNet::new(m.clone(), Device::Cpu).unwrap();
         let params: i64 = unet.vs.variables().values().map(|v| v.numel() as i64).sum();
         assert!(params * 4 <= 40 << 20, "{name}: {params} parameters");
+    }
+}
+
+/// The clip scan's per-example norms are those of plain autograd gradients taken one image at a
+/// time (brute force), over what loda and full mode train, with K = 2 draws per image; its
+/// signal estimate is the cross-term formula over those gradients clipped by definition.
+#[test]
+fn clip_scan_matches_per_example_autograd() {
+    let tmp = tempfile::tempdir().unwrap();
+    tiny_base(tmp.path());
+    let data = private_data(4);
+    let (k, seed, limit) = (2, 3, 6);
+    let scan = ClipScanConfig {
+        limit,
+        batch: 4,
+        seed,
+    };
+    for mode in [Mode::Loda, Mode::Full] {
+        let t = prepare(tmp.path(), &config(mode), Device::Cpu).unwrap();
+        let null = t.model.unet.null_class().unwrap();
+        let grads: Vec<Tensor> = seeded_subset(data.len(), limit, seed)
+            .iter()
+            .map(|&i| {
+                let (x0, y) = data.batch(&[i], Device::Cpu);
+                let draws =
+                    image_draws(&[i], &y.full_like(null), k, seed, 1000, &data, Device::Cpu);
+                let rows = eps_loss_with(&t.model.unet, &t.model.schedule, &x0, &draws);
+                let g = Tensor::run_backward(&[rows.mean(Kind::Float)], &t.tensors(), false, false);
+                Tensor::cat(&g.iter().map(|g| g.flatten(0, -1)).collect::<Vec<_>>(), 0)
+                    .to_kind(Kind::Double)
+            })
+            .collect();
+        let mut brute: Vec<f64> = grads.iter().map(|g| g.norm().double_value(&[])).collect();
+        brute.sort_by(f64::total_cmp);
+        let close = |got: f64, want: f64| (got - want).abs() <= 1e-4 * want;
+
+        let c = brute[limit / 2];
+        let pass = clip_pass(&t, &data, k, &scan, c, Device::Cpu, &mut |_| {}).unwrap();
+        let norms = &pass.norms;
+        assert_eq!(norms.sorted().len(), limit, "{mode}");
+        for (got, want) in norms.sorted().iter().zip(&brute) {
+            assert!(*want > 0.0, "{mode}: a zero gradient tests nothing");
+            assert!(
+                close(*got, *want),
+                "{mode}: scan {:?}, brute {brute:?}",
+                norms.sorted()
+            );
+        }
+
+        let clipped: Vec<Tensor> = grads
+            .iter()
+            .map(|g| g * (c / g.norm().double_value(&[])).min(1.0))
+            .collect();
+        let sum = clipped
+            .iter()
+            .fold(Tensor::zeros_like(&grads[0]), |a, g| a + g);
+        let own: f64 = clipped
+            .iter()
+            .map(|g| g.square().sum(Kind::Double).double_value(&[]))
+            .sum();
+        let n = limit as f64;
+        let cross = sum.square().sum(Kind::Double).double_value(&[]) - own;
+        let want = (cross / (n * (n - 1.0))).max(0.0).sqrt();
+        let got = pass.signal;
+        assert!(
+            want > 0.0 && close(got, want),
+            "{mode}: signal {got}, brute force {want}"
+        );
     }
 }

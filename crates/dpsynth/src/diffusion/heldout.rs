@@ -126,9 +126,7 @@ pub fn heldout_loss(
         ),
         _ => {}
     }
-    let mut order: Vec<usize> = (0..data.len()).collect();
-    order.shuffle(&mut ChaCha8Rng::seed_from_u64(cfg.seed));
-    order.truncate(cfg.limit);
+    let order = seeded_subset(data.len(), cfg.limit, cfg.seed);
     let width = t_total.div_ceil(cfg.buckets);
     let mut bucket_sum = vec![0.0; cfg.buckets];
     let mut bucket_n = vec![0usize; cfg.buckets];
@@ -140,7 +138,7 @@ pub fn heldout_loss(
             Conditioning::Labels => labels,
             Conditioning::Null => labels.full_like(null.unwrap_or(0)),
         };
-        let draws = image_draws(chunk, &labels, cfg, t_total, data, device);
+        let draws = image_draws(chunk, &labels, cfg.draws, cfg.seed, t_total, data, device);
         if b == 0 {
             let one = |t: &Tensor| t.narrow(0, 0, 1);
             model.check_input(&one(&x0), &one(&draws.t), &one(&draws.labels))?;
@@ -181,24 +179,34 @@ pub fn heldout_loss(
 /// Seed offset of the timestep streams, so they are not the noise streams of the same images.
 const TIMESTEP_STREAMS: u64 = 0x7469_6d65;
 
-/// `cfg.draws` (timestep, noise) pairs for each image at dataset `indices`, rows example-major.
-fn image_draws(
+/// `limit` dataset indices (all, when `len` is smaller), in an order shuffled by `seed`.
+pub fn seeded_subset(len: usize, limit: usize, seed: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..len).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    order.truncate(limit);
+    order
+}
+
+/// `k` (timestep, noise) pairs for each image at dataset `indices`, rows example-major, from the
+/// image's own ChaCha8 streams under `seed` (independent of the batch and of libtorch's
+/// generator).
+pub fn image_draws(
     indices: &[usize],
     labels: &Tensor,
-    cfg: &HeldoutConfig,
+    k: i64,
+    seed: u64,
     t_total: usize,
     data: &Dataset,
     device: Device,
 ) -> Draws {
-    let k = cfg.draws;
     let rows = indices.len() as i64 * k;
     let shape = [data.channels, data.height, data.width].map(|v| v as i64);
-    let mut noise = ImageNoise::for_images(cfg.seed, indices, shape);
+    let mut noise = ImageNoise::for_images(seed, indices, shape);
     let per_draw: Vec<Tensor> = (0..k).map(|_| noise.next(device)).collect();
     let t: Vec<i64> = indices
         .iter()
         .flat_map(|&i| {
-            let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(TIMESTEP_STREAMS));
+            let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(TIMESTEP_STREAMS));
             rng.set_stream(i as u64);
             (0..k).map(move |_| rng.gen_range(0..t_total as i64))
         })

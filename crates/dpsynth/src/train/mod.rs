@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod classifier;
+pub mod clip_scan;
 pub mod downstream;
 pub mod finetune;
 pub mod plot;
