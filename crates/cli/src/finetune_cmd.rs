@@ -83,6 +83,10 @@ pub struct FinetuneArgs {
     /// Adam learning rate.
     #[arg(long, default_value_t = 2e-3)]
     pub lr: f64,
+    /// Adam learning rate of the class embedding (default: --lr). New classes start from the
+    /// null class and need a larger step than the adapters to separate.
+    #[arg(long)]
+    pub class_lr: Option<f64>,
     /// Per-example clipping norm C. Measure the gradient norms with `dpsynth clip-scan` on
     /// public images first: a C far above them adds noise and no signal.
     #[arg(long, default_value_t = 1.0)]
@@ -110,6 +114,7 @@ impl FinetuneArgs {
         c.batch_size = self.batch;
         c.physical_batch = self.physical_batch;
         c.lr = self.lr;
+        c.class_lr = self.class_lr;
         c.max_grad_norm = self.clip;
         c.seed = self.seed;
         c

@@ -63,6 +63,9 @@ struct Finetune {
     batch: usize,
     physical_batch: usize,
     lr: f64,
+    /// Learning rate of the class embedding (default: lr).
+    #[serde(default)]
+    class_lr: Option<f64>,
     clip: f64,
     noise_multiplicity: i64,
 }
@@ -167,6 +170,7 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
         physical_batch: f.physical_batch,
         epochs: f.epochs,
         lr: f.lr,
+        class_lr: f.class_lr,
         clip: f.clip,
         accountant: Accountant::Pld,
         seed: None,

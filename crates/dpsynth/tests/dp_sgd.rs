@@ -664,6 +664,28 @@ fn optimizers_follow_torch_formulas() {
 }
 
 #[test]
+fn learning_rate_scales_apply_to_their_parameter_only() {
+    let vs = f64_store();
+    let a = vs.root().var("a", &[2], nn::Init::Const(1.0));
+    let b = vs.root().var("b", &[2], nn::Init::Const(1.0));
+    let g = Tensor::from_slice(&[1.0, -2.0]);
+    let adam = OptimizerConfig::Adam {
+        lr: 0.01,
+        betas: (0.9, 0.999),
+        eps: 1e-8,
+        weight_decay: 0.0,
+    };
+    let mut opt = Optimizer::new(vec![a.shallow_clone(), b.shallow_clone()], adam).unwrap();
+    opt.set_lr_scale(1, 25.0).unwrap();
+    opt.step(&[g.shallow_clone(), g.shallow_clone()]).unwrap();
+    // first Adam step moves each coordinate by lr·sign(g)
+    assert!(rel_err(&a, &Tensor::from_slice(&[0.99, 1.01])) < 1e-6);
+    assert!(rel_err(&b, &Tensor::from_slice(&[0.75, 1.25])) < 1e-6);
+    assert!(opt.set_lr_scale(2, 1.0).is_err());
+    assert!(opt.set_lr_scale(0, -1.0).is_err());
+}
+
+#[test]
 fn classifier_shapes_and_per_example_loss() {
     tch::manual_seed(8);
     for cfg in [ClassifierConfig::mnist(), ClassifierConfig::cifar10()] {

@@ -311,3 +311,33 @@ fn clip_scan_matches_per_example_autograd() {
         );
     }
 }
+
+/// `class_lr` sets the class embedding's step and leaves the adapters at `lr`.
+#[test]
+fn class_lr_moves_only_the_class_embedding_faster() {
+    let tmp = tempfile::tempdir().unwrap();
+    tiny_base(tmp.path());
+    let cfg = FinetuneConfig {
+        lr: 1e-3,
+        class_lr: Some(2e-2),
+        ..config(Mode::Loda)
+    };
+    let t = prepare(tmp.path(), &cfg, Device::Cpu).unwrap();
+    let before: Vec<Tensor> = t.tensors().iter().map(Tensor::copy).collect();
+    let mut opt = t.optimizer(&cfg).unwrap();
+    let ones: Vec<Tensor> = before.iter().map(Tensor::ones_like).collect();
+    opt.step(&ones).unwrap();
+    let mut saw_class = false;
+    for ((name, p), b) in t.trainable.iter().zip(&before) {
+        // the first Adam step moves every coordinate by its learning rate
+        let step = (b - p).abs().max().double_value(&[]);
+        let want = if name.starts_with("class_embedding.") {
+            saw_class = true;
+            2e-2
+        } else {
+            1e-3
+        };
+        assert!((step - want).abs() < 1e-6 * want.max(1.0), "{name}: {step}");
+    }
+    assert!(saw_class, "the class embedding is not trained");
+}

@@ -61,6 +61,8 @@ pub struct Optimizer {
     params: Vec<Tensor>,
     cfg: OptimizerConfig,
     lr: f64,
+    /// Per-parameter multipliers of the learning rate (1 unless set).
+    lr_scales: Vec<f64>,
     /// Momentum buffer (SGD) or first moment (Adam); created on the first step.
     first: Vec<Option<Tensor>>,
     /// Second moment (Adam).
@@ -80,6 +82,7 @@ impl Optimizer {
         Ok(Self {
             params,
             lr: cfg.lr(),
+            lr_scales: vec![1.0; n],
             cfg,
             first: (0..n).map(|_| None).collect(),
             second: (0..n).map(|_| None).collect(),
@@ -95,6 +98,22 @@ impl Optimizer {
     /// Sets the learning rate (schedules).
     pub fn set_lr(&mut self, lr: f64) {
         self.lr = lr;
+    }
+
+    /// Multiplies parameter `i`'s learning rate by `scale` (e.g. a faster class embedding). Not
+    /// part of [`Optimizer::named_state`]: set it again after a restore.
+    pub fn set_lr_scale(&mut self, i: usize, scale: f64) -> Result<()> {
+        ensure!(
+            i < self.params.len(),
+            "parameter {i} of {}",
+            self.params.len()
+        );
+        ensure!(
+            scale.is_finite() && scale >= 0.0,
+            "learning-rate scale must be non-negative, got {scale}"
+        );
+        self.lr_scales[i] = scale;
+        Ok(())
     }
 
     /// The optimizer's state as named tensors for a checkpoint: the moments that exist, as
@@ -168,7 +187,7 @@ impl Optimizer {
 
     /// Applies the configured rule to parameter `i` with gradient `g` (grad mode off).
     fn update(&mut self, i: usize, g: &Tensor) -> Result<()> {
-        let lr = self.lr;
+        let lr = self.lr * self.lr_scales[i];
         let mut p = self.params[i].shallow_clone();
         let g = g.f_to_kind(p.kind())?.f_to_device(p.device())?;
         match self.cfg {

@@ -105,6 +105,12 @@ pub struct FinetuneConfig {
     pub noise_multiplicity: i64,
     /// Adam learning rate.
     pub lr: f64,
+    /// Adam learning rate of the class-embedding table, when it differs from `lr`. Adam moves
+    /// each coordinate by about lr per step whatever the gradient's size, so new classes that
+    /// start from the null class need a larger step than the adapters to separate in a few
+    /// hundred steps.
+    #[serde(default)]
+    pub class_lr: Option<f64>,
     /// Per-example clipping norm C.
     pub max_grad_norm: f64,
     /// Probability of training an example as the null class (for classifier-free guidance).
@@ -137,6 +143,7 @@ impl FinetuneConfig {
             physical_batch: 250,
             noise_multiplicity: 1,
             lr: 2e-3,
+            class_lr: None,
             max_grad_norm: 1.0,
             class_dropout: 0.1,
             seed: None,
@@ -164,6 +171,12 @@ impl FinetuneConfig {
             self.lr > 0.0 && self.lr.is_finite(),
             "--lr must be positive"
         );
+        if let Some(c) = self.class_lr {
+            ensure!(
+                c > 0.0 && c.is_finite(),
+                "--class-lr must be positive, got {c}"
+            );
+        }
         ensure!(
             self.checkpoint_every > 0,
             "checkpoint_every must be at least 1"
@@ -247,9 +260,10 @@ impl Trainee {
             .collect()
     }
 
-    /// The optimizer fine-tuning uses: Adam at `cfg.lr` over [`Trainee::tensors`].
+    /// The optimizer fine-tuning uses: Adam at `cfg.lr` over [`Trainee::tensors`], the class
+    /// embedding at `cfg.class_lr` when set.
     pub fn optimizer(&self, cfg: &FinetuneConfig) -> Result<Optimizer> {
-        Optimizer::new(
+        let mut opt = Optimizer::new(
             self.tensors(),
             OptimizerConfig::Adam {
                 lr: cfg.lr,
@@ -257,7 +271,15 @@ impl Trainee {
                 eps: 1e-8,
                 weight_decay: 0.0,
             },
-        )
+        )?;
+        if let Some(class_lr) = cfg.class_lr {
+            for (i, (name, _)) in self.trainable.iter().enumerate() {
+                if name.starts_with("class_embedding.") {
+                    opt.set_lr_scale(i, class_lr / cfg.lr)?;
+                }
+            }
+        }
+        Ok(opt)
     }
 }
 
