@@ -171,7 +171,7 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
         epochs: f.epochs,
         lr: f.lr,
         class_lr: f.class_lr,
-        clip: f.clip,
+        clip: Some(f.clip),
         accountant: Accountant::Pld,
         seed: None,
         out: out.join("finetune"),

@@ -48,6 +48,21 @@ pub enum Mode {
     Scratch,
 }
 
+impl Mode {
+    /// The default clipping bound C: where `dpsynth clip-scan` found the most signal per unit of
+    /// noise on the shipped bases (docs/RESULTS.md; loda and lora within 2% of the best on both,
+    /// attention measured on MNIST only). Per-example gradient norms depend on the model and the
+    /// data, so scan another base before trusting these.
+    pub fn default_clip(self) -> f64 {
+        match self {
+            Self::Loda | Self::Lora => 0.003,
+            Self::Attention => 0.001,
+            Self::Full => 0.1,
+            Self::Scratch => 1.0,
+        }
+    }
+}
+
 impl std::str::FromStr for Mode {
     type Err = anyhow::Error;
 
@@ -144,7 +159,7 @@ impl FinetuneConfig {
             noise_multiplicity: 1,
             lr: 2e-3,
             class_lr: None,
-            max_grad_norm: 1.0,
+            max_grad_norm: mode.default_clip(),
             class_dropout: 0.1,
             seed: None,
             checkpoint_every: 20,
