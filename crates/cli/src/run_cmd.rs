@@ -261,7 +261,7 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
          - config: {source}\n\
          - private data: `{}`, tested on `{}`\n\
          - mode: {} ({} trainable of {} parameters)\n\
-         - privacy: epsilon = {:.3} at delta = {:e} (PLD accountant), sigma = {:.3}, q = {:.5}, {} steps; noise {}\n\
+         - privacy: epsilon = {:.3} at delta = {:e} (PLD accountant), sigma = {:.3}, clip C = {}, q = {:.5}, {} steps; noise {}\n\
          - synthetic images: {} ({}-{}, guidance {})\n\
          - **downstream test accuracy: {:.2}%** (epoch {} chosen on {} held-out synthetic images)\n\
          - time: fine-tune {:.0} s, sample {:.0} s, evaluate {:.0} s, total {:.0} s on {} thread(s)\n\n\
@@ -275,6 +275,7 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
         ft.epsilon,
         f.delta,
         ft.state.noise_multiplier,
+        ft.state.config.max_grad_norm,
         ft.state.sample_rate,
         ft.state.step,
         if ft.secure_noise { "from OS-seeded ChaCha20" } else { "seeded (NOT private)" },
