@@ -4,8 +4,8 @@
 //! DP-SGD adds noise of standard deviation σ·C to the sum of clipped per-example gradients, so a
 //! C far above the gradients' norms buys nothing and drowns them: the noise is sized for
 //! gradients that never occur. The norms depend on the model, the trainable subset and the image
-//! size (the loss is a per-pixel mean), and differ by two orders of magnitude between adapter
-//! and full fine-tuning. Measured on public images of the private data's kind, the scan costs
+//! size (the loss is a per-pixel mean), and differ about thirty-fold between adapter and full
+//! fine-tuning. Measured on public images of the private data's kind, the scan costs
 //! no privacy; measured on the private data, the choice of C would be outside the guarantee.
 
 use anyhow::{ensure, Context, Result};
@@ -18,7 +18,7 @@ use crate::diffusion::loss::eps_loss_with;
 use crate::dp::clip::CLIP_EPS;
 use crate::dp::engine::{DpSgd, DpSgdConfig};
 
-/// Options of [`gradient_norms`].
+/// Options of [`clip_pass`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ClipScanConfig {
     /// Images measured: a seeded random subset of this size (all, when the data has fewer).
@@ -85,10 +85,11 @@ pub struct ClipPass {
     pub bound: f64,
     /// Each example's gradient norm before clipping.
     pub norms: GradientNorms,
-    /// An unbiased estimate of `‖E[clip_c(g)]‖`, the norm of the expected clipped per-example
-    /// gradient (clamped at zero): the signal a DP-SGD step at this bound averages. The step's
-    /// noise has standard deviation `σ·c` per coordinate, so `signal / c` compares bounds at any
-    /// σ, batch and model size: the larger, the more of a step is signal.
+    /// An estimate of `‖E[clip_c(g)]‖`, the norm of the expected clipped per-example gradient
+    /// (the square root of an unbiased estimate of its square, clamped at zero): the signal a
+    /// DP-SGD step at this bound averages. The step's noise has standard deviation `σ·c` per
+    /// coordinate, so `signal / c` compares bounds at any σ, batch and model size: the larger,
+    /// the more of a step is signal.
     pub signal: f64,
 }
 
