@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use crate::finetune_cmd::TrainableArgs;
+use crate::loss_cmd::ensure_images_fit;
 use crate::progress::Progress;
 use anyhow::{ensure, Context, Result};
 use clap::Args;
@@ -56,15 +57,7 @@ pub fn run(a: ClipScanArgs, data_dir: &Path, device: Device) -> Result<()> {
     // The adapters' random initialisation comes from libtorch's generator.
     tch::manual_seed(a.seed as i64);
     let t = prepare(&tr.base, &cfg, device)?;
-    let shape = t.model.unet.sample_shape();
-    let data_shape = [images.channels, images.height, images.width].map(|v| v as i64);
-    ensure!(
-        shape.is_none_or(|s| s == data_shape),
-        "--data {}: images are {data_shape:?} but the model at {} takes {:?}",
-        a.data,
-        tr.base.display(),
-        shape.unwrap_or_default()
-    );
+    ensure_images_fit(&t.model.unet, &tr.base, &images, &a.data)?;
     let scan = ClipScanConfig {
         limit: a.limit,
         batch: a.batch,

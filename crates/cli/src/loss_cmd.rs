@@ -5,9 +5,11 @@ use std::path::{Path, PathBuf};
 use crate::progress::Progress;
 use anyhow::{ensure, Context, Result};
 use clap::{Args, ValueEnum};
+use dpsynth::data::Dataset;
 use dpsynth::data::{self, spec::SPEC_HELP};
 use dpsynth::diffusion::heldout::{heldout_loss, paired_difference, Conditioning, HeldoutConfig};
 use dpsynth::fsutil::write_atomic;
+use dpsynth::nn::unet::UNet;
 use dpsynth::synth::load_model_dir;
 use tch::Device;
 
@@ -64,15 +66,7 @@ pub fn run(a: LossArgs, data_dir: &Path, device: Device) -> Result<()> {
         .transpose()?;
     let model = load_model_dir(&a.model, device)?;
     let data = data::load(&a.data, data_dir)?;
-    let shape = model.unet.sample_shape();
-    let data_shape = [data.channels, data.height, data.width].map(|v| v as i64);
-    ensure!(
-        shape.is_none_or(|s| s == data_shape),
-        "--data {}: images are {data_shape:?} but the model at {} draws {:?}",
-        a.data,
-        a.model.display(),
-        shape.unwrap_or_default()
-    );
+    ensure_images_fit(&model.unet, &a.model, &data, &a.data)?;
     let conditioning = match a.labels {
         LabelsArg::Null => Conditioning::Null,
         LabelsArg::Own => {
@@ -168,4 +162,18 @@ fn read_against(path: &Path, a: &LossArgs) -> Result<(PathBuf, Vec<f64>)> {
     let per_image: Vec<f64> = serde_json::from_value(v["result"]["per_image"].clone())
         .with_context(|| format!("--against {}: no result.per_image list", path.display()))?;
     Ok((path.to_path_buf(), per_image))
+}
+
+/// Fails, naming `--data` and the model folder, unless `data`'s images have the shape the U-Net
+/// loaded from `model_dir` takes (shared with `clip-scan`).
+pub fn ensure_images_fit(unet: &UNet, model_dir: &Path, data: &Dataset, spec: &str) -> Result<()> {
+    let shape = unet.sample_shape();
+    let data_shape = [data.channels, data.height, data.width].map(|v| v as i64);
+    ensure!(
+        shape.is_none_or(|s| s == data_shape),
+        "--data {spec}: images are {data_shape:?} but the model at {} takes {:?}",
+        model_dir.display(),
+        shape.unwrap_or_default()
+    );
+    Ok(())
 }

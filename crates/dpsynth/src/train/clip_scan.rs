@@ -123,31 +123,6 @@ pub fn clip_pass(
         c.is_finite() && c > 0.0,
         "the clipping bound must be positive, got {c}"
     );
-    let (norms, sum_sq) = clipped_sum(t, images, k, scan, c, device, progress)?;
-    let n = norms.len() as f64;
-    ensure!(n >= 2.0, "the signal estimate needs at least 2 images");
-    let own: f64 = norms
-        .iter()
-        .map(|g| (g * (c / (g + CLIP_EPS)).min(1.0)).powi(2))
-        .sum();
-    Ok(ClipPass {
-        bound: c,
-        norms: GradientNorms::new(norms)?,
-        signal: ((sum_sq - own) / (n * (n - 1.0))).max(0.0).sqrt(),
-    })
-}
-
-/// One pass over the scan's images with the per-example gradients clipped to `c`: each
-/// example's norm before clipping, and `‖Σ clip_c(g_i)‖²`.
-fn clipped_sum(
-    t: &Trainee,
-    images: &Dataset,
-    k: i64,
-    scan: &ClipScanConfig,
-    c: f64,
-    device: Device,
-    progress: &mut dyn FnMut(usize),
-) -> Result<(Vec<f64>, f64)> {
     ensure!(!images.is_empty(), "the dataset holds no image");
     ensure!(scan.limit >= 1, "the image limit must be at least 1");
     ensure!(scan.batch >= 1, "the batch must be at least 1");
@@ -175,12 +150,22 @@ fn clipped_sum(
         norms.extend(stats.norms);
         progress(norms.len());
     }
-    let sum_sq = engine
+    let sum_sq: f64 = engine
         .finish_step()?
         .iter()
         .map(|g| g.square().sum(Kind::Double).double_value(&[]))
         .sum();
-    Ok((norms, sum_sq))
+    let n = norms.len() as f64;
+    ensure!(n >= 2.0, "the signal estimate needs at least 2 images");
+    let own: f64 = norms
+        .iter()
+        .map(|g| (g * (c / (g + CLIP_EPS)).min(1.0)).powi(2))
+        .sum();
+    Ok(ClipPass {
+        bound: c,
+        norms: GradientNorms::new(norms)?,
+        signal: ((sum_sq - own) / (n * (n - 1.0))).max(0.0).sqrt(),
+    })
 }
 
 #[cfg(test)]
