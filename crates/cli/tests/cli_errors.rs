@@ -208,19 +208,31 @@ fn grey_tree(dir: &Path, name: &str, side: u32) -> String {
     format!("imagefolder:{}", root.display())
 }
 
+/// Two ImageFolders in `dir`: 5×5 images no model takes, and 28×28 ones the MNIST base takes.
+fn small_and_digit_trees(dir: &Path) -> (String, String) {
+    (grey_tree(dir, "small", 5), grey_tree(dir, "digits", 28))
+}
+
+/// `dpsynth COMMAND FLAG models/mnist-base --data SPEC EXTRA...`, where `command_and_flag` is the
+/// subcommand and the flag that names the model folder (`"loss --model"`).
+fn on_mnist_base(
+    dir: &Path,
+    command_and_flag: &str,
+    spec: &str,
+    extra: &[&str],
+) -> (i32, String, String) {
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/mnist-base");
+    let mut args: Vec<&str> = command_and_flag.split(' ').collect();
+    args.extend_from_slice(&[model, "--data", spec]);
+    args.extend_from_slice(extra);
+    dpsynth(dir, &args)
+}
+
 #[test]
 fn loss_scores_images_and_refuses_mismatched_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let (small, digits) = (
-        grey_tree(dir.path(), "small", 5),
-        grey_tree(dir.path(), "digits", 28),
-    );
-    let loss = |spec: &str, extra: &[&str]| {
-        let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/mnist-base");
-        let mut args = vec!["loss", "--model", model, "--data", spec];
-        args.extend_from_slice(extra);
-        dpsynth(dir.path(), &args)
-    };
+    let (small, digits) = small_and_digit_trees(dir.path());
+    let loss = |spec: &str, extra: &[&str]| on_mnist_base(dir.path(), "loss --model", spec, extra);
     let (code, _, err) = loss(&small, &[]);
     assert_clean_failure(code, &err, "images are [1, 5, 5] but the model");
     let (code, _, err) = loss(&digits, &["--labels", "own"]);
@@ -258,16 +270,9 @@ fn loss_scores_images_and_refuses_mismatched_ones() {
 #[test]
 fn clip_scan_reports_norms_and_refuses_bad_flags() {
     let dir = tempfile::tempdir().unwrap();
-    let (small, digits) = (
-        grey_tree(dir.path(), "small", 5),
-        grey_tree(dir.path(), "digits", 28),
-    );
-    let scan = |spec: &str, extra: &[&str]| {
-        let base = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/mnist-base");
-        let mut args = vec!["clip-scan", "--base", base, "--data", spec];
-        args.extend_from_slice(extra);
-        dpsynth(dir.path(), &args)
-    };
+    let (small, digits) = small_and_digit_trees(dir.path());
+    let scan =
+        |spec: &str, extra: &[&str]| on_mnist_base(dir.path(), "clip-scan --base", spec, extra);
     let (code, _, err) = scan(&small, &[]);
     assert_clean_failure(code, &err, "images are [1, 5, 5] but the model at");
     let (code, _, err) = scan(&digits, &["--clip", "0.01,-1"]);
