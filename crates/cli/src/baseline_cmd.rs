@@ -54,7 +54,8 @@ pub struct BaselineArgs {
     /// Output folder (report.json, model checkpoint).
     #[arg(long, default_value = "out/baseline")]
     out: PathBuf,
-    /// Continue from the checkpoint in --out (the ledger continues with it).
+    /// Continue from the checkpoint in --out: the privacy ledger and a seeded run's sampling and
+    /// noise streams continue with it. Settings must match it (only --physical-batch may change).
     #[arg(long)]
     resume: bool,
     /// Classifier: auto (the CNN for mnist, the GroupNorm ResNet-8 for cifar10), cnn or resnet.

@@ -101,7 +101,8 @@ pub struct FinetuneArgs {
     /// Output folder: model/ (loadable by `sample`), checkpoint/, grid.png, report.json.
     #[arg(long, default_value = "out/finetune")]
     pub out: PathBuf,
-    /// Continue from the checkpoint in --out (the privacy ledger continues with it).
+    /// Continue from the checkpoint in --out: the privacy ledger and a seeded run's sampling and
+    /// noise streams continue with it. Settings must match it (only --physical-batch may change).
     #[arg(long)]
     pub resume: bool,
 }

@@ -1,12 +1,38 @@
-//! DP classifier training checkpoints: a run stopped half-way and resumed accounts for every
-//! step (the ledger continues), and ends where the uninterrupted schedule ends.
+//! Resuming DP training from a checkpoint (classifier and diffusion fine-tuning): a run stopped
+//! half-way and resumed accounts for every step (the ledger continues); a seeded run continues
+//! its sampling and noise streams, so it ends with exactly the weights of the uninterrupted run
+//! (restarting them would release the same noise twice); and other settings are refused by name.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
 
 use dpsynth::data::Dataset;
 use dpsynth::nn::classifier::ClassifierConfig;
 use dpsynth::train::checkpoint;
 use dpsynth::train::classifier::{train_classifier, PrivacyTarget, TrainConfig, TrainState};
+use dpsynth::train::finetune::{finetune, FinetuneConfig, Finetuned, Mode};
 use privacy::Accountant;
-use tch::Device;
+use tch::{Device, Tensor};
+
+mod common;
+use common::{private_data, tiny_base};
+
+/// libtorch's generator is global: tests comparing seeded runs bit for bit take turns.
+static TORCH_RNG: Mutex<()> = Mutex::new(());
+
+fn torch_rng() -> MutexGuard<'static, ()> {
+    TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Asserts that two sets of named tensors hold exactly the same values.
+fn assert_same_tensors(a: &[(String, Tensor)], b: &[(String, Tensor)]) {
+    assert_eq!(a.len(), b.len());
+    let b: HashMap<_, _> = b.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    for (name, t) in a {
+        assert!(t.equal(b[name.as_str()]), "{name} differs");
+    }
+}
 
 fn tiny_data() -> Dataset {
     let n = 64;
@@ -41,7 +67,8 @@ fn cfg(epochs: usize) -> TrainConfig {
 }
 
 #[test]
-fn resumed_run_continues_the_ledger() {
+fn resumed_run_continues_the_ledger_and_the_random_streams() {
+    let _rng = torch_rng();
     let data = tiny_data();
     let dir = tempfile::tempdir().unwrap();
     let ckpt = dir.path().join("ckpt");
@@ -93,10 +120,43 @@ fn resumed_run_continues_the_ledger() {
     let eps_resumed = resumed.state.ledger.epsilon(Accountant::Pld, 1e-5).unwrap();
     assert!((eps_full - eps_resumed).abs() < 1e-12);
     assert!(eps_resumed <= 5.0);
+    // the same batches and the same noise as the uninterrupted run, not a replay of steps 1-3
+    let named = |v: &tch::nn::VarStore| v.variables().into_iter().collect::<Vec<_>>();
+    assert_same_tensors(&named(&full.vs), &named(&resumed.vs));
+}
+
+#[test]
+fn seeded_checkpoint_without_stream_positions_is_refused() {
+    let _rng = torch_rng();
+    let data = tiny_data();
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    let run = |c: &TrainConfig| {
+        train_classifier(
+            &data,
+            ClassifierConfig::mnist(),
+            c,
+            Some(&ckpt),
+            Device::Cpu,
+            &mut |s| assert!(s.step < 5, "simulated crash after step 5"),
+        )
+    };
+    // crash after the checkpoint of step 4, then strip the stream positions from it, as a
+    // checkpoint written before they were saved looks
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&cfg(2))));
+    let json = ckpt.join(checkpoint::STATE_FILE);
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(v["state"]["streams"]["noise"].is_string(), "{v}");
+    v["state"].as_object_mut().unwrap().remove("streams");
+    std::fs::write(&json, v.to_string()).unwrap();
+    let err = format!("{:#}", run(&cfg(2)).err().unwrap());
+    assert!(err.contains("would repeat the noise"), "{err}");
 }
 
 #[test]
 fn resuming_with_other_settings_is_refused() {
+    let _rng = torch_rng();
     let data = tiny_data();
     let dir = tempfile::tempdir().unwrap();
     let ckpt = dir.path().join("ckpt");
@@ -123,4 +183,86 @@ fn resuming_with_other_settings_is_refused() {
     .unwrap()
     .to_string();
     assert!(err.contains("resume with the same settings"), "{err}");
+}
+
+fn finetune_cfg() -> FinetuneConfig {
+    FinetuneConfig {
+        epochs: 4.0,
+        batch_size: 8,
+        physical_batch: 8,
+        seed: Some(3),
+        checkpoint_every: 2,
+        lr: 1e-2,
+        accountant: Accountant::Rdp,
+        ..FinetuneConfig::new(Mode::Loda, 10.0, 1e-5)
+    }
+}
+
+/// Fine-tunes the tiny base into `out`, calling `on_step` after every step.
+fn finetune_tiny(
+    base: &Path,
+    cfg: &FinetuneConfig,
+    out: &Path,
+    resume: bool,
+    on_step: &mut dyn FnMut(u64),
+) -> anyhow::Result<Finetuned> {
+    finetune(
+        base,
+        &private_data(4),
+        cfg,
+        out,
+        resume,
+        Device::Cpu,
+        &mut |s| on_step(s.step),
+    )
+}
+
+fn checkpoint_tensors(out: &Path) -> Vec<(String, Tensor)> {
+    let (_, t): (serde_json::Value, HashMap<String, Tensor>) =
+        checkpoint::load(&out.join("checkpoint")).unwrap();
+    t.into_iter().collect()
+}
+
+#[test]
+fn resumed_seeded_finetuning_ends_as_the_uninterrupted_run() {
+    let _rng = torch_rng();
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    tiny_base(&base);
+    let cfg = finetune_cfg();
+    let (whole, parts) = (tmp.path().join("whole"), tmp.path().join("parts"));
+    let full = finetune_tiny(&base, &cfg, &whole, false, &mut |_| {}).unwrap();
+    assert_eq!(full.state.step, 8);
+
+    let crash = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        finetune_tiny(&base, &cfg, &parts, false, &mut |step| {
+            assert!(step < 5, "simulated crash after step 5")
+        })
+    }));
+    assert!(crash.is_err());
+    // other settings are refused by name; the micro-batch size may change
+    let other = FinetuneConfig {
+        lr: 2e-2,
+        ..cfg.clone()
+    };
+    let err = format!(
+        "{:#}",
+        finetune_tiny(&base, &other, &parts, true, &mut |_| {})
+            .err()
+            .unwrap()
+    );
+    assert!(err.contains("lr (checkpoint 0.01, now 0.02)"), "{err}");
+    let checkpoint_every_step = FinetuneConfig {
+        checkpoint_every: 1,
+        ..cfg.clone()
+    };
+    let resumed = finetune_tiny(&base, &checkpoint_every_step, &parts, true, &mut |step| {
+        assert!(step > 4, "resumed at step {step}, the checkpoint is step 4")
+    })
+    .unwrap();
+    assert_eq!(resumed.state.ledger.total_steps(), 8);
+    // adapters, class embedding and Adam moments all match the uninterrupted run's
+    let whole = checkpoint_tensors(&whole);
+    assert!(whole.len() > 4);
+    assert_same_tensors(&whole, &checkpoint_tensors(&parts));
 }

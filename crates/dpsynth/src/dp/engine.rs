@@ -149,6 +149,16 @@ impl DpSgd {
         self.rng.is_secure()
     }
 
+    /// The noise generator (for checkpoints: see [`super::rng::StreamPositions`]).
+    pub fn rng(&self) -> &DpRng {
+        &self.rng
+    }
+
+    /// The noise generator, to move a resumed run's stream to where it stopped.
+    pub fn rng_mut(&mut self) -> &mut DpRng {
+        &mut self.rng
+    }
+
     /// Examples accumulated since the last [`DpSgd::finish_step`].
     pub fn pending_examples(&self) -> i64 {
         self.pending_examples

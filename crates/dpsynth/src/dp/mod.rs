@@ -44,5 +44,5 @@ pub mod tape;
 pub use engine::{AccumulateStats, DpSgd, DpSgdConfig};
 pub use grad_sample::{RuleOptions, Strategy};
 pub use optim::{Optimizer, OptimizerConfig};
-pub use rng::DpRng;
+pub use rng::{DpRng, StreamPositions};
 pub use sampling::{LogicalBatch, PoissonSampler};

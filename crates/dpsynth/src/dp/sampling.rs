@@ -41,6 +41,16 @@ impl PoissonSampler {
         self.rng.is_secure()
     }
 
+    /// The sampling generator (for checkpoints: see [`super::rng::StreamPositions`]).
+    pub fn rng(&self) -> &DpRng {
+        &self.rng
+    }
+
+    /// The sampling generator, to move a resumed run's stream to where it stopped.
+    pub fn rng_mut(&mut self) -> &mut DpRng {
+        &mut self.rng
+    }
+
     /// Draws the next logical batch: every index joins independently with probability q.
     pub fn sample(&mut self) -> LogicalBatch {
         let q = self.q;

@@ -116,3 +116,43 @@ pub fn restore(
     }
     Ok(())
 }
+
+/// Refuses to resume when the run's settings differ from the checkpoint's in any top-level field
+/// other than those in `free` (settings that change neither the result nor the privacy, such as
+/// the micro-batch size). The error names every differing field with both values, so a resumed
+/// run is the run that was started, not a silent mix of two.
+pub fn ensure_same_settings<C: Serialize>(
+    saved: &C,
+    now: &C,
+    free: &[&str],
+    dir: &Path,
+) -> Result<()> {
+    let (saved, now) = (serde_json::to_value(saved)?, serde_json::to_value(now)?);
+    let (Some(saved), Some(now)) = (saved.as_object(), now.as_object()) else {
+        bail!("settings must serialize to a JSON object");
+    };
+    let mut keys: Vec<&String> = saved.keys().chain(now.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let differ: Vec<String> = keys
+        .into_iter()
+        .filter(|k| !free.contains(&k.as_str()) && saved.get(*k) != now.get(*k))
+        .map(|k| {
+            let show = |v: Option<&serde_json::Value>| v.map_or("unset".into(), |v| v.to_string());
+            format!(
+                "{k} (checkpoint {}, now {})",
+                show(saved.get(k)),
+                show(now.get(k))
+            )
+        })
+        .collect();
+    if !differ.is_empty() {
+        bail!(
+            "{}: the checkpoint was made with other settings: {}; resume with the same settings \
+             or use another --out",
+            dir.display(),
+            differ.join(", ")
+        );
+    }
+    Ok(())
+}

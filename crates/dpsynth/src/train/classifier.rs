@@ -13,6 +13,7 @@ use super::{checkpoint, shallow, shallow_named, sorted_by_name};
 use crate::data::Dataset;
 use crate::dp::engine::{DpSgd, DpSgdConfig};
 use crate::dp::optim::{Optimizer, OptimizerConfig};
+use crate::dp::rng::StreamPositions;
 use crate::dp::sampling::PoissonSampler;
 use crate::metrics::Metrics;
 use crate::nn::arch::NetSpec;
@@ -81,6 +82,9 @@ pub struct TrainState {
     pub ledger: Ledger,
     /// The settings of the run.
     pub config: TrainConfig,
+    /// Where a seeded run's sampling and noise streams stopped (`None` when OS-seeded).
+    #[serde(default)]
+    pub streams: Option<StreamPositions>,
 }
 
 /// A trained classifier with its record.
@@ -96,6 +100,9 @@ pub struct Trained {
     /// Wall-clock seconds spent training in this process.
     pub train_seconds: f64,
 }
+
+/// Settings that may change when a run is resumed (they do not change the updates).
+const RESUMABLE_CHANGES: &[&str] = &["physical_batch", "checkpoint_every"];
 
 /// Trains a classifier on `train`, with DP-SGD when `cfg.privacy` is set. Resumes from
 /// `ckpt_dir` when it holds a checkpoint, continuing both the schedule and the privacy ledger.
@@ -136,6 +143,7 @@ pub fn train_classifier(
         sample_rate: q,
         ledger: Ledger::new(),
         config: cfg.clone(),
+        streams: None,
     };
     let tensors: Vec<Tensor> = params.iter().map(|(_, t)| t.shallow_clone()).collect();
     let mut opt = Optimizer::new(
@@ -146,22 +154,6 @@ pub fn train_classifier(
             weight_decay: 0.0,
         },
     )?;
-    if let Some(dir) = ckpt_dir.filter(|d| checkpoint::exists(d)) {
-        let (saved, tensors): (TrainState, _) = checkpoint::load(dir)?;
-        checkpoint::restore(&params, &tensors, dir)?;
-        ensure!(
-            saved.noise_multiplier == sigma && saved.sample_rate == q,
-            "{}: checkpoint was made with sigma {} and q {}, this run would use {sigma} and {q}: \
-             resume with the same settings or use another --out",
-            dir.display(),
-            saved.noise_multiplier,
-            saved.sample_rate
-        );
-        opt.restore(&tensors, "opt.")?;
-        state.step = saved.step;
-        state.ledger = saved.ledger;
-    }
-
     let mut sampler = PoissonSampler::new(n, q, cfg.seed)?;
     let mut engine = match cfg.privacy {
         Some(_) => Some(DpSgd::new(
@@ -171,6 +163,28 @@ pub fn train_classifier(
         )?),
         None => None,
     };
+    if let Some(dir) = ckpt_dir.filter(|d| checkpoint::exists(d)) {
+        let (saved, tensors): (TrainState, _) = checkpoint::load(dir)?;
+        checkpoint::ensure_same_settings(&saved.config, cfg, RESUMABLE_CHANGES, dir)?;
+        ensure!(
+            saved.noise_multiplier == sigma && saved.sample_rate == q,
+            "{}: checkpoint was made with sigma {} and q {}, this data and these settings give \
+             {sigma} and {q}: resume with the same data and settings or use another --out",
+            dir.display(),
+            saved.noise_multiplier,
+            saved.sample_rate
+        );
+        checkpoint::restore(&params, &tensors, dir)?;
+        opt.restore(&tensors, "opt.")?;
+        StreamPositions::restore(
+            saved.streams.as_ref(),
+            sampler.rng_mut(),
+            engine.as_mut().map(DpSgd::rng_mut),
+        )
+        .with_context(|| format!("{}: cannot resume", dir.display()))?;
+        state.step = saved.step;
+        state.ledger = saved.ledger;
+    }
     let secure_noise = cfg.seed.is_none();
     let start = Instant::now();
     let report_every = (total_steps / 50).max(1);
@@ -223,6 +237,7 @@ pub fn train_classifier(
         if let Some(dir) = ckpt_dir.filter(|_| due || state.step == total_steps) {
             let mut all = shallow_named(&params);
             all.extend(opt.named_state("opt."));
+            state.streams = StreamPositions::of(sampler.rng(), engine.as_ref().map(DpSgd::rng));
             checkpoint::save(dir, state.step, &state, &all)?;
         }
     }

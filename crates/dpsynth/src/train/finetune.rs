@@ -27,6 +27,7 @@ use crate::data::Dataset;
 use crate::diffusion::loss::{draw, eps_loss_with, LossConfig};
 use crate::dp::engine::{DpSgd, DpSgdConfig};
 use crate::dp::optim::{Optimizer, OptimizerConfig};
+use crate::dp::rng::StreamPositions;
 use crate::dp::sampling::PoissonSampler;
 use crate::nn::adapter::{attach, AdapterConfig, AdapterKind};
 use crate::nn::unet::UNet;
@@ -233,6 +234,9 @@ pub struct FinetuneState {
     pub seconds: f64,
     /// The run's settings.
     pub config: FinetuneConfig,
+    /// Where a seeded run's sampling and noise streams stopped (`None` when OS-seeded).
+    #[serde(default)]
+    pub streams: Option<StreamPositions>,
 }
 
 /// What a finished fine-tuning run produced.
@@ -418,6 +422,7 @@ pub fn finetune(
         ledger: Ledger::new(),
         seconds: 0.0,
         config: cfg.clone(),
+        streams: None,
     };
     let ckpt = out.join("checkpoint");
     if checkpoint::exists(&ckpt) {
@@ -427,15 +432,23 @@ pub fn finetune(
             ckpt.display()
         );
         let (saved, by_name): (FinetuneState, _) = checkpoint::load(&ckpt)?;
+        checkpoint::ensure_same_settings(&saved.config, cfg, RESUMABLE_CHANGES, &ckpt)?;
         ensure!(
             saved.noise_multiplier == sigma && saved.sample_rate == q,
-            "{}: checkpoint used sigma {} and q {}, these settings give {sigma} and {q};              resume with the same settings",
+            "{}: checkpoint used sigma {} and q {}, this data and these settings give {sigma} and \
+             {q}; resume with the same data and settings",
             ckpt.display(),
             saved.noise_multiplier,
             saved.sample_rate
         );
         checkpoint::restore(&t.trainable, &by_name, &ckpt)?;
         opt.restore(&by_name, "opt.")?;
+        StreamPositions::restore(
+            saved.streams.as_ref(),
+            sampler.rng_mut(),
+            Some(engine.rng_mut()),
+        )
+        .with_context(|| format!("{}: cannot resume", ckpt.display()))?;
         state.step = saved.step;
         state.ledger = saved.ledger;
         state.seconds = saved.seconds;
@@ -449,6 +462,11 @@ pub fn finetune(
     let start = Instant::now();
     let seconds_before = state.seconds;
     while state.step < total_steps {
+        if let Some(seed) = cfg.seed {
+            // a function of the seed and the step, so a resumed seeded run repeats the
+            // uninterrupted one exactly
+            tch::manual_seed(step_seed(seed, state.step));
+        }
         let batch = sampler.sample();
         let mut loss_sum = 0.0;
         let mut rows = 0usize;
@@ -480,6 +498,7 @@ pub fn finetune(
         if state.step.is_multiple_of(cfg.checkpoint_every) || state.step == total_steps {
             let mut all = shallow_named(&t.trainable);
             all.extend(opt.named_state("opt."));
+            state.streams = StreamPositions::of(sampler.rng(), Some(engine.rng()));
             checkpoint::save(&ckpt, state.step, &state, &all)?;
         }
     }
@@ -494,6 +513,17 @@ pub fn finetune(
         state,
         secure_noise: engine.is_secure() && sampler.is_secure(),
     })
+}
+
+/// Settings that may change when a run is resumed: they change neither the privacy nor the
+/// expected update (the micro-batch size only splits the same logical batch; a seeded run then
+/// draws its timesteps and diffusion noise in another order).
+const RESUMABLE_CHANGES: &[&str] = &["physical_batch", "checkpoint_every"];
+
+/// The libtorch seed of step `step` in a run seeded with `seed` (timesteps, diffusion noise and
+/// class dropout; the DP streams are ChaCha, see [`crate::dp::rng`]).
+fn step_seed(seed: u64, step: u64) -> i64 {
+    (seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64
 }
 
 /// Checks that the base model has a class embedding for every private class, and that it will be

@@ -1,0 +1,38 @@
+//! Fixtures shared by the fine-tuning tests: a tiny colour base model and private data.
+
+use std::path::Path;
+
+use dpsynth::data::Dataset;
+use dpsynth::nn::unet::{UNet, UNetConfig};
+use dpsynth::synth::{save_extras, SchedulerConfig};
+use tch::Device;
+
+/// A tiny 8×8 colour U-Net with 4 classes + null, saved with placeholder classes `0`..`3`.
+pub fn tiny_base(dir: &Path) {
+    let cfg = UNetConfig::from_json(
+        r#"{"sample_size": 8, "in_channels": 3, "out_channels": 3,
+            "block_out_channels": [8, 16], "layers_per_block": 1,
+            "down_block_types": ["DownBlock2D", "DownBlock2D"],
+            "up_block_types": ["UpBlock2D", "UpBlock2D"],
+            "norm_num_groups": 4, "num_class_embeds": 5}"#,
+    )
+    .unwrap();
+    tch::manual_seed(0);
+    UNet::new(cfg, Device::Cpu).unwrap().save(dir).unwrap();
+    let classes: Vec<String> = (0..4).map(|c| c.to_string()).collect();
+    let sched: SchedulerConfig =
+        serde_json::from_str(r#"{"beta_schedule": "linear", "num_train_timesteps": 1000}"#)
+            .unwrap();
+    save_extras(dir, &sched, &classes).unwrap();
+}
+
+pub fn private_data(classes: usize) -> Dataset {
+    let n = 16;
+    let images: Vec<u8> = (0..n * 3 * 64).map(|i| (i * 37 % 251) as u8).collect();
+    let labels: Vec<u8> = (0..n).map(|i| (i % classes) as u8).collect();
+    let names = ["plane", "car", "bird", "cat", "deer"][..classes]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    Dataset::new(Path::new("private"), images, labels, [3, 8, 8], names).unwrap()
+}
