@@ -117,16 +117,15 @@ pub fn restore(
     Ok(())
 }
 
+/// Settings that may change when a run is resumed: they change neither the privacy nor the
+/// expected update (the micro-batch size only splits the same logical batch; a seeded run then
+/// draws its random augmentation or diffusion noise in another order).
+pub const FREE_ON_RESUME: &[&str] = &["physical_batch", "checkpoint_every"];
+
 /// Refuses to resume when the run's settings differ from the checkpoint's in any top-level field
-/// other than those in `free` (settings that change neither the result nor the privacy, such as
-/// the micro-batch size). The error names every differing field with both values, so a resumed
-/// run is the run that was started, not a silent mix of two.
-pub fn ensure_same_settings<C: Serialize>(
-    saved: &C,
-    now: &C,
-    free: &[&str],
-    dir: &Path,
-) -> Result<()> {
+/// other than [`FREE_ON_RESUME`]. The error names every differing field with both values, so a
+/// resumed run is the run that was started, not a silent mix of two.
+pub fn ensure_same_settings<C: Serialize>(saved: &C, now: &C, dir: &Path) -> Result<()> {
     let (saved, now) = (serde_json::to_value(saved)?, serde_json::to_value(now)?);
     let (Some(saved), Some(now)) = (saved.as_object(), now.as_object()) else {
         bail!("settings must serialize to a JSON object");
@@ -136,7 +135,7 @@ pub fn ensure_same_settings<C: Serialize>(
     keys.dedup();
     let differ: Vec<String> = keys
         .into_iter()
-        .filter(|k| !free.contains(&k.as_str()) && saved.get(*k) != now.get(*k))
+        .filter(|k| !FREE_ON_RESUME.contains(&k.as_str()) && saved.get(*k) != now.get(*k))
         .map(|k| {
             let show = |v: Option<&serde_json::Value>| v.map_or("unset".into(), |v| v.to_string());
             format!(
@@ -152,6 +151,23 @@ pub fn ensure_same_settings<C: Serialize>(
              or use another --out",
             dir.display(),
             differ.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Refuses to resume when this run's noise multiplier or sampling rate (which also depend on the
+/// data's size) differ from the checkpoint's: the ledger would then mix two calibrations.
+pub fn ensure_same_noise(saved: (f64, f64), now: (f64, f64), dir: &Path) -> Result<()> {
+    if saved != now {
+        bail!(
+            "{}: the checkpoint used sigma {} and q {}, this data and these settings give {} and \
+             {}; resume with the same data and settings or use another --out",
+            dir.display(),
+            saved.0,
+            saved.1,
+            now.0,
+            now.1
         );
     }
     Ok(())

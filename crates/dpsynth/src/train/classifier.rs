@@ -101,9 +101,6 @@ pub struct Trained {
     pub train_seconds: f64,
 }
 
-/// Settings that may change when a run is resumed (they do not change the updates).
-const RESUMABLE_CHANGES: &[&str] = &["physical_batch", "checkpoint_every"];
-
 /// Trains a classifier on `train`, with DP-SGD when `cfg.privacy` is set. Resumes from
 /// `ckpt_dir` when it holds a checkpoint, continuing both the schedule and the privacy ledger.
 pub fn train_classifier(
@@ -165,15 +162,12 @@ pub fn train_classifier(
     };
     if let Some(dir) = ckpt_dir.filter(|d| checkpoint::exists(d)) {
         let (saved, tensors): (TrainState, _) = checkpoint::load(dir)?;
-        checkpoint::ensure_same_settings(&saved.config, cfg, RESUMABLE_CHANGES, dir)?;
-        ensure!(
-            saved.noise_multiplier == sigma && saved.sample_rate == q,
-            "{}: checkpoint was made with sigma {} and q {}, this data and these settings give \
-             {sigma} and {q}: resume with the same data and settings or use another --out",
-            dir.display(),
-            saved.noise_multiplier,
-            saved.sample_rate
-        );
+        checkpoint::ensure_same_settings(&saved.config, cfg, dir)?;
+        checkpoint::ensure_same_noise(
+            (saved.noise_multiplier, saved.sample_rate),
+            (sigma, q),
+            dir,
+        )?;
         checkpoint::restore(&params, &tensors, dir)?;
         opt.restore(&tensors, "opt.")?;
         StreamPositions::restore(

@@ -432,15 +432,12 @@ pub fn finetune(
             ckpt.display()
         );
         let (saved, by_name): (FinetuneState, _) = checkpoint::load(&ckpt)?;
-        checkpoint::ensure_same_settings(&saved.config, cfg, RESUMABLE_CHANGES, &ckpt)?;
-        ensure!(
-            saved.noise_multiplier == sigma && saved.sample_rate == q,
-            "{}: checkpoint used sigma {} and q {}, this data and these settings give {sigma} and \
-             {q}; resume with the same data and settings",
-            ckpt.display(),
-            saved.noise_multiplier,
-            saved.sample_rate
-        );
+        checkpoint::ensure_same_settings(&saved.config, cfg, &ckpt)?;
+        checkpoint::ensure_same_noise(
+            (saved.noise_multiplier, saved.sample_rate),
+            (sigma, q),
+            &ckpt,
+        )?;
         checkpoint::restore(&t.trainable, &by_name, &ckpt)?;
         opt.restore(&by_name, "opt.")?;
         StreamPositions::restore(
@@ -514,11 +511,6 @@ pub fn finetune(
         secure_noise: engine.is_secure() && sampler.is_secure(),
     })
 }
-
-/// Settings that may change when a run is resumed: they change neither the privacy nor the
-/// expected update (the micro-batch size only splits the same logical batch; a seeded run then
-/// draws its timesteps and diffusion noise in another order).
-const RESUMABLE_CHANGES: &[&str] = &["physical_batch", "checkpoint_every"];
 
 /// The libtorch seed of step `step` in a run seeded with `seed` (timesteps, diffusion noise and
 /// class dropout; the DP streams are ChaCha, see [`crate::dp::rng`]).
