@@ -10,7 +10,9 @@ use std::sync::{Mutex, MutexGuard};
 use dpsynth::data::Dataset;
 use dpsynth::nn::classifier::ClassifierConfig;
 use dpsynth::train::checkpoint;
-use dpsynth::train::classifier::{train_classifier, PrivacyTarget, TrainConfig, TrainState};
+use dpsynth::train::classifier::{
+    train_classifier, PrivacyTarget, TrainConfig, TrainState, Trained,
+};
 use dpsynth::train::finetune::{finetune, FinetuneConfig, Finetuned, Mode};
 use privacy::Accountant;
 use tch::{Device, Tensor};
@@ -66,61 +68,56 @@ fn cfg(epochs: usize) -> TrainConfig {
     }
 }
 
-#[test]
-fn resumed_run_continues_the_ledger_and_the_random_streams() {
-    let _rng = torch_rng();
-    let data = tiny_data();
-    let dir = tempfile::tempdir().unwrap();
-    let ckpt = dir.path().join("ckpt");
-    // the uninterrupted schedule: 2 epochs of 64 examples at batch 16 = 8 steps
-    let full = train_classifier(
-        &data,
+/// Trains the tiny classifier with `c`, checkpointing into `ckpt` when given.
+fn train(c: &TrainConfig, ckpt: Option<&Path>) -> anyhow::Result<Trained> {
+    train_classifier(
+        &tiny_data(),
         ClassifierConfig::mnist(),
-        &cfg(2),
-        None,
+        c,
+        ckpt,
         Device::Cpu,
         &mut |_| {},
     )
-    .unwrap();
-    assert_eq!(full.state.ledger.total_steps(), 8);
+}
 
-    // the same schedule, crashing after step 5 (checkpoints every 4 steps)
-    let interrupted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+/// Runs the 8-step schedule `cfg(2)` into `ckpt` and crashes after step 5, leaving the
+/// checkpoint of step 4 (checkpoints every 4 steps).
+fn crash_after_step_5(ckpt: &Path) {
+    let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         train_classifier(
-            &data,
+            &tiny_data(),
             ClassifierConfig::mnist(),
             &cfg(2),
-            Some(&ckpt),
+            Some(ckpt),
             Device::Cpu,
-            &mut |s| {
-                if s.step == 5 {
-                    panic!("simulated crash after step 5");
-                }
-            },
+            &mut |s| assert!(s.step < 5, "simulated crash after step 5"),
         )
     }));
-    assert!(interrupted.is_err());
-    // the last checkpoint is the one of step 4
+    assert!(crashed.is_err());
+}
+
+#[test]
+fn resumed_run_continues_the_ledger_and_the_random_streams() {
+    let _rng = torch_rng();
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    // the uninterrupted schedule: 2 epochs of 64 examples at batch 16 = 8 steps
+    let full = train(&cfg(2), None).unwrap();
+    assert_eq!(full.state.ledger.total_steps(), 8);
+
+    crash_after_step_5(&ckpt);
     let (state, _): (TrainState, _) = checkpoint::load(&ckpt).unwrap();
     assert_eq!(state.step, 4);
     assert_eq!(state.ledger.total_steps(), 4);
 
-    let resumed = train_classifier(
-        &data,
-        ClassifierConfig::mnist(),
-        &cfg(2),
-        Some(&ckpt),
-        Device::Cpu,
-        &mut |_| {},
-    )
-    .unwrap();
+    let resumed = train(&cfg(2), Some(&ckpt)).unwrap();
     assert_eq!(resumed.state.step, 8);
     assert_eq!(resumed.state.ledger.total_steps(), 8);
     let eps_full = full.state.ledger.epsilon(Accountant::Pld, 1e-5).unwrap();
     let eps_resumed = resumed.state.ledger.epsilon(Accountant::Pld, 1e-5).unwrap();
     assert!((eps_full - eps_resumed).abs() < 1e-12);
     assert!(eps_resumed <= 5.0);
-    // the same batches and the same noise as the uninterrupted run, not a replay of steps 1-3
+    // the same batches and the same noise as the uninterrupted run, not a replay of steps 1-4
     let named = |v: &tch::nn::VarStore| v.variables().into_iter().collect::<Vec<_>>();
     assert_same_tensors(&named(&full.vs), &named(&resumed.vs));
 }
@@ -128,60 +125,30 @@ fn resumed_run_continues_the_ledger_and_the_random_streams() {
 #[test]
 fn seeded_checkpoint_without_stream_positions_is_refused() {
     let _rng = torch_rng();
-    let data = tiny_data();
     let dir = tempfile::tempdir().unwrap();
     let ckpt = dir.path().join("ckpt");
-    let run = |c: &TrainConfig| {
-        train_classifier(
-            &data,
-            ClassifierConfig::mnist(),
-            c,
-            Some(&ckpt),
-            Device::Cpu,
-            &mut |s| assert!(s.step < 5, "simulated crash after step 5"),
-        )
-    };
-    // crash after the checkpoint of step 4, then strip the stream positions from it, as a
-    // checkpoint written before they were saved looks
-    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&cfg(2))));
+    // strip the stream positions from the checkpoint of step 4, as a checkpoint written before
+    // they were saved looks
+    crash_after_step_5(&ckpt);
     let json = ckpt.join(checkpoint::STATE_FILE);
     let mut v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert!(v["state"]["streams"]["noise"].is_string(), "{v}");
     v["state"].as_object_mut().unwrap().remove("streams");
     std::fs::write(&json, v.to_string()).unwrap();
-    let err = format!("{:#}", run(&cfg(2)).err().unwrap());
+    let err = format!("{:#}", train(&cfg(2), Some(&ckpt)).err().unwrap());
     assert!(err.contains("would repeat the noise"), "{err}");
 }
 
 #[test]
 fn resuming_with_other_settings_is_refused() {
     let _rng = torch_rng();
-    let data = tiny_data();
     let dir = tempfile::tempdir().unwrap();
     let ckpt = dir.path().join("ckpt");
-    train_classifier(
-        &data,
-        ClassifierConfig::mnist(),
-        &cfg(1),
-        Some(&ckpt),
-        Device::Cpu,
-        &mut |_| {},
-    )
-    .unwrap();
+    train(&cfg(1), Some(&ckpt)).unwrap();
     let mut other = cfg(2);
     other.batch_size = 32;
-    let err = train_classifier(
-        &data,
-        ClassifierConfig::mnist(),
-        &other,
-        Some(&ckpt),
-        Device::Cpu,
-        &mut |_| {},
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let err = train(&other, Some(&ckpt)).err().unwrap().to_string();
     assert!(err.contains("resume with the same settings"), "{err}");
 }
 
