@@ -17,6 +17,12 @@ pub enum DataCommand {
     /// cifar-10-binary.tar.gz, its extracted folder, or an ImageFolder tree with train/ and
     /// test/), else from ../shared/data/cifar10-jpeg.tar.gz when it exists.
     ///
+    /// tiny-imagenet: Tiny ImageNet at 32x32 (200 ImageNet classes; 100,000 train, 10,000 val,
+    /// 10,000 unlabelled), from --from PATH (the tinyimagenet32-jpeg.tar.gz archive or its
+    /// extracted tinyimagenet32/ folder), else from ../shared/data/tinyimagenet32-jpeg.tar.gz,
+    /// sha256-checked. Read as tiny-imagenet:train|val|unlabeled; classes are named by their
+    /// first WordNet name. Licence: ImageNet's terms, non-commercial research and education only.
+    ///
     /// fonts: 20 free Debian font packages, each with its copyright file (for `data generate
     /// font-digits`). photos: natural colour photographs, for `data generate photo-crops`:
     /// 5 from the scikit-image wheel (skimage/data: public domain or CC0) and 2 from the
@@ -26,12 +32,12 @@ pub enum DataCommand {
     /// `apt-get download`. DATA/photos/LICENSES.md names each file's package, version and
     /// licence. A source that fails is reported and skipped; the fetch fails only if all do.
     Fetch {
-        /// Dataset name: mnist, fashion-mnist, cifar10, fonts or photos.
+        /// Dataset name: mnist, fashion-mnist, cifar10, tiny-imagenet, fonts or photos.
         name: String,
         /// Data folder (overrides the global --data-dir).
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Local copy to import (cifar10 only).
+        /// Local copy to import (cifar10, tiny-imagenet).
         #[arg(long)]
         from: Option<PathBuf>,
     },
@@ -141,12 +147,16 @@ pub fn run(cmd: DataCommand, data_dir: &Path) -> Result<()> {
             );
         }
         DataCommand::Info { spec, json } => {
-            let ds = data::load(&spec, data_dir)?;
+            let parsed: data::DatasetSpec = spec.parse()?;
+            let ds = parsed.load(data_dir)?;
             let s = ds.summary();
             if json {
                 println!("{}", serde_json::to_string(&s)?);
             } else {
                 print_summary(&spec, &s);
+                if let Some(licence) = parsed.licence() {
+                    println!("licence: {licence}");
+                }
             }
         }
         DataCommand::Grid {
@@ -200,6 +210,6 @@ fn print_summary(spec: &str, s: &data::Summary) {
     );
     println!("per-class counts:");
     for (i, (name, n)) in s.per_class.iter().enumerate() {
-        println!("  {i:>3} {name:<12} {n}");
+        println!("  {i:>3} {name:<24} {n}");
     }
 }

@@ -71,7 +71,15 @@ fn adapters_start_as_the_base_model() {
     let t = d.t;
     let with = unet.forward(&x, &t, &labels);
     let without = base.forward(&x, &t, &labels);
-    assert_eq!(f64::try_from((with - without).abs().max()).unwrap(), 0.0);
+    // B starts at zero, so the adapted output is W*x + 0; the two forwards take different code
+    // paths (adapter convolutions, an extra add), which may round differently in the last bits
+    // of f64 on some CPUs (9.7e-16 seen on an AMD EPYC). 1e-12 is a thousand times that and far
+    // below any adapter that had not started at zero (outputs here are of order 1).
+    let diff = f64::try_from((with - without).abs().max()).unwrap();
+    assert!(
+        diff <= 1e-12,
+        "adapted model differs from the base by {diff}"
+    );
     // base weights are frozen, adapter weights train
     assert!(unet.vs.variables().values().all(|v| !v.requires_grad()));
     assert!(!store.trainable_variables().is_empty());

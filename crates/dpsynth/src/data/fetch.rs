@@ -16,7 +16,14 @@ use super::error::{DataError, Result};
 use super::idx;
 
 /// The datasets `dpsynth data fetch` knows.
-pub const FETCHABLE: [&str; 5] = ["mnist", "fashion-mnist", "cifar10", "fonts", "photos"];
+pub const FETCHABLE: [&str; 6] = [
+    "mnist",
+    "fashion-mnist",
+    "cifar10",
+    super::tiny_imagenet::NAME,
+    "fonts",
+    "photos",
+];
 
 /// Official md5 of the raw (uncompressed) MNIST IDX files.
 pub const MNIST_MD5: [(&str, &str); 4] = [
@@ -47,6 +54,9 @@ pub const FASHION_MD5: [(&str, &str); 4] = [
     ("t10k-labels-idx1-ubyte", "15d484375f8d13e6eb1aabb0c3f46965"),
 ];
 
+/// File name of the CIFAR-10 JPEG archive kept in the team's shared folder.
+pub const CIFAR_JPEG_ARCHIVE: &str = "cifar10-jpeg.tar.gz";
+
 /// sha256 of the CIFAR-10 JPEG archive kept in the team's shared folder.
 pub const CIFAR_JPEG_SHA256: &str =
     "efac85c8ed52f4ead1e1f1b670d8dcf435d551fccebdd8b6365e0a01a504f3a4";
@@ -70,7 +80,8 @@ pub enum Outcome {
     },
 }
 
-/// Fetches dataset `name` into `data_dir/<name>`. `source` is an optional local copy (CIFAR-10).
+/// Fetches dataset `name` into `data_dir/<name>`. `source` is an optional local copy (CIFAR-10,
+/// Tiny ImageNet).
 pub fn fetch(name: &str, data_dir: &Path, source: Option<&Path>) -> Result<Outcome> {
     match name {
         "mnist" => fetch_mnist(data_dir),
@@ -78,6 +89,7 @@ pub fn fetch(name: &str, data_dir: &Path, source: Option<&Path>) -> Result<Outco
         "cifar10" => fetch_cifar10(data_dir, source),
         "fonts" => fetch_fonts(data_dir),
         "photos" => super::photos::fetch_photos(data_dir),
+        super::tiny_imagenet::NAME => super::tiny_imagenet::fetch(data_dir, source),
         other => Err(DataError::fetch(
             other,
             format!("unknown dataset: expected one of {}", FETCHABLE.join(", ")),
@@ -163,7 +175,7 @@ pub(super) fn run(name: &str, cmd: &mut Command) -> Result<String> {
 
 /// Unpacks every regular file of a .tar.gz whose path starts with `prefix` into `dest`, keeping the
 /// path below the prefix. Returns the number of files written.
-fn untar_prefix(archive: &Path, prefix: &str, dest: &Path) -> Result<usize> {
+pub(super) fn untar_prefix(archive: &Path, prefix: &str, dest: &Path) -> Result<usize> {
     let file = std::fs::File::open(archive).map_err(|e| DataError::io(archive, e))?;
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
     let bad = |e: std::io::Error| DataError::format(archive, format!("corrupt archive: {e}"));
@@ -394,18 +406,34 @@ fn fetch_fonts(data_dir: &Path) -> Result<Outcome> {
     commit_staging(stage, &target)
 }
 
-/// Where the team's shared CIFAR-10 archive may be: `$DPSYNTH_SHARED_DATA`, then `../shared/data`
-/// beside the repository this binary was built from, then `../shared/data` beside the working
-/// folder.
-pub fn shared_cifar_candidates() -> Vec<PathBuf> {
+/// Where a file of the team's shared data folder may be: `$DPSYNTH_SHARED_DATA/FILE`, then
+/// `../shared/data/FILE` beside the repository this binary was built from, then
+/// `../shared/data/FILE` beside the working folder.
+pub fn shared_candidates(file: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Ok(d) = std::env::var("DPSYNTH_SHARED_DATA") {
-        out.push(PathBuf::from(d).join("cifar10-jpeg.tar.gz"));
+        out.push(PathBuf::from(d).join(file));
     }
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    out.push(repo.join("../shared/data/cifar10-jpeg.tar.gz"));
-    out.push(PathBuf::from("../shared/data/cifar10-jpeg.tar.gz"));
+    out.push(repo.join("../shared/data").join(file));
+    out.push(Path::new("../shared/data").join(file));
     out
+}
+
+/// Checks a file's sha256 against `expected`, naming the file when it differs.
+pub(super) fn check_sha256(path: &Path, expected: &str) -> Result<()> {
+    let got = sha256_file(path)?;
+    if got == expected {
+        Ok(())
+    } else {
+        Err(DataError::format(
+            path,
+            format!(
+                "sha256 {got} does not match the expected {expected}: the archive is truncated \
+                 or altered"
+            ),
+        ))
+    }
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
@@ -429,7 +457,7 @@ fn fetch_cifar10(data_dir: &Path, source: Option<&Path>) -> Result<Outcome> {
     }
     let source = match source {
         Some(s) => s.to_path_buf(),
-        None => shared_cifar_candidates()
+        None => shared_candidates(CIFAR_JPEG_ARCHIVE)
             .into_iter()
             .find(|p| p.is_file())
             .ok_or_else(|| {
@@ -444,17 +472,8 @@ fn fetch_cifar10(data_dir: &Path, source: Option<&Path>) -> Result<Outcome> {
     };
     let stage = staging(&target)?;
     if source.is_file() {
-        if source
-            .file_name()
-            .is_some_and(|n| n == "cifar10-jpeg.tar.gz")
-        {
-            let got = sha256_file(&source)?;
-            if got != CIFAR_JPEG_SHA256 {
-                return Err(DataError::format(
-                    &source,
-                    format!("sha256 {got} does not match the expected {CIFAR_JPEG_SHA256}"),
-                ));
-            }
+        if source.file_name().is_some_and(|n| n == CIFAR_JPEG_ARCHIVE) {
+            check_sha256(&source, CIFAR_JPEG_SHA256)?;
         }
         let bin = untar_prefix(
             &source,
@@ -503,7 +522,7 @@ fn fetch_cifar10(data_dir: &Path, source: Option<&Path>) -> Result<Outcome> {
     commit_staging(stage, &target)
 }
 
-fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
+pub(super) fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
     std::fs::create_dir_all(dst).map_err(|e| DataError::io(dst, e))?;
     for entry in std::fs::read_dir(src).map_err(|e| DataError::io(src, e))? {
         let entry = entry.map_err(|e| DataError::io(src, e))?;

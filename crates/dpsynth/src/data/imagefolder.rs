@@ -48,31 +48,16 @@ fn list(root: &Path) -> Result<Vec<(String, Vec<PathBuf>)>> {
             .and_then(|n| n.to_str())
             .ok_or_else(|| DataError::format(&dir, "class folder name is not valid UTF-8"))?
             .to_string();
-        let mut files = Vec::new();
-        for f in sorted_entries(&dir)? {
-            if is_hidden(&f) {
-                continue;
+        let files = image_files(&dir).map_err(|e| match e {
+            DataError::Format { path, .. } if path == dir => {
+                DataError::format(&dir, "empty class folder: no image files")
             }
-            let ext = f
-                .extension()
-                .and_then(|e| e.to_str())
-                .map(str::to_ascii_lowercase);
-            match ext {
-                Some(e) if IMAGE_EXTENSIONS.contains(&e.as_str()) && f.is_file() => files.push(f),
-                _ => {
-                    return Err(DataError::format(
-                        &f,
-                        "not an image file: class folders may hold only .png, .jpg or .jpeg files",
-                    ))
-                }
-            }
-        }
-        if files.is_empty() {
-            return Err(DataError::format(
-                &dir,
-                "empty class folder: no image files",
-            ));
-        }
+            DataError::Format { path, .. } => DataError::format(
+                &path,
+                "not an image file: class folders may hold only .png, .jpg or .jpeg files",
+            ),
+            other => other,
+        })?;
         classes.push((name, files));
     }
     if classes.is_empty() {
@@ -92,16 +77,62 @@ fn decode(path: &Path) -> Result<DynamicImage> {
 /// else RGB (3 channels); all must have the same size.
 pub fn read(root: &Path) -> Result<Dataset> {
     let classes = list(root)?;
-    let files: Vec<(u8, &PathBuf)> = classes
+    let files: Vec<(u8, PathBuf)> = classes
         .iter()
         .enumerate()
-        .flat_map(|(label, (_, files))| files.iter().map(move |f| (label as u8, f)))
+        .flat_map(|(label, (_, files))| files.iter().map(move |f| (label as u8, f.clone())))
         .collect();
     if classes.len() > 256 {
         return Err(DataError::format(
             root,
             format!("{} classes: at most 256 are supported", classes.len()),
         ));
+    }
+    decode_files(root, &files, classes.into_iter().map(|(n, _)| n).collect())
+}
+
+/// The class folders of an ImageFolder tree, sorted by name, each with its sorted image files.
+pub fn class_folders(root: &Path) -> Result<Vec<(String, Vec<PathBuf>)>> {
+    list(root)
+}
+
+/// The image files (.png, .jpg, .jpeg) directly in `dir`, sorted by name; anything else there
+/// (besides hidden files) is an error.
+pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for f in sorted_entries(dir)? {
+        if is_hidden(&f) {
+            continue;
+        }
+        let ext = f
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        match ext {
+            Some(e) if IMAGE_EXTENSIONS.contains(&e.as_str()) && f.is_file() => files.push(f),
+            _ => {
+                return Err(DataError::format(
+                    &f,
+                    "not an image file: expected only .png, .jpg or .jpeg files",
+                ))
+            }
+        }
+    }
+    if files.is_empty() {
+        return Err(DataError::format(dir, "no image files"));
+    }
+    Ok(files)
+}
+
+/// Decodes labelled image files (in parallel) into one dataset. Images are grayscale when every
+/// image is, else RGB; all must have the same size. `source` names the tree in errors.
+pub fn decode_files(
+    source: &Path,
+    files: &[(u8, PathBuf)],
+    class_names: Vec<String>,
+) -> Result<Dataset> {
+    if files.is_empty() {
+        return Err(DataError::format(source, "no image files"));
     }
     // decode in parallel: JPEG decoding dominates for tens of thousands of small files
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -117,7 +148,7 @@ pub fn read(root: &Path) -> Result<Dataset> {
             .collect::<Result<Vec<_>>>()
     })?;
     let (w, h) = decoded[0].dimensions();
-    for (img, (_, f)) in decoded.iter().zip(&files) {
+    for (img, (_, f)) in decoded.iter().zip(files) {
         if img.dimensions() != (w, h) {
             let (iw, ih) = img.dimensions();
             return Err(DataError::format(
@@ -145,11 +176,11 @@ pub fn read(root: &Path) -> Result<Dataset> {
     }
     let labels = files.iter().map(|(l, _)| *l).collect();
     Dataset::new(
-        root,
+        source,
         images,
         labels,
         [channels, h as usize, w as usize],
-        classes.into_iter().map(|(n, _)| n).collect(),
+        class_names,
     )
 }
 

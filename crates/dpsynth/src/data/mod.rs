@@ -15,6 +15,7 @@ pub mod imagefolder;
 pub mod photo_crops;
 pub mod photos;
 pub mod spec;
+pub mod tiny_imagenet;
 pub mod walk;
 
 pub use dataset::{Dataset, Summary};

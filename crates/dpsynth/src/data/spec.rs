@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::dataset::Dataset;
 use super::error::{DataError, Result};
+use super::tiny_imagenet::{self, TinySplit};
 use super::{cifar, dead_leaves, generated, idx, imagefolder, photo_crops};
 
 /// Train or test split of a named dataset.
@@ -34,13 +35,17 @@ pub enum DatasetSpec {
     /// Random crops of public photographs (32×32 colour pretraining data), from
     /// `DATA/photo-crops/`.
     PhotoCrops(Split),
+    /// Tiny ImageNet at 32×32 (200 ImageNet classes, public pretraining data), from
+    /// `DATA/tiny-imagenet/`.
+    TinyImageNet(TinySplit),
     /// Any ImageFolder tree.
     ImageFolder(PathBuf),
 }
 
 /// The spec forms accepted, for help texts and error messages.
 pub const SPEC_HELP: &str = "mnist:train|test, fashion-mnist:train|test, font-digits:train|test, \
-     cifar10:train|test, dead-leaves:train|test, photo-crops:train|test, imagefolder:PATH";
+     cifar10:train|test, dead-leaves:train|test, photo-crops:train|test, \
+     tiny-imagenet:train|val|unlabeled, imagefolder:PATH";
 
 impl std::str::FromStr for DatasetSpec {
     type Err = DataError;
@@ -64,6 +69,14 @@ impl std::str::FromStr for DatasetSpec {
             "cifar10" => Ok(Self::Cifar10(split()?)),
             dead_leaves::NAME => Ok(Self::DeadLeaves(split()?)),
             photo_crops::NAME => Ok(Self::PhotoCrops(split()?)),
+            tiny_imagenet::NAME => TinySplit::parse(arg)
+                .map(Self::TinyImageNet)
+                .ok_or_else(|| {
+                    DataError::spec(
+                        s,
+                        format!("unknown split '{arg}': expected 'train', 'val' or 'unlabeled'"),
+                    )
+                }),
             "imagefolder" if !arg.is_empty() => Ok(Self::ImageFolder(PathBuf::from(arg))),
             "imagefolder" => Err(DataError::spec(
                 s,
@@ -90,6 +103,7 @@ impl fmt::Display for DatasetSpec {
             Self::Cifar10(s) => write!(f, "cifar10:{}", split(s)),
             Self::DeadLeaves(s) => write!(f, "{}:{}", dead_leaves::NAME, split(s)),
             Self::PhotoCrops(s) => write!(f, "{}:{}", photo_crops::NAME, split(s)),
+            Self::TinyImageNet(s) => write!(f, "{}:{}", tiny_imagenet::NAME, s.as_str()),
             Self::ImageFolder(p) => write!(f, "imagefolder:{}", p.display()),
         }
     }
@@ -129,6 +143,15 @@ fn idx_files(dir: &Path, split: Split, fetch_name: &str) -> Result<(PathBuf, Pat
 }
 
 impl DatasetSpec {
+    /// The terms of use to state wherever the dataset or a model trained on it is described,
+    /// where they restrict use beyond citation.
+    pub fn licence(&self) -> Option<&'static str> {
+        match self {
+            Self::TinyImageNet(_) => Some(tiny_imagenet::LICENCE),
+            _ => None,
+        }
+    }
+
     /// Loads the dataset, resolving named datasets under `data_dir`.
     pub fn load(&self, data_dir: &Path) -> Result<Dataset> {
         match self {
@@ -170,6 +193,7 @@ impl DatasetSpec {
                 require(generated::split_file(&dir, *split), name)?;
                 generated::read_split(&dir, *split)
             }
+            Self::TinyImageNet(split) => tiny_imagenet::load(data_dir, *split),
             Self::ImageFolder(root) => imagefolder::read(root),
         }
     }

@@ -250,6 +250,53 @@ impl Mix {
     }
 }
 
+/// The order in which pretraining visits its data: shuffled passes, pass `e` a permutation
+/// drawn from ChaCha8 stream `e` of the seed. The images of step `s` are positions
+/// `s·B .. (s+1)·B` of the concatenated passes, a function of the seed and the step alone, so a
+/// resumed run continues exactly where the checkpoint's step left off in its pass.
+pub struct DataOrder {
+    seed: u64,
+    len: usize,
+    pass: Option<(u64, Vec<usize>)>,
+}
+
+impl DataOrder {
+    /// The order over `len` images for `seed`.
+    pub fn new(seed: u64, len: usize) -> Self {
+        Self {
+            seed,
+            len,
+            pass: None,
+        }
+    }
+
+    fn permutation(&self, pass: u64) -> Vec<usize> {
+        use rand::seq::SliceRandom;
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed);
+        rng.set_stream(pass);
+        let mut p: Vec<usize> = (0..self.len).collect();
+        p.shuffle(&mut rng);
+        p
+    }
+
+    /// The image indices of step `step` with `batch` images per step.
+    pub fn batch(&mut self, step: u64, batch: usize) -> Vec<usize> {
+        let start = step as u128 * batch as u128;
+        (0..batch as u128)
+            .map(|k| {
+                let pos = start + k;
+                let pass = (pos / self.len as u128) as u64;
+                if self.pass.as_ref().is_none_or(|(p, _)| *p != pass) {
+                    self.pass = Some((pass, self.permutation(pass)));
+                }
+                let (_, perm) = self.pass.as_ref().expect("set above");
+                perm[(pos % self.len as u128) as usize]
+            })
+            .collect()
+    }
+}
+
 /// Everything [`pretrain`] needs besides the config.
 pub struct PretrainRun<'a> {
     /// Dataset folder.
@@ -325,17 +372,12 @@ pub fn pretrain(
         class_dropout: t.class_dropout,
     };
     let [c, h, w] = model.sample_shape().expect("checked in Mix::load");
-    let mut order: Vec<usize> = Vec::new();
+    let mut order = DataOrder::new(t.seed, mix.len);
     let start = Instant::now();
     let seconds_before = state.seconds;
     let done_before = state.step;
     while state.step < t.steps {
-        // shuffled passes over the mix, reshuffled with libtorch's seeded generator
-        if order.len() < t.batch_size {
-            let perm = Tensor::randperm(mix.len as i64, (Kind::Int64, Device::Cpu));
-            order.extend(Vec::<i64>::try_from(perm)?.into_iter().map(|v| v as usize));
-        }
-        let idx: Vec<usize> = order.drain(..t.batch_size).collect();
+        let idx = order.batch(state.step, t.batch_size);
         let (x, y) = mix.batch(&idx, null, run.device);
         let loss = eps_loss(&model, &schedule, &x, &y, &loss_cfg)?.mean(Kind::Float);
         let mut grads = Tensor::run_backward(&[&loss], &tensors, false, false);
@@ -428,14 +470,18 @@ pub fn pretrain(
     Ok(model_dir)
 }
 
+/// The most class rows a pretraining sample grid shows.
+pub const GRID_CLASSES: i64 = 10;
+
 fn mean_tail(v: &[f32], n: usize) -> f64 {
     let tail = &v[v.len().saturating_sub(n)..];
     tail.iter().map(|&x| x as f64).sum::<f64>() / tail.len().max(1) as f64
 }
 
-/// Samples a 10×10 grid with the EMA weights (DDPM-50) to a PNG: one row per class with
-/// guidance 3 when the model learns labels, else 100 null-class (unconditional) images, since
-/// the class embeddings of a model pretrained on unlabelled data are untrained.
+/// Samples a grid with the EMA weights (DDPM-50) to a PNG, 10 images a row: one row per class
+/// (at most [`GRID_CLASSES`], evenly spaced over the labels) with guidance 3 when the model
+/// learns labels, else as many rows of null-class (unconditional) images, since the class
+/// embeddings of a model pretrained on unlabelled data are untrained.
 #[allow(clippy::too_many_arguments)]
 fn sample_grid(
     model: &UNet,
@@ -450,8 +496,14 @@ fn sample_grid(
     let eval = UNet::new(model.config().clone(), device)?;
     ema.copy_to(&eval.vs)?;
     let per_class = 10;
-    let labels: Vec<i64> = (0..null)
-        .flat_map(|c| std::iter::repeat_n(c, per_class))
+    let rows: Vec<i64> = if null <= GRID_CLASSES {
+        (0..null).collect()
+    } else {
+        (0..GRID_CLASSES).map(|k| k * null / GRID_CLASSES).collect()
+    };
+    let labels: Vec<i64> = rows
+        .iter()
+        .flat_map(|&c| std::iter::repeat_n(c, per_class))
         .collect();
     let (conditions, guidance) = if labelled {
         (labels.clone(), 3.0)
@@ -469,9 +521,35 @@ fn sample_grid(
     )?;
     let ds = crate::data::Dataset::from_unit_tensor(
         &images,
-        labels.iter().map(|&l| l as u8).collect(),
-        (0..null).map(|c| c.to_string()).collect(),
+        labels
+            .iter()
+            .map(|l| rows.iter().position(|r| r == l).expect("a row's label") as u8)
+            .collect(),
+        rows.iter().map(|c| c.to_string()).collect(),
     )?;
     crate::data::grid::write_grid(&ds, per_class, 2, path)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DataOrder;
+
+    #[test]
+    fn data_order_is_a_function_of_seed_and_step() {
+        let (len, batch) = (10, 4);
+        let mut a = DataOrder::new(3, len);
+        let seen: Vec<usize> = (0..5).flat_map(|s| a.batch(s, batch)).collect();
+        // each pass is a permutation of the images, and passes differ
+        for pass in seen.chunks(len) {
+            let mut p = pass.to_vec();
+            p.sort();
+            assert_eq!(p, (0..len).collect::<Vec<_>>());
+        }
+        assert_ne!(seen[..len], seen[len..2 * len]);
+        // a fresh order (a resumed run) asked for step 3 continues where step 2 ended
+        let mut resumed = DataOrder::new(3, len);
+        assert_eq!(resumed.batch(3, batch), seen[12..16]);
+        assert_ne!(DataOrder::new(4, len).batch(0, batch), seen[..4]);
+    }
 }

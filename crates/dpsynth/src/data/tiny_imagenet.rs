@@ -1,0 +1,243 @@
+//! Tiny ImageNet at 32×32 (public pretraining data for colour models): fetching the team's
+//! shared archive or a local copy, and reading its splits.
+//!
+//! Layout under `DATA/tiny-imagenet/`, as in the archive's `tinyimagenet32/` folder:
+//! `train/<wnid>/*.jpg` (500 per class), `val/<wnid>/*.jpg` (50 per class),
+//! `unlabeled/*.jpg` (10,000 without labels), `classes.tsv` (wnid TAB WordNet names, sorted by
+//! wnid), `README.md`. A class is named by the first of its WordNet names.
+//!
+//! Licence: the images are ImageNet's and carry its terms (non-commercial research and education
+//! only); [`LICENCE`] says so wherever the data or a model trained on it is described.
+
+use std::path::{Path, PathBuf};
+
+use super::dataset::Dataset;
+use super::error::{DataError, Result};
+use super::{fetch, imagefolder};
+
+/// The dataset's name in specs (`tiny-imagenet:train`) and in `data fetch`.
+pub const NAME: &str = "tiny-imagenet";
+
+/// File name of the team's shared archive.
+pub const ARCHIVE: &str = "tinyimagenet32-jpeg.tar.gz";
+
+/// sha256 of the team's shared archive.
+pub const ARCHIVE_SHA256: &str = "f195047f1fb2d7c948409b76186f921d7248a0d9aa3cd2e9a6cd896516107532";
+
+/// The folder inside the archive that holds the dataset.
+const ARCHIVE_ROOT: &str = "tinyimagenet32";
+
+/// The class table inside the dataset folder.
+const CLASSES_FILE: &str = "classes.tsv";
+
+/// The licence, in one line, for `data info`, READMEs and model cards.
+pub const LICENCE: &str = "Tiny ImageNet images are ImageNet's: ImageNet terms of access, \
+     non-commercial research and educational use only";
+
+/// Class name of every image of the unlabelled split.
+pub const UNLABELED_CLASS: &str = "unlabeled";
+
+/// The splits of Tiny ImageNet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TinySplit {
+    /// 100,000 labelled training images.
+    Train,
+    /// 10,000 labelled validation images.
+    Val,
+    /// 10,000 images without labels (the official test set), read as one class.
+    Unlabeled,
+}
+
+impl TinySplit {
+    /// The split's name in specs and its folder name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Train => "train",
+            Self::Val => "val",
+            Self::Unlabeled => "unlabeled",
+        }
+    }
+
+    /// Parses `train`, `val` or `unlabeled`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "train" => Some(Self::Train),
+            "val" => Some(Self::Val),
+            "unlabeled" => Some(Self::Unlabeled),
+            _ => None,
+        }
+    }
+}
+
+/// One class: its WordNet id and its name (the first WordNet name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TinyClass {
+    /// WordNet id, e.g. `n02123045`; also the class folder's name.
+    pub wnid: String,
+    /// The first WordNet name, e.g. `tabby`.
+    pub name: String,
+}
+
+/// Reads `classes.tsv` (wnid TAB comma-separated WordNet names), in file order. Names must be
+/// unique, since they name classes in class-init tables and sample folders.
+pub fn read_classes(path: &Path) -> Result<Vec<TinyClass>> {
+    let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
+    let mut out: Vec<TinyClass> = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let bad = |what: &str| DataError::format(path, format!("line {}: {what}", i + 1));
+        let (wnid, names) = line
+            .split_once('\t')
+            .ok_or_else(|| bad("expected wnid<TAB>names"))?;
+        let name = names.split(',').next().unwrap_or("").trim();
+        if wnid.trim().is_empty() || name.is_empty() {
+            return Err(bad("empty wnid or name"));
+        }
+        if out.iter().any(|c| c.name == name) {
+            return Err(bad(&format!("class name '{name}' appears twice")));
+        }
+        out.push(TinyClass {
+            wnid: wnid.trim().to_string(),
+            name: name.to_string(),
+        });
+    }
+    if out.is_empty() {
+        return Err(DataError::format(path, "no classes"));
+    }
+    if out.len() > 255 {
+        return Err(DataError::format(
+            path,
+            format!("{} classes: at most 255 are supported", out.len()),
+        ));
+    }
+    Ok(out)
+}
+
+/// The classes of the fetched dataset under `data_dir`.
+pub fn classes(data_dir: &Path) -> Result<Vec<TinyClass>> {
+    read_classes(&dataset_dir(data_dir)?.join(CLASSES_FILE))
+}
+
+fn dataset_dir(data_dir: &Path) -> Result<PathBuf> {
+    let dir = data_dir.join(NAME);
+    if dir.is_dir() {
+        Ok(dir)
+    } else {
+        Err(DataError::format(
+            &dir,
+            format!("not found: run `dpsynth data fetch {NAME}` first (or pass --data-dir)"),
+        ))
+    }
+}
+
+/// Reads one split of the fetched dataset. Labels follow `classes.tsv`; the unlabelled split has
+/// the one class [`UNLABELED_CLASS`].
+pub fn load(data_dir: &Path, split: TinySplit) -> Result<Dataset> {
+    let dir = dataset_dir(data_dir)?;
+    let root = dir.join(split.as_str());
+    if split == TinySplit::Unlabeled {
+        let files: Vec<(u8, PathBuf)> = imagefolder::image_files(&root)?
+            .into_iter()
+            .map(|f| (0, f))
+            .collect();
+        return imagefolder::decode_files(&root, &files, vec![UNLABELED_CLASS.to_string()]);
+    }
+    let classes = read_classes(&dir.join(CLASSES_FILE))?;
+    let folders = imagefolder::class_folders(&root)?;
+    let names: Vec<&str> = folders.iter().map(|(n, _)| n.as_str()).collect();
+    let wnids: Vec<&str> = classes.iter().map(|c| c.wnid.as_str()).collect();
+    if names != wnids {
+        let missing = wnids.iter().find(|w| !names.contains(w));
+        let extra = names.iter().find(|n| !wnids.contains(n));
+        return Err(DataError::format(
+            &root,
+            match (missing, extra) {
+                (Some(w), _) => format!("no folder for class {w} of {CLASSES_FILE}"),
+                (None, Some(n)) => format!("folder {n} is not a class of {CLASSES_FILE}"),
+                (None, None) => format!("class folders are not in the order of {CLASSES_FILE}"),
+            },
+        ));
+    }
+    let files: Vec<(u8, PathBuf)> = folders
+        .into_iter()
+        .enumerate()
+        .flat_map(|(label, (_, files))| files.into_iter().map(move |f| (label as u8, f)))
+        .collect();
+    imagefolder::decode_files(&root, &files, classes.into_iter().map(|c| c.name).collect())
+}
+
+/// Checks that a dataset folder is whole: a class table, one train and one val folder of images
+/// per class, and an unlabelled folder of images. Returns the image counts (train, val,
+/// unlabelled).
+fn verify_tree(dir: &Path) -> Result<(usize, usize, usize)> {
+    let classes = read_classes(&dir.join(CLASSES_FILE))?;
+    let mut counts = [0usize; 2];
+    for (split, count) in ["train", "val"].iter().zip(counts.iter_mut()) {
+        for c in &classes {
+            let folder = dir.join(split).join(&c.wnid);
+            *count += imagefolder::image_files(&folder)?.len();
+        }
+    }
+    let unlabeled = imagefolder::image_files(&dir.join("unlabeled"))?.len();
+    Ok((counts[0], counts[1], unlabeled))
+}
+
+/// Fetches Tiny ImageNet into `data_dir/tiny-imagenet` from `source` (the archive or its
+/// extracted `tinyimagenet32/` folder), else from the team's shared archive. The shared archive
+/// is checked against its sha256 before anything is unpacked; every copy is checked to hold a
+/// class table and a train, val and unlabelled folder for it before it is renamed into place.
+pub fn fetch(data_dir: &Path, source: Option<&Path>) -> Result<fetch::Outcome> {
+    let target = data_dir.join(NAME);
+    if target.exists() {
+        verify_tree(&target).map_err(|e| {
+            DataError::format(
+                &target,
+                format!("{e}; delete {} and fetch again", target.display()),
+            )
+        })?;
+        return Ok(fetch::Outcome::AlreadyPresent(target));
+    }
+    let source = match source {
+        Some(s) => s.to_path_buf(),
+        None => fetch::shared_candidates(ARCHIVE)
+            .into_iter()
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                DataError::fetch(
+                    NAME,
+                    format!(
+                        "no local copy found: pass --from PATH (the {ARCHIVE} archive or its \
+                         extracted {ARCHIVE_ROOT}/ folder), or set DPSYNTH_SHARED_DATA to the \
+                         folder that holds {ARCHIVE}"
+                    ),
+                )
+            })?,
+    };
+    let stage = fetch::staging(&target)?;
+    if source.is_file() {
+        if source.file_name().is_some_and(|n| n == ARCHIVE) {
+            fetch::check_sha256(&source, ARCHIVE_SHA256)?;
+        }
+        let n = fetch::untar_prefix(&source, ARCHIVE_ROOT, stage.path())?;
+        if n == 0 {
+            return Err(DataError::format(
+                &source,
+                format!("archive holds no {ARCHIVE_ROOT}/ folder"),
+            ));
+        }
+    } else if source.is_dir() {
+        fetch::copy_tree(&source, stage.path())?;
+    } else {
+        return Err(DataError::format(&source, "no such file or folder"));
+    }
+    verify_tree(stage.path()).map_err(|e| {
+        DataError::fetch(
+            NAME,
+            format!("{} is not a whole copy: {e}", source.display()),
+        )
+    })?;
+    fetch::commit_staging(stage, &target)
+}
