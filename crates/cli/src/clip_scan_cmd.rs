@@ -56,7 +56,7 @@ pub fn run(a: ClipScanArgs, data_dir: &Path, device: Device) -> Result<()> {
     let cfg = tr.config(1.0, 1e-5);
     // The adapters' random initialisation comes from libtorch's generator.
     tch::manual_seed(a.seed as i64);
-    let t = prepare(&tr.base, &cfg, device)?;
+    let t = prepare(&tr.base, &cfg, None, device)?;
     ensure_images_fit(&t.model.unet, &tr.base, &images, &a.data)?;
     let scan = ClipScanConfig {
         limit: a.limit,

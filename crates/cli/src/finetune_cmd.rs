@@ -10,6 +10,7 @@ use dpsynth::data::grid;
 use dpsynth::diffusion::sampler::SamplerConfig;
 use dpsynth::fsutil::write_atomic;
 use dpsynth::synth::{generate, load_model_dir};
+use dpsynth::train::class_table;
 use dpsynth::train::finetune::{finetune, FinetuneConfig, Finetuned, Mode};
 use privacy::Accountant;
 use tch::Device;
@@ -95,6 +96,11 @@ pub struct FinetuneArgs {
     /// Accountant: pld (default) or rdp.
     #[arg(long, default_value = "pld")]
     pub accountant: Accountant,
+    /// Class-init table (TOML: `cat = ["tabby", "Persian cat"]`): each private class the base
+    /// does not have starts from the mean embedding of the listed public classes of the base
+    /// instead of the null class. Reads only public names: no privacy cost.
+    #[arg(long)]
+    pub class_init: Option<PathBuf>,
     /// Seed: repeatable, but the privacy noise is then NOT cryptographically secure.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -108,8 +114,8 @@ pub struct FinetuneArgs {
 }
 
 impl FinetuneArgs {
-    /// The library settings these flags describe.
-    pub fn config(&self) -> FinetuneConfig {
+    /// The library settings these flags describe (reads the class-init table).
+    pub fn config(&self) -> Result<FinetuneConfig> {
         let mut c = self.trainable.config(self.epsilon, self.delta);
         c.accountant = self.accountant;
         c.epochs = self.epochs;
@@ -121,33 +127,45 @@ impl FinetuneArgs {
             c.max_grad_norm = clip;
         }
         c.seed = self.seed;
-        c
+        c.class_init = self
+            .class_init
+            .as_deref()
+            .map(class_table::load_class_init)
+            .transpose()?;
+        Ok(c)
     }
 }
+
+/// What reports say of where the class rows started.
+pub const CLASS_ROWS_NOTE: &str = "class rows start from the base's rows of the same class, of \
+     related public classes (class_init) or of the null class: this reads only the base and \
+     public class names, so it costs no privacy";
 
 /// Runs the fine-tuning with a progress bar and writes report.json and grid.png; returns the
 /// record for callers (`run`).
 pub fn run_finetune(a: &FinetuneArgs, data_dir: &Path, device: Device) -> Result<Finetuned> {
+    let cfg = a.config()?;
     let train = data::load(&a.data, data_dir)?;
-    let cfg = a.config();
     let bar = Progress::new(0, "steps");
     let mut eps = 0.0;
-    let done = finetune(
-        &a.trainable.base,
-        &train,
-        &cfg,
-        &a.out,
-        a.resume,
-        device,
-        &mut |s| {
-            bar.set_length(s.total);
-            bar.set_position(s.step);
-            if let Some(e) = s.epsilon {
-                eps = e;
-            }
-            bar.set_message(format!("loss {:.4}  eps {eps:.3}", s.loss));
-        },
-    )?;
+    let base = &a.trainable.base;
+    let done = finetune(base, &train, &cfg, &a.out, a.resume, device, &mut |s| {
+        bar.set_length(s.total);
+        bar.set_position(s.step);
+        if let Some(e) = s.epsilon {
+            eps = e;
+        }
+        bar.set_message(format!("loss {:.4}  eps {eps:.3}", s.loss));
+    })
+    .with_context(|| match &a.class_init {
+        Some(table) => format!(
+            "fine-tuning {} on {} with class-init table {}",
+            base.display(),
+            a.data,
+            table.display()
+        ),
+        None => format!("fine-tuning {} on {}", base.display(), a.data),
+    })?;
     bar.finish();
     let model = load_model_dir(&done.model_dir, device)?;
     let grid_ds = generate(&model, 10, &SamplerConfig::ddpm(50, 1.0), 0, &mut |_| {})?;
@@ -169,6 +187,8 @@ pub fn run_finetune(a: &FinetuneArgs, data_dir: &Path, device: Device) -> Result
         "secure_noise": done.secure_noise,
         "noise_note": if done.secure_noise { "noise from OS-seeded ChaCha20" } else { "seeded run: noise is repeatable and NOT private" },
         "training_seconds": done.state.seconds,
+        "class_rows": done.class_rows,
+        "class_rows_note": CLASS_ROWS_NOTE,
         "settings": cfg,
     });
     let path = a.out.join("report.json");

@@ -68,6 +68,10 @@ struct Finetune {
     class_lr: Option<f64>,
     clip: f64,
     noise_multiplicity: i64,
+    /// Class-init table file (see `finetune --class-init`): private classes the base does not
+    /// have start from the mean row of related public classes.
+    #[serde(default)]
+    class_init: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -173,6 +177,7 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
         class_lr: f.class_lr,
         clip: Some(f.clip),
         accountant: Accountant::Pld,
+        class_init: f.class_init.as_deref().map(resolve),
         seed: None,
         out: out.join("finetune"),
         resume: out.join("finetune/checkpoint/checkpoint.json").exists(),
@@ -242,6 +247,8 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
         "secure_noise": ft.secure_noise,
         "trainable_parameters": ft.trainable_parameters,
         "base_parameters": ft.base_parameters,
+        "class_rows": ft.class_rows,
+        "class_rows_note": crate::finetune_cmd::CLASS_ROWS_NOTE,
         "synthetic_images": synthetic.len(),
         "sampler": sampler,
         "test_accuracy": r.test.accuracy,

@@ -1,7 +1,8 @@
 //! DP fine-tuning from a base model whose classes are not the private data's (as a CIFAR-10 base
 //! pretrained on unlabelled public images is): the classes start from the base's null embedding
-//! and are learned under DP, the model folder carries the private class names, and freezing the
-//! embedding or a class-count mismatch is refused with a message naming the base. Also: the
+//! or from related public classes (a class-init table) and are learned under DP, the table grows
+//! to the private classes, the model folder carries their names, and freezing the embedding is
+//! refused with a message naming the base. Also: the
 //! committed pretraining configs parse, and the shipped CIFAR-10 base is its config's model and
 //! denoises, and the clip scan measures per-example gradient norms as brute force does.
 
@@ -145,16 +146,77 @@ fn frozen_embedding_with_foreign_classes_is_refused() {
     );
 }
 
+/// A private set with more classes than the base gets a table of its own size (every class
+/// plus null), trains, and the model folder samples its classes by name.
 #[test]
-fn class_count_mismatch_names_the_base() {
+fn more_private_classes_than_the_base_grow_the_table() {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().join("base");
     tiny_base(&base);
-    let err = finetune_error(&base, &private_data(5), &config(Mode::Loda), tmp.path());
-    assert!(
-        err.contains("5 classes") && err.contains("base model 4"),
-        "{err}"
+    let data = private_data(5);
+    let done = finetune_ok(&base, &data, Mode::Loda, &tmp.path().join("o"));
+    assert_eq!(done.class_rows.as_ref().unwrap().len(), 5);
+    let model = load_model_dir(&done.model_dir, Device::Cpu).unwrap();
+    assert_eq!(model.classes, data.class_names);
+    assert_eq!(model.unet.num_class_embeds(), Some(6));
+    assert_eq!(class_table(&done.model_dir).size(), [6, 32]);
+}
+
+/// A class-init table starts a private class from the mean of the named base rows; a class
+/// without an entry starts from the null row, the new null row is the base's, and every other
+/// weight is the base's.
+#[test]
+fn class_init_starts_rows_from_public_classes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    tiny_base(&base);
+    let base_table = class_table(&base);
+    let row = |i: i64| base_table.get(i);
+    let mut cfg = config(Mode::Loda);
+    cfg.class_init = Some(
+        [
+            ("car".to_string(), vec!["1".to_string(), "3".to_string()]),
+            ("cat".to_string(), vec!["2".to_string()]),
+        ]
+        .into_iter()
+        .collect(),
     );
+    let data = private_data(5);
+    let t = prepare(&base, &cfg, Some(&data.class_names), Device::Cpu).unwrap();
+    let table = t.model.unet.vs.variables()["class_embedding.weight"].to_kind(Kind::Double);
+    assert_eq!(table.size(), [6, 32]);
+    // copies and a mean of two f32 rows: equal to rounding of f32 (1e-6 of values of order 1)
+    let same = |a: Tensor, b: Tensor| (a - b).abs().max().double_value(&[]) < 1e-6;
+    assert!(same(table.get(1), (row(1) + row(3)) / 2.0), "car");
+    assert!(same(table.get(3), row(2)), "cat");
+    for (c, name) in [(0, "plane"), (2, "bird"), (4, "deer"), (5, "null")] {
+        assert!(same(table.get(c), row(4)), "{name} should start from null");
+    }
+    let vars = t.model.unet.vs.variables();
+    let base_vars = UNet::load(&base, Device::Cpu).unwrap().vs.variables();
+    for (name, v) in &base_vars {
+        if !name.starts_with("class_embedding.") {
+            assert!(v.equal(&vars[name]), "{name} is not the base's");
+        }
+    }
+    let rows = t.class_rows.unwrap();
+    assert_eq!(
+        serde_json::to_string(&rows[1]).unwrap(),
+        r#"{"mean":["1","3"]}"#
+    );
+}
+
+#[test]
+fn class_init_naming_unknown_classes_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    tiny_base(&base);
+    let mut cfg = config(Mode::Loda);
+    for (private, public, named) in [("horse", "1", "'horse'"), ("cat", "tabby", "'tabby'")] {
+        cfg.class_init = Some([(private.to_string(), vec![public.to_string()])].into());
+        let err = finetune_error(&base, &private_data(4), &cfg, tmp.path());
+        assert!(err.contains("class_init") && err.contains(named), "{err}");
+    }
 }
 
 /// The shipped `models/cifar-base` is the model of `configs/cifar-base.toml`, has placeholder
@@ -232,7 +294,7 @@ fn clip_scan_matches_per_example_autograd() {
         seed,
     };
     for mode in [Mode::Loda, Mode::Full] {
-        let t = prepare(tmp.path(), &config(mode), Device::Cpu).unwrap();
+        let t = prepare(tmp.path(), &config(mode), None, Device::Cpu).unwrap();
         let null = t.model.unet.null_class().unwrap();
         let grads: Vec<Tensor> = seeded_subset(data.len(), limit, seed)
             .iter()
@@ -295,7 +357,7 @@ fn class_lr_moves_only_the_class_embedding_faster() {
         class_lr: Some(2e-2),
         ..config(Mode::Loda)
     };
-    let t = prepare(tmp.path(), &cfg, Device::Cpu).unwrap();
+    let t = prepare(tmp.path(), &cfg, None, Device::Cpu).unwrap();
     let before: Vec<Tensor> = t.tensors().iter().map(Tensor::copy).collect();
     let mut opt = t.optimizer(&cfg).unwrap();
     let ones: Vec<Tensor> = before.iter().map(Tensor::ones_like).collect();

@@ -147,3 +147,37 @@ fn bad_specs_and_class_tables_are_named() {
         .to_string();
     assert!(msg.contains("dpsynth data fetch tiny-imagenet"), "{msg}");
 }
+
+#[test]
+fn the_proxy_relabels_val_images_by_a_class_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("tinyimagenet32");
+    tiny_tree(&src);
+    let data_dir = dir.path().join("data");
+    fetch::fetch(tiny_imagenet::NAME, &data_dir, Some(&src)).unwrap();
+    let map = dir.path().join("map.toml");
+    std::fs::write(
+        &map,
+        "horse = []\ncar = [\"sports car\"]\ncat = [\"tabby\"]\n",
+    )
+    .unwrap();
+    let spec = format!("tiny-imagenet-proxy:{}", map.display());
+    let proxy = data::load(&spec, &data_dir).unwrap();
+    // classes in name order; horse has no public images
+    assert_eq!(proxy.class_names, ["car", "cat", "horse"]);
+    assert_eq!(proxy.labels, [1, 1, 0, 0]);
+    assert_eq!(proxy.class_counts(), [2, 2, 0]);
+
+    std::fs::write(&map, "cat = [\"lion\"]\n").unwrap();
+    let msg = data::load(&spec, &data_dir).unwrap_err().to_string();
+    assert!(msg.contains("map.toml") && msg.contains("'lion'"), "{msg}");
+    std::fs::write(&map, "cat = [\"tabby\"]\ndog = [\"tabby\"]\n").unwrap();
+    let msg = data::load(&spec, &data_dir).unwrap_err().to_string();
+    assert!(msg.contains("two private classes"), "{msg}");
+    std::fs::write(&map, "cat = \"tabby\"\n").unwrap();
+    let msg = data::load(&spec, &data_dir).unwrap_err().to_string();
+    assert!(
+        msg.contains("map.toml") && msg.contains("not a class map"),
+        "{msg}"
+    );
+}

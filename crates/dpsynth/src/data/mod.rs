@@ -3,6 +3,7 @@
 
 pub mod augment;
 pub mod cifar;
+pub mod class_map;
 pub mod dataset;
 pub mod dead_leaves;
 pub mod error;

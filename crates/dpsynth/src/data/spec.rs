@@ -38,6 +38,9 @@ pub enum DatasetSpec {
     /// Tiny ImageNet at 32×32 (200 ImageNet classes, public pretraining data), from
     /// `DATA/tiny-imagenet/`.
     TinyImageNet(TinySplit),
+    /// Tiny ImageNet `val` images relabelled by a class map file: a public stand-in for a
+    /// private test set ([`tiny_imagenet::load_proxy`]).
+    TinyImageNetProxy(PathBuf),
     /// Any ImageFolder tree.
     ImageFolder(PathBuf),
 }
@@ -45,7 +48,7 @@ pub enum DatasetSpec {
 /// The spec forms accepted, for help texts and error messages.
 pub const SPEC_HELP: &str = "mnist:train|test, fashion-mnist:train|test, font-digits:train|test, \
      cifar10:train|test, dead-leaves:train|test, photo-crops:train|test, \
-     tiny-imagenet:train|val|unlabeled, imagefolder:PATH";
+     tiny-imagenet:train|val|unlabeled, tiny-imagenet-proxy:CLASS_MAP, imagefolder:PATH";
 
 impl std::str::FromStr for DatasetSpec {
     type Err = DataError;
@@ -77,10 +80,13 @@ impl std::str::FromStr for DatasetSpec {
                         format!("unknown split '{arg}': expected 'train', 'val' or 'unlabeled'"),
                     )
                 }),
+            tiny_imagenet::PROXY_NAME if !arg.is_empty() => {
+                Ok(Self::TinyImageNetProxy(PathBuf::from(arg)))
+            }
             "imagefolder" if !arg.is_empty() => Ok(Self::ImageFolder(PathBuf::from(arg))),
-            "imagefolder" => Err(DataError::spec(
+            "imagefolder" | tiny_imagenet::PROXY_NAME => Err(DataError::spec(
                 s,
-                "imagefolder needs a path: imagefolder:PATH",
+                format!("{name} needs a path: {name}:PATH"),
             )),
             other => Err(DataError::spec(
                 s,
@@ -104,6 +110,9 @@ impl fmt::Display for DatasetSpec {
             Self::DeadLeaves(s) => write!(f, "{}:{}", dead_leaves::NAME, split(s)),
             Self::PhotoCrops(s) => write!(f, "{}:{}", photo_crops::NAME, split(s)),
             Self::TinyImageNet(s) => write!(f, "{}:{}", tiny_imagenet::NAME, s.as_str()),
+            Self::TinyImageNetProxy(p) => {
+                write!(f, "{}:{}", tiny_imagenet::PROXY_NAME, p.display())
+            }
             Self::ImageFolder(p) => write!(f, "imagefolder:{}", p.display()),
         }
     }
@@ -147,7 +156,7 @@ impl DatasetSpec {
     /// where they restrict use beyond citation.
     pub fn licence(&self) -> Option<&'static str> {
         match self {
-            Self::TinyImageNet(_) => Some(tiny_imagenet::LICENCE),
+            Self::TinyImageNet(_) | Self::TinyImageNetProxy(_) => Some(tiny_imagenet::LICENCE),
             _ => None,
         }
     }
@@ -194,6 +203,7 @@ impl DatasetSpec {
                 generated::read_split(&dir, *split)
             }
             Self::TinyImageNet(split) => tiny_imagenet::load(data_dir, *split),
+            Self::TinyImageNetProxy(map) => tiny_imagenet::load_proxy(data_dir, map),
             Self::ImageFolder(root) => imagefolder::read(root),
         }
     }

@@ -13,10 +13,13 @@ use std::path::{Path, PathBuf};
 
 use super::dataset::Dataset;
 use super::error::{DataError, Result};
-use super::{fetch, imagefolder};
+use super::{class_map, fetch, imagefolder};
 
 /// The dataset's name in specs (`tiny-imagenet:train`) and in `data fetch`.
 pub const NAME: &str = "tiny-imagenet";
+
+/// The spec name of a proxy test set (`tiny-imagenet-proxy:MAP`, see [`load_proxy`]).
+pub const PROXY_NAME: &str = "tiny-imagenet-proxy";
 
 /// File name of the team's shared archive.
 pub const ARCHIVE: &str = "tinyimagenet32-jpeg.tar.gz";
@@ -167,6 +170,44 @@ pub fn load(data_dir: &Path, split: TinySplit) -> Result<Dataset> {
         .flat_map(|(label, (_, files))| files.into_iter().map(move |f| (label as u8, f)))
         .collect();
     imagefolder::decode_files(&root, &files, classes.into_iter().map(|c| c.name).collect())
+}
+
+/// A public stand-in for a private test set: the `val` images of the Tiny ImageNet classes that
+/// the class map at `map_path` relates to private classes, each labelled with its private
+/// class. Its classes are the map's keys in name order, including those with no public
+/// counterpart (they have no images here), so labels line up with an ImageFolder of the private
+/// classes. Settings chosen on it read no private image.
+pub fn load_proxy(data_dir: &Path, map_path: &Path) -> Result<Dataset> {
+    let map = class_map::load(map_path)?;
+    let classes = classes(data_dir)?;
+    let mut label_of = std::collections::HashMap::new();
+    for (label, (private, public)) in map.iter().enumerate() {
+        for p in public {
+            let wnid = classes
+                .iter()
+                .find(|c| &c.name == p)
+                .map(|c| c.wnid.clone())
+                .ok_or_else(|| {
+                    DataError::format(
+                        map_path,
+                        format!("'{p}' (for '{private}') is not a Tiny ImageNet class"),
+                    )
+                })?;
+            if label_of.insert(wnid, label as u8).is_some() {
+                return Err(DataError::format(
+                    map_path,
+                    format!("'{p}' is listed for two private classes"),
+                ));
+            }
+        }
+    }
+    let root = dataset_dir(data_dir)?.join(TinySplit::Val.as_str());
+    let files: Vec<(u8, PathBuf)> = imagefolder::class_folders(&root)?
+        .into_iter()
+        .filter_map(|(wnid, files)| label_of.get(&wnid).map(|&l| (l, files)))
+        .flat_map(|(l, files)| files.into_iter().map(move |f| (l, f)))
+        .collect();
+    imagefolder::decode_files(&root, &files, map.into_keys().collect())
 }
 
 /// Checks that a dataset folder is whole: a class table, one train and one val folder of images

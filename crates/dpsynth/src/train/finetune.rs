@@ -6,13 +6,13 @@
 //! draws (noise multiplicity), Gaussian noise calibrated with the chosen accountant, and atomic
 //! checkpoints that carry the privacy ledger so a resumed run is accounted as one run.
 //!
-//! The base model's classes need not be the private data's, only as many: a base pretrained on
-//! unlabelled public images (CIFAR-10's, trained as the null class only) has placeholder classes
-//! `0`..`9` whose embeddings never saw a label. The class embedding is then learned here, under
-//! DP (it is trained by default in every mode; its per-example gradients come from the Embedding
-//! rule of `dp::grad_sample`), and freezing it is refused. Every class starts from the base's
-//! null-class embedding ([`start_classes_from_null`]), so fine-tuning begins at the base's
-//! unconditional model. The fine-tuned model folder carries the private data's class names.
+//! The base model's classes need not be the private data's, in name or in number: the fine-tuned
+//! model gets a class table of its own, each row started from the base's row of the same class,
+//! from the mean of the rows of related public classes (a class-init table), or from the null
+//! row ([`super::class_table`]; it reads only the base, so it costs no privacy). The class
+//! embedding is then learned here, under DP (it is trained by default in every mode; its
+//! per-example gradients come from the Embedding rule of `dp::grad_sample`), and freezing it is
+//! refused. The fine-tuned model folder carries the private data's class names.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -22,6 +22,7 @@ use privacy::{calibrate_noise, Accountant, Ledger};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Tensor};
 
+use super::class_table::{self, ClassInit, RowStart};
 use super::{checkpoint, shallow, shallow_named, sorted_by_name};
 use crate::data::Dataset;
 use crate::diffusion::loss::{draw, eps_loss_with, LossConfig};
@@ -131,6 +132,11 @@ pub struct FinetuneConfig {
     pub max_grad_norm: f64,
     /// Probability of training an example as the null class (for classifier-free guidance).
     pub class_dropout: f64,
+    /// Where the rows of private classes that the base does not have start: private class name
+    /// → public classes of the base whose mean row it starts from (others start from the null
+    /// row). Public names only: no privacy cost.
+    #[serde(default)]
+    pub class_init: Option<ClassInit>,
     /// Seed: repeatable, but the privacy noise is then not cryptographically secure.
     pub seed: Option<u64>,
     /// Steps between checkpoints.
@@ -162,6 +168,7 @@ impl FinetuneConfig {
             class_lr: None,
             max_grad_norm: mode.default_clip(),
             class_dropout: 0.1,
+            class_init: None,
             seed: None,
             checkpoint_every: 20,
         }
@@ -253,6 +260,9 @@ pub struct Finetuned {
     pub base_parameters: usize,
     /// Whether all privacy randomness came from the OS-seeded generator.
     pub secure_noise: bool,
+    /// Where each private class's row started, when the base's classes were not the private
+    /// data's (`None`: the base's table was kept).
+    pub class_rows: Option<Vec<RowStart>>,
 }
 
 /// Adapter weights file in a model folder.
@@ -268,6 +278,9 @@ pub struct Trainee {
     pub adapters: Option<nn::VarStore>,
     /// What `cfg.mode` trains, sorted by name (base parameters first, then adapters).
     pub trainable: Vec<(String, Tensor)>,
+    /// Where each private class's row started, when the base's class table was rebuilt for the
+    /// private classes (`None`: kept as it was).
+    pub class_rows: Option<Vec<RowStart>>,
 }
 
 impl Trainee {
@@ -303,9 +316,16 @@ impl Trainee {
 }
 
 /// Loads the base model folder and sets up what `cfg.mode` trains exactly as [`finetune`] does
-/// (frozen base, attached adapters, trainable class embedding, ...). Public so that benchmarks
-/// time the very model a fine-tuning run trains.
-pub fn prepare(base: &Path, cfg: &FinetuneConfig, device: Device) -> Result<Trainee> {
+/// (class table for `private_classes`, frozen base, attached adapters, trainable class
+/// embedding, ...). Public so that benchmarks and `clip-scan` use the very model a fine-tuning
+/// run trains; they pass `None` to keep the base's classes (a class row's per-example gradient
+/// does not depend on the table's size, since only the rows in use get one).
+pub fn prepare(
+    base: &Path,
+    cfg: &FinetuneConfig,
+    private_classes: Option<&[String]>,
+    device: Device,
+) -> Result<Trainee> {
     let mut model = load_model_dir(base, device)?;
     if model.adapter.is_some() {
         bail!(
@@ -313,6 +333,18 @@ pub fn prepare(base: &Path, cfg: &FinetuneConfig, device: Device) -> Result<Trai
             base.display()
         );
     }
+    let class_rows = match private_classes {
+        Some(private) if private != model.classes.as_slice() => {
+            let plan = class_table::plan_rows(&model.classes, private, cfg.class_init.as_ref())?;
+            let frozen =
+                !cfg.train_class_embedding && !matches!(cfg.mode, Mode::Full | Mode::Scratch);
+            class_table::ensure_learnable(&plan, frozen, &base.join(crate::synth::CLASSES_FILE))?;
+            model.unet = class_table::rebuild(&model.unet, &model.classes, &plan)?;
+            model.classes = private.to_vec();
+            Some(plan)
+        }
+        _ => None,
+    };
     if cfg.mode == Mode::Scratch {
         model.unet = UNet::new(model.unet.config().clone(), device)?;
     }
@@ -364,6 +396,7 @@ pub fn prepare(base: &Path, cfg: &FinetuneConfig, device: Device) -> Result<Trai
         model,
         adapters,
         trainable,
+        class_rows,
     })
 }
 
@@ -382,7 +415,8 @@ pub fn finetune(
     if let Some(seed) = cfg.seed {
         tch::manual_seed(seed as i64);
     }
-    let t = prepare(base, cfg, device)?;
+    ensure!(!train.is_empty(), "the private training set is empty");
+    let t = prepare(base, cfg, Some(&train.class_names), device)?;
     let unet = &t.model.unet;
     let null = unet.null_class().context("the model has no null class")?;
     let [c, h, w] = unet
@@ -395,11 +429,6 @@ pub fn finetune(
         train.height,
         train.width
     );
-    check_classes(base, &t.model.classes, &train.class_names, cfg)?;
-    if t.model.classes != train.class_names && cfg.mode != Mode::Scratch {
-        start_classes_from_null(unet, null)?;
-    }
-    ensure!(!train.is_empty(), "the private training set is empty");
 
     let n = train.len();
     let q = (cfg.batch_size as f64 / n as f64).min(1.0);
@@ -509,6 +538,7 @@ pub fn finetune(
         base_parameters: unet.vs.variables().values().map(Tensor::numel).sum(),
         state,
         secure_noise: engine.is_secure() && sampler.is_secure(),
+        class_rows: t.class_rows.clone(),
     })
 }
 
@@ -516,57 +546,6 @@ pub fn finetune(
 /// class dropout; the DP streams are ChaCha, see [`crate::dp::rng`]).
 fn step_seed(seed: u64, step: u64) -> i64 {
     (seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64
-}
-
-/// Checks that the base model has a class embedding for every private class, and that it will be
-/// trained when the base model's classes are not the private data's.
-fn check_classes(
-    base: &Path,
-    base_classes: &[String],
-    private: &[String],
-    cfg: &FinetuneConfig,
-) -> Result<()> {
-    let file = base.join(crate::synth::CLASSES_FILE);
-    ensure!(
-        base_classes.len() == private.len(),
-        "the private data has {} classes, the base model {} ({}): pretrain a base with \
-         num_class_embeds = {} (classes + null)",
-        private.len(),
-        base_classes.len(),
-        file.display(),
-        private.len() + 1
-    );
-    let frozen = !cfg.train_class_embedding && !matches!(cfg.mode, Mode::Full | Mode::Scratch);
-    if base_classes != private && frozen {
-        bail!(
-            "the base model's classes ({}: {}) are not the private data's ({}): their embeddings \
-             must be learned, so the class embedding cannot be frozen (drop \
-             --freeze-class-embedding)",
-            file.display(),
-            base_classes.join(", "),
-            private.join(", ")
-        );
-    }
-    Ok(())
-}
-
-/// Sets every class's embedding row to the null class's. Used when the base's classes are
-/// placeholders: their rows never saw a label, and their random initial values would shift every
-/// class away from the images the base learned as the null class (measured on CIFAR-10: the
-/// held-out loss of the shipped base rises from 0.044 with the null class to 0.09 with the
-/// placeholder rows). Starting from the null row, each class begins as the base's unconditional
-/// model and DP fine-tuning learns only how the classes differ. It reads the base alone, so it
-/// costs no privacy.
-pub fn start_classes_from_null(unet: &UNet, null: i64) -> Result<()> {
-    let table = unet
-        .class_embedding
-        .as_ref()
-        .context("the model has no class embedding")?;
-    let _guard = tch::no_grad_guard();
-    let null_row = table.weight.narrow(0, null, 1);
-    let mut classes = table.weight.narrow(0, 0, null);
-    classes.copy_(&null_row.expand_as(&classes));
-    Ok(())
 }
 
 /// Writes the fine-tuned model folder: the U-Net (base weights plus whatever was trained), the

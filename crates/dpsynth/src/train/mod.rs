@@ -1,6 +1,7 @@
 //! Training loops and their checkpoints.
 
 pub mod checkpoint;
+pub mod class_table;
 pub mod classifier;
 pub mod clip_scan;
 pub mod downstream;
