@@ -97,7 +97,7 @@ struct Trained {
 impl Trained {
     fn new(args: &Args, mode: Mode) -> Result<Self> {
         let cfg = run_default(mode);
-        let t = prepare(&args.base, &cfg, Device::Cpu)?;
+        let t = prepare(&args.base, &cfg, None, Device::Cpu)?;
         let params = t.tensors();
         let opt = t.optimizer(&cfg)?;
         // σ does not change the work; the expected batch is the physical one
