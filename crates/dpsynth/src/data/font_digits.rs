@@ -1,4 +1,7 @@
-//! Public digit images rendered from free fonts, as pretraining data that is not MNIST.
+//! Public digit images rendered from free fonts, as pretraining data that is not MNIST, in two
+//! sets ([`DigitSet`]): `font-digits` from the Debian fonts, and `handwriting-digits` from those
+//! and the handwriting fonts of npm's `@fontsource` packages, elastically distorted (Simard et
+//! al. 2003, [`super::elastic`]) like handwriting.
 //!
 //! Each image is one digit from a randomly chosen font, with a random stroke thickness, rotation,
 //! shear and aspect ratio, scaled so that its longer side fits a 20-pixel box and placed in a
@@ -13,6 +16,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::dataset::Dataset;
+use super::elastic::{distort, Elastic};
 use super::error::{DataError, Result};
 
 /// Side of the generated images.
@@ -275,9 +279,39 @@ pub(super) fn place(canvas: &Canvas, m: &[[f32; 2]; 2], scale: f32) -> Vec<u8> {
         .collect()
 }
 
+/// A generated digit set: its name (the folder under the data folder and the spec name), the
+/// font folders it draws from, and its distortion.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DigitSet {
+    /// Name: `font-digits` or `handwriting-digits`.
+    pub name: &'static str,
+    /// Font folders under the data folder (each fetched by `dpsynth data fetch FOLDER`).
+    pub font_dirs: &'static [&'static str],
+    /// Elastic distortion applied after rendering, if any.
+    pub elastic: Option<Elastic>,
+}
+
+/// Digits from the 20 Debian font packages, undistorted.
+pub const FONT_DIGITS: DigitSet = DigitSet {
+    name: "font-digits",
+    font_dirs: &["fonts"],
+    elastic: None,
+};
+
+/// Digits from the Debian fonts and the OFL handwriting fonts, elastically distorted.
+pub const HANDWRITING_DIGITS: DigitSet = DigitSet {
+    name: "handwriting-digits",
+    font_dirs: &["fonts", super::handwriting_fonts::NAME],
+    elastic: Some(Elastic::SIMARD),
+};
+
+/// Every generated digit set.
+pub const DIGIT_SETS: [DigitSet; 2] = [FONT_DIGITS, HANDWRITING_DIGITS];
+
 /// Generates `count` labelled digits (classes "0".."9", balanced in expectation), in parallel,
-/// repeatable with `seed`: image `i` depends only on the seed, `i` and the font list.
-pub fn generate(fonts: &[DigitFont], count: usize, seed: u64) -> Dataset {
+/// repeatable with `seed`: image `i` depends only on the seed, `i`, the font list and
+/// `elastic`.
+pub fn generate(fonts: &[DigitFont], count: usize, seed: u64, elastic: Option<Elastic>) -> Dataset {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = count.div_ceil(threads).max(1);
     let parts: Vec<(Vec<u8>, Vec<u8>)> = std::thread::scope(|s| {
@@ -293,7 +327,11 @@ pub fn generate(fonts: &[DigitFont], count: usize, seed: u64) -> Dataset {
                         rng.set_stream(i as u64);
                         let digit = rng.gen_range(0..10u8);
                         let font = &fonts[rng.gen_range(0..fonts.len())];
-                        images.extend(render(font, digit, &mut rng));
+                        let img = render(font, digit, &mut rng);
+                        match elastic {
+                            Some(e) => images.extend(distort(&img, SIZE, SIZE, e, &mut rng)),
+                            None => images.extend(img),
+                        }
                         labels.push(digit);
                     }
                     (images, labels)
@@ -321,32 +359,36 @@ pub fn generate(fonts: &[DigitFont], count: usize, seed: u64) -> Dataset {
     }
 }
 
-/// Generates train and test sets and writes them as MNIST-style IDX files into
-/// `data_dir/font-digits` (staged in a temp folder and renamed into place). Returns the folder.
-/// An existing folder is an error: delete it to regenerate with other settings.
+/// Generates train and test sets of `set` and writes them as MNIST-style IDX files into
+/// `data_dir/<set.name>` (staged in a temp folder and renamed into place), with the fonts used
+/// in `fonts.txt`. Returns the folder. An existing folder is an error: delete it to regenerate
+/// with other settings. The font folders must have been fetched.
 pub fn write_dataset(
-    fonts_dir: &Path,
+    set: &DigitSet,
     data_dir: &Path,
     train: usize,
     test: usize,
     seed: u64,
 ) -> Result<PathBuf> {
-    let target = data_dir.join("font-digits");
+    let target = data_dir.join(set.name);
     if target.exists() {
         return Err(DataError::format(
             &target,
             "already exists: delete it to generate again",
         ));
     }
-    let fonts = load_fonts(fonts_dir)?;
+    let mut fonts = Vec::new();
+    for dir in set.font_dirs {
+        fonts.extend(load_fonts(&data_dir.join(dir))?);
+    }
     std::fs::create_dir_all(data_dir).map_err(|e| DataError::io(data_dir, e))?;
     let stage = tempfile::Builder::new()
-        .prefix(".font-digits.partial-")
+        .prefix(&format!(".{}.partial-", set.name))
         .tempdir_in(data_dir)
         .map_err(|e| DataError::io(data_dir, e))?;
     // different seeds per split, so the test images are not the first training images
     for (prefix, n, split_seed) in [("train", train, seed), ("t10k", test, seed ^ 0x5EED_7E57)] {
-        let ds = generate(&fonts, n, split_seed);
+        let ds = generate(&fonts, n, split_seed, set.elastic);
         let files = [
             (
                 format!("{prefix}-images-idx3-ubyte"),

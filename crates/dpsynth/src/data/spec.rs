@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::dataset::Dataset;
 use super::error::{DataError, Result};
 use super::tiny_imagenet::{self, TinySplit};
-use super::{cifar, dead_leaves, generated, idx, imagefolder, optdigits, photo_crops};
+use super::{cifar, dead_leaves, font_digits, generated, idx, imagefolder, optdigits, photo_crops};
 
 /// Train or test split of a named dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,8 +25,9 @@ pub enum DatasetSpec {
     Mnist(Split),
     /// Fashion-MNIST, from `DATA/fashion-mnist/`.
     FashionMnist(Split),
-    /// Digits rendered from free fonts (public pretraining data), from `DATA/font-digits/`.
-    FontDigits(Split),
+    /// Digits rendered from free fonts (public pretraining data), from `DATA/<name>/`: one of
+    /// the [`font_digits::DIGIT_SETS`], named here.
+    Digits(&'static str, Split),
     /// CIFAR-10, from `DATA/cifar10/` (official binary batches or an ImageFolder copy).
     Cifar10(Split),
     /// Procedural dead-leaves images (public 32×32 colour pretraining data), from
@@ -50,6 +51,7 @@ pub enum DatasetSpec {
 
 /// The spec forms accepted, for help texts and error messages.
 pub const SPEC_HELP: &str = "mnist:train|test, fashion-mnist:train|test, font-digits:train|test, \
+     handwriting-digits:train|test, \
      cifar10:train|test, dead-leaves:train|test, photo-crops:train|test, \
      tiny-imagenet:train|val|unlabeled, tiny-imagenet-proxy:CLASS_MAP, optdigits:all, \
      imagefolder:PATH";
@@ -72,7 +74,10 @@ impl std::str::FromStr for DatasetSpec {
         match name {
             "mnist" => Ok(Self::Mnist(split()?)),
             "fashion-mnist" => Ok(Self::FashionMnist(split()?)),
-            "font-digits" => Ok(Self::FontDigits(split()?)),
+            name if font_digits::DIGIT_SETS.iter().any(|d| d.name == name) => {
+                let set = font_digits::DIGIT_SETS.iter().find(|d| d.name == name);
+                Ok(Self::Digits(set.expect("just found").name, split()?))
+            }
             "cifar10" => Ok(Self::Cifar10(split()?)),
             dead_leaves::NAME => Ok(Self::DeadLeaves(split()?)),
             photo_crops::NAME => Ok(Self::PhotoCrops(split()?)),
@@ -114,7 +119,7 @@ impl fmt::Display for DatasetSpec {
         match self {
             Self::Mnist(s) => write!(f, "mnist:{}", split(s)),
             Self::FashionMnist(s) => write!(f, "fashion-mnist:{}", split(s)),
-            Self::FontDigits(s) => write!(f, "font-digits:{}", split(s)),
+            Self::Digits(name, s) => write!(f, "{name}:{}", split(s)),
             Self::Cifar10(s) => write!(f, "cifar10:{}", split(s)),
             Self::DeadLeaves(s) => write!(f, "{}:{}", dead_leaves::NAME, split(s)),
             Self::PhotoCrops(s) => write!(f, "{}:{}", photo_crops::NAME, split(s)),
@@ -137,8 +142,9 @@ fn require(path: PathBuf, fetch_name: &str) -> Result<PathBuf> {
     if path.exists() {
         Ok(path)
     } else {
-        let generated = ["font-digits", dead_leaves::NAME, photo_crops::NAME];
-        let how = if generated.contains(&fetch_name) {
+        let generated = [dead_leaves::NAME, photo_crops::NAME];
+        let digits = font_digits::DIGIT_SETS.iter().any(|d| d.name == fetch_name);
+        let how = if digits || generated.contains(&fetch_name) {
             format!("dpsynth data generate {fetch_name}")
         } else {
             format!("dpsynth data fetch {fetch_name}")
@@ -187,8 +193,8 @@ impl DatasetSpec {
                     FASHION_CLASSES.iter().map(|s| s.to_string()).collect(),
                 )
             }
-            Self::FontDigits(split) => {
-                let (i, l) = idx_files(&data_dir.join("font-digits"), *split, "font-digits")?;
+            Self::Digits(name, split) => {
+                let (i, l) = idx_files(&data_dir.join(name), *split, name)?;
                 idx::read_idx_pair(&i, &l)
             }
             Self::Cifar10(split) => {
