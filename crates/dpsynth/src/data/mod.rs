@@ -4,6 +4,7 @@
 pub mod augment;
 pub mod cifar;
 pub mod class_map;
+pub mod convert;
 pub mod dataset;
 pub mod dead_leaves;
 pub mod elastic;
@@ -18,6 +19,7 @@ pub mod imagefolder;
 pub mod optdigits;
 pub mod photo_crops;
 pub mod photos;
+pub mod quickdraw;
 pub mod spec;
 pub mod tiny_imagenet;
 pub mod walk;

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use super::dataset::Dataset;
 use super::error::{DataError, Result};
 use super::tiny_imagenet::{self, TinySplit};
-use super::{cifar, dead_leaves, font_digits, generated, idx, imagefolder, optdigits, photo_crops};
+use super::{
+    cifar, dead_leaves, font_digits, generated, idx, imagefolder, optdigits, photo_crops, quickdraw,
+};
 
 /// Train or test split of a named dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +44,8 @@ pub enum DatasetSpec {
     /// UCI optical digits (1,797 real handwritten digits, normalised to 28×28 like MNIST), the
     /// public stand-in for MNIST, from `DATA/optdigits/`.
     OptDigits,
+    /// Quick, Draw! doodles of 6 categories (public stroke data), from `DATA/quickdraw6/`.
+    QuickDraw,
     /// Tiny ImageNet `val` images relabelled by a class map file: a public stand-in for a
     /// private test set ([`tiny_imagenet::load_proxy`]).
     TinyImageNetProxy(PathBuf),
@@ -54,7 +58,7 @@ pub const SPEC_HELP: &str = "mnist:train|test, fashion-mnist:train|test, font-di
      handwriting-digits:train|test, \
      cifar10:train|test, dead-leaves:train|test, photo-crops:train|test, \
      tiny-imagenet:train|val|unlabeled, tiny-imagenet-proxy:CLASS_MAP, optdigits:all, \
-     imagefolder:PATH";
+     quickdraw6:all, imagefolder:PATH";
 
 impl std::str::FromStr for DatasetSpec {
     type Err = DataError;
@@ -90,9 +94,10 @@ impl std::str::FromStr for DatasetSpec {
                     )
                 }),
             optdigits::NAME if arg == "all" => Ok(Self::OptDigits),
-            optdigits::NAME => Err(DataError::spec(
+            quickdraw::NAME if arg == "all" => Ok(Self::QuickDraw),
+            optdigits::NAME | quickdraw::NAME => Err(DataError::spec(
                 s,
-                format!("unknown split '{arg}': optdigits has one split, 'all'"),
+                format!("unknown split '{arg}': {name} has one split, 'all'"),
             )),
             tiny_imagenet::PROXY_NAME if !arg.is_empty() => {
                 Ok(Self::TinyImageNetProxy(PathBuf::from(arg)))
@@ -125,6 +130,7 @@ impl fmt::Display for DatasetSpec {
             Self::PhotoCrops(s) => write!(f, "{}:{}", photo_crops::NAME, split(s)),
             Self::TinyImageNet(s) => write!(f, "{}:{}", tiny_imagenet::NAME, s.as_str()),
             Self::OptDigits => write!(f, "{}:all", optdigits::NAME),
+            Self::QuickDraw => write!(f, "{}:all", quickdraw::NAME),
             Self::TinyImageNetProxy(p) => {
                 write!(f, "{}:{}", tiny_imagenet::PROXY_NAME, p.display())
             }
@@ -174,6 +180,7 @@ impl DatasetSpec {
         match self {
             Self::TinyImageNet(_) | Self::TinyImageNetProxy(_) => Some(tiny_imagenet::LICENCE),
             Self::OptDigits => Some(optdigits::LICENCE),
+            Self::QuickDraw => Some(quickdraw::LICENCE),
             _ => None,
         }
     }
@@ -222,6 +229,7 @@ impl DatasetSpec {
             Self::TinyImageNet(split) => tiny_imagenet::load(data_dir, *split),
             Self::TinyImageNetProxy(map) => tiny_imagenet::load_proxy(data_dir, map),
             Self::OptDigits => optdigits::load(data_dir),
+            Self::QuickDraw => quickdraw::load(data_dir),
             Self::ImageFolder(root) => imagefolder::read(root),
         }
     }

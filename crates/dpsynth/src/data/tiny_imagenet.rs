@@ -231,54 +231,13 @@ fn verify_tree(dir: &Path) -> Result<(usize, usize, usize)> {
 /// is checked against its sha256 before anything is unpacked; every copy is checked to hold a
 /// class table and a train, val and unlabelled folder for it before it is renamed into place.
 pub fn fetch(data_dir: &Path, source: Option<&Path>) -> Result<fetch::Outcome> {
-    let target = data_dir.join(NAME);
-    if target.exists() {
-        verify_tree(&target).map_err(|e| {
-            DataError::format(
-                &target,
-                format!("{e}; delete {} and fetch again", target.display()),
-            )
-        })?;
-        return Ok(fetch::Outcome::AlreadyPresent(target));
-    }
-    let source = match source {
-        Some(s) => s.to_path_buf(),
-        None => fetch::shared_candidates(ARCHIVE)
-            .into_iter()
-            .find(|p| p.is_file())
-            .ok_or_else(|| {
-                DataError::fetch(
-                    NAME,
-                    format!(
-                        "no local copy found: pass --from PATH (the {ARCHIVE} archive or its \
-                         extracted {ARCHIVE_ROOT}/ folder), or set DPSYNTH_SHARED_DATA to the \
-                         folder that holds {ARCHIVE}"
-                    ),
-                )
-            })?,
+    let archive = fetch::SharedArchive {
+        name: NAME,
+        file: ARCHIVE,
+        sha256: ARCHIVE_SHA256,
+        root: ARCHIVE_ROOT,
     };
-    let stage = fetch::staging(&target)?;
-    if source.is_file() {
-        if source.file_name().is_some_and(|n| n == ARCHIVE) {
-            fetch::check_sha256(&source, ARCHIVE_SHA256)?;
-        }
-        let n = fetch::untar_prefix(&source, ARCHIVE_ROOT, stage.path())?;
-        if n == 0 {
-            return Err(DataError::format(
-                &source,
-                format!("archive holds no {ARCHIVE_ROOT}/ folder"),
-            ));
-        }
-    } else if source.is_dir() {
-        fetch::copy_tree(&source, stage.path())?;
-    } else {
-        return Err(DataError::format(&source, "no such file or folder"));
-    }
-    verify_tree(stage.path()).map_err(|e| {
-        DataError::fetch(
-            NAME,
-            format!("{} is not a whole copy: {e}", source.display()),
-        )
-    })?;
-    fetch::commit_staging(stage, &target)
+    fetch::fetch_shared_archive(&archive, data_dir, source, |dir| {
+        verify_tree(dir).map(|_| ())
+    })
 }

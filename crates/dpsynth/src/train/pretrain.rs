@@ -41,6 +41,10 @@ pub struct DataSource {
     /// Label handling.
     #[serde(default)]
     pub labels: LabelUse,
+    /// Convert images of another shape to the model's (channels by luma or replication, size
+    /// by an antialiased resize), e.g. 32×32 colour photographs for a 28×28 grey model.
+    #[serde(default)]
+    pub convert: bool,
 }
 
 /// Training hyper-parameters.
@@ -195,15 +199,24 @@ impl Mix {
         let mut offsets = Vec::new();
         let mut len = 0;
         for s in sources {
-            let ds = data::load(&s.spec, data_dir)?;
-            ensure!(
-                [ds.channels as i64, ds.height as i64, ds.width as i64] == [c, h, w],
-                "{}: images are {}x{}x{}, the model takes {c}x{h}x{w}",
-                s.spec,
-                ds.channels,
-                ds.height,
-                ds.width
+            let mut ds = data::load(&s.spec, data_dir)?;
+            let (from, to) = (
+                [ds.channels, ds.height, ds.width],
+                [c as usize, h as usize, w as usize],
             );
+            if let Some(what) = data::convert::describe(from, to) {
+                ensure!(
+                    s.convert,
+                    "{}: images are {}x{}x{}, the model takes {c}x{h}x{w} (set convert = true \
+                     on this source to convert them)",
+                    s.spec,
+                    from[0],
+                    from[1],
+                    from[2]
+                );
+                eprintln!("{}: {what}", s.spec);
+                ds = data::convert::convert(&ds, to);
+            }
             if s.labels == LabelUse::Keep {
                 ensure!(
                     ds.num_classes() as i64 == classes,
