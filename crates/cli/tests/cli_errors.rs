@@ -290,3 +290,29 @@ fn clip_scan_reports_norms_and_refuses_bad_flags() {
         .collect();
     assert_eq!(rows.len(), 2, "{stdout}");
 }
+
+/// A class-init table naming a class the base or the private data does not have, or one that is
+/// not a class map at all, is refused naming the table file and the name.
+#[test]
+fn class_init_errors_name_the_table_and_the_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, digits) = small_and_digit_trees(dir.path());
+    let table = dir.path().join("map.toml");
+    let table_arg = table.display().to_string();
+    let out = dir.path().join("o").display().to_string();
+    for (text, named) in [
+        ("x = [\"tabby\"]\n", "'tabby'"),
+        ("z = [\"3\"]\n", "'z'"),
+        ("x = \"3\"\n", "not a class map"),
+    ] {
+        std::fs::write(&table, text).unwrap();
+        let (code, _, stderr) = on_mnist_base(
+            dir.path(),
+            "finetune --base",
+            &digits,
+            &["--epsilon", "1", "--class-init", &table_arg, "--out", &out],
+        );
+        assert_clean_failure(code, &stderr, named);
+        assert!(stderr.contains("map.toml"), "{stderr}");
+    }
+}
