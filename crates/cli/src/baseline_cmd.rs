@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::progress::Progress;
+use crate::progress::{dp_step_message, PrivateLog, Progress};
 use anyhow::{Context, Result};
 use clap::Args;
 use dpsynth::data::{self, Dataset};
@@ -58,6 +58,13 @@ pub struct BaselineArgs {
     /// noise streams continue with it. Settings must match it (only --physical-batch may change).
     #[arg(long)]
     resume: bool,
+    /// Accept a δ at or above 1/n of the private set (experiments only: it guarantees nothing).
+    #[arg(long)]
+    allow_large_delta: bool,
+    /// Show the training loss in progress lines: a statistic of the private data with no noise,
+    /// outside the privacy guarantee (off: step, epsilon and time only).
+    #[arg(long, value_enum, default_value = "off")]
+    private_log: PrivateLog,
     /// Classifier: auto (the CNN for mnist, the GroupNorm ResNet-8 for cifar10), cnn or resnet.
     #[arg(long, default_value = "auto")]
     arch: Arch,
@@ -88,6 +95,19 @@ pub fn run(a: BaselineArgs, data_dir: &Path, device: Device) -> Result<()> {
         "cifar10" => "cifar10",
         other => anyhow::bail!("--data {other}: expected mnist or cifar10"),
     };
+    let has_checkpoint = a.out.join("checkpoint.json").exists();
+    if has_checkpoint && !a.resume {
+        anyhow::bail!(
+            "{}: holds a checkpoint; pass --resume to continue it or choose another --out",
+            a.out.display()
+        );
+    }
+    if a.resume && !has_checkpoint {
+        anyhow::bail!(
+            "{}: no checkpoint to resume (--resume continues a run in the same --out)",
+            a.out.display()
+        );
+    }
     let full = data::load(&format!("{name}:train"), data_dir)?;
     let test = data::load(&format!("{name}:test"), data_dir)?;
     let model_cfg = NetSpec::for_data(
@@ -109,12 +129,6 @@ pub fn run(a: BaselineArgs, data_dir: &Path, device: Device) -> Result<()> {
             },
         )
     };
-    if a.out.join("checkpoint.json").exists() && !a.resume {
-        anyhow::bail!(
-            "{}: holds a checkpoint; pass --resume to continue it or choose another --out",
-            a.out.display()
-        );
-    }
     let cfg = TrainConfig {
         epochs: a.epochs,
         batch_size: a.batch,
@@ -126,6 +140,7 @@ pub fn run(a: BaselineArgs, data_dir: &Path, device: Device) -> Result<()> {
             epsilon: a.epsilon,
             delta: a.delta,
             accountant: a.accountant,
+            allow_large_delta: a.allow_large_delta,
         }),
         seed: a.seed,
         checkpoint_every: 200,
@@ -138,7 +153,7 @@ pub fn run(a: BaselineArgs, data_dir: &Path, device: Device) -> Result<()> {
         if let Some(e) = s.epsilon {
             last_eps = e;
         }
-        bar.set_message(format!("loss {:.4} eps {last_eps:.3}", s.loss));
+        bar.set_message(dp_step_message(s.loss, last_eps, a.private_log));
     })?;
     bar.finish();
     let p = cfg.privacy.expect("baseline is private");

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::progress::Progress;
+use crate::progress::{dp_step_message, PrivateLog, Progress};
 use anyhow::{Context, Result};
 use clap::Args;
 use dpsynth::data;
@@ -101,6 +101,13 @@ pub struct FinetuneArgs {
     /// instead of the null class. Reads only public names: no privacy cost.
     #[arg(long)]
     pub class_init: Option<PathBuf>,
+    /// Accept a δ at or above 1/n of the private set (experiments only: it guarantees nothing).
+    #[arg(long)]
+    pub allow_large_delta: bool,
+    /// Show the training loss in progress lines: a statistic of the private data with no noise,
+    /// outside the privacy guarantee (off: step, epsilon and time only).
+    #[arg(long, value_enum, default_value = "off")]
+    pub private_log: PrivateLog,
     /// Seed: repeatable, but the privacy noise is then NOT cryptographically secure.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -127,6 +134,7 @@ impl FinetuneArgs {
             c.max_grad_norm = clip;
         }
         c.seed = self.seed;
+        c.allow_large_delta = self.allow_large_delta;
         c.class_init = self
             .class_init
             .as_deref()
@@ -155,7 +163,7 @@ pub fn run_finetune(a: &FinetuneArgs, data_dir: &Path, device: Device) -> Result
         if let Some(e) = s.epsilon {
             eps = e;
         }
-        bar.set_message(format!("loss {:.4}  eps {eps:.3}", s.loss));
+        bar.set_message(dp_step_message(s.loss, eps, a.private_log));
     })
     .with_context(|| match &a.class_init {
         Some(table) => format!(

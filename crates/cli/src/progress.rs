@@ -149,3 +149,24 @@ mod tests {
         );
     }
 }
+
+/// Whether progress lines of DP training show statistics of the private data that carry no
+/// noise (the training loss). They are outside the privacy guarantee: `off` (the default)
+/// prints only the step, ε and time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrivateLog {
+    /// Step, ε and time only.
+    #[default]
+    Off,
+    /// Also the training loss, a non-private statistic of the private data.
+    On,
+}
+
+/// The message of a DP training step's progress line.
+pub fn dp_step_message(loss: f64, epsilon: f64, log: PrivateLog) -> String {
+    match log {
+        PrivateLog::Off => format!("eps {epsilon:.3}"),
+        PrivateLog::On => format!("eps {epsilon:.3}  loss {loss:.4} (not private)"),
+    }
+}

@@ -72,6 +72,12 @@ struct Finetune {
     /// have start from the mean row of related public classes.
     #[serde(default)]
     class_init: Option<PathBuf>,
+    /// Accept a delta at or above 1/n of the private set (experiments only).
+    #[serde(default)]
+    allow_large_delta: bool,
+    /// "on" shows the training loss (not private) in progress lines; default "off".
+    #[serde(default)]
+    private_log: crate::progress::PrivateLog,
 }
 
 #[derive(Deserialize)]
@@ -178,6 +184,8 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
         clip: Some(f.clip),
         accountant: Accountant::Pld,
         class_init: f.class_init.as_deref().map(resolve),
+        allow_large_delta: f.allow_large_delta,
+        private_log: f.private_log,
         seed: None,
         out: out.join("finetune"),
         resume: out.join("finetune/checkpoint/checkpoint.json").exists(),

@@ -316,3 +316,46 @@ fn class_init_errors_name_the_table_and_the_class() {
         assert!(stderr.contains("map.toml"), "{stderr}");
     }
 }
+
+/// `--resume` with nothing to resume is an error in every training command, not a fresh run.
+#[test]
+fn resume_without_a_checkpoint_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, digits) = small_and_digit_trees(dir.path());
+    let out = dir.path().join("empty").display().to_string();
+    let (code, _, stderr) = on_mnist_base(
+        dir.path(),
+        "finetune --base",
+        &digits,
+        &["--epsilon", "1", "--resume", "--out", &out],
+    );
+    assert_clean_failure(code, &stderr, "no checkpoint to resume");
+    let (code, _, stderr) = dpsynth(
+        dir.path(),
+        &["baseline", "--epsilon", "1", "--resume", "--out", &out],
+    );
+    assert_clean_failure(code, &stderr, "no checkpoint to resume");
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/mnist-base.toml");
+    let (code, _, stderr) = dpsynth(
+        dir.path(),
+        &["pretrain", "--config", config, "--out", &out, "--resume"],
+    );
+    assert_clean_failure(code, &stderr, "no checkpoint to resume");
+}
+
+/// A delta at or above 1/n of the private set guarantees nothing and is refused, saying why.
+#[test]
+fn delta_at_or_above_one_over_n_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, digits) = small_and_digit_trees(dir.path());
+    // two private images: 1/n = 0.5
+    let out = dir.path().join("o").display().to_string();
+    let (code, _, stderr) = on_mnist_base(
+        dir.path(),
+        "finetune --base",
+        &digits,
+        &["--epsilon", "1", "--delta", "0.5", "--out", &out],
+    );
+    assert_clean_failure(code, &stderr, "delta = 0.5 is not below 1/n");
+    assert!(stderr.contains("--allow-large-delta"), "{stderr}");
+}

@@ -62,6 +62,7 @@ fn cfg(epochs: usize) -> TrainConfig {
             epsilon: 5.0,
             delta: 1e-5,
             accountant: Accountant::Pld,
+            allow_large_delta: false,
         }),
         seed: Some(1),
         checkpoint_every: 4,

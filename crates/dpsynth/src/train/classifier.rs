@@ -28,6 +28,9 @@ pub struct PrivacyTarget {
     pub delta: f64,
     /// Accountant used to calibrate σ and report ε.
     pub accountant: Accountant,
+    /// Accept δ ≥ 1/n (experiments only: such a δ guarantees nothing).
+    #[serde(default)]
+    pub allow_large_delta: bool,
 }
 
 /// Hyper-parameters of classifier training.
@@ -122,6 +125,9 @@ pub fn train_classifier(
         tch::manual_seed(seed as i64);
     }
     let n = train.len();
+    if let Some(p) = &cfg.privacy {
+        super::ensure_meaningful_delta(p.delta, n, p.allow_large_delta)?;
+    }
     let q = (cfg.batch_size as f64 / n as f64).min(1.0);
     let total_steps = ((cfg.epochs * n) as f64 / cfg.batch_size as f64).ceil() as u64;
     let sigma = match cfg.privacy {

@@ -137,6 +137,9 @@ pub struct FinetuneConfig {
     /// row). Public names only: no privacy cost.
     #[serde(default)]
     pub class_init: Option<ClassInit>,
+    /// Accept δ ≥ 1/n (experiments only: such a δ guarantees nothing).
+    #[serde(default)]
+    pub allow_large_delta: bool,
     /// Seed: repeatable, but the privacy noise is then not cryptographically secure.
     pub seed: Option<u64>,
     /// Steps between checkpoints.
@@ -169,6 +172,7 @@ impl FinetuneConfig {
             max_grad_norm: mode.default_clip(),
             class_dropout: 0.1,
             class_init: None,
+            allow_large_delta: false,
             seed: None,
             checkpoint_every: 20,
         }
@@ -416,6 +420,13 @@ pub fn finetune(
         tch::manual_seed(seed as i64);
     }
     ensure!(!train.is_empty(), "the private training set is empty");
+    super::ensure_meaningful_delta(cfg.delta, train.len(), cfg.allow_large_delta)?;
+    let ckpt = out.join("checkpoint");
+    ensure!(
+        !resume || checkpoint::exists(&ckpt),
+        "{}: no checkpoint to resume (--resume continues a run in the same --out)",
+        ckpt.display()
+    );
     let t = prepare(base, cfg, Some(&train.class_names), device)?;
     let unet = &t.model.unet;
     let null = unet.null_class().context("the model has no null class")?;
@@ -453,7 +464,6 @@ pub fn finetune(
         config: cfg.clone(),
         streams: None,
     };
-    let ckpt = out.join("checkpoint");
     if checkpoint::exists(&ckpt) {
         ensure!(
             resume,

@@ -11,6 +11,24 @@ pub mod pretrain;
 
 use tch::Tensor;
 
+/// Refuses a δ at or above 1/n for `n` private examples, unless `allow`: a mechanism that
+/// publishes one random example in the clear is (0, 1/n)-DP, so such a δ promises nothing.
+pub fn ensure_meaningful_delta(delta: f64, n: usize, allow: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        delta > 0.0 && delta < 1.0,
+        "delta = {delta}: it must lie in (0, 1)"
+    );
+    let bound = 1.0 / n.max(1) as f64;
+    anyhow::ensure!(
+        allow || delta < bound,
+        "delta = {delta} is not below 1/n = {bound:.3e} for the n = {n} private examples: \
+         releasing one example in the clear satisfies (0, 1/n)-DP, so this delta guarantees \
+         nothing. Use a delta well below 1/n (commonly 1e-5 for tens of thousands of examples), \
+         or allow it for experiments (--allow-large-delta, allow_large_delta = true)"
+    );
+    Ok(())
+}
+
 /// Shallow copies (shared storage) of a list of tensors.
 pub(crate) fn shallow(ts: &[Tensor]) -> Vec<Tensor> {
     ts.iter().map(Tensor::shallow_clone).collect()

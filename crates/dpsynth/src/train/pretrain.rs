@@ -338,6 +338,12 @@ pub fn pretrain(
     on_step: &mut dyn FnMut(&PretrainStep),
 ) -> Result<PathBuf> {
     let t = &cfg.train;
+    let ckpt_dir = run.out.join("checkpoint");
+    ensure!(
+        !run.resume || checkpoint::exists(&ckpt_dir),
+        "{}: no checkpoint to resume (--resume continues a run in the same --out)",
+        ckpt_dir.display()
+    );
     tch::manual_seed(t.seed as i64);
     let model = UNet::new(cfg.model.clone(), run.device)?;
     let schedule = cfg.schedule.build()?;
@@ -357,7 +363,6 @@ pub fn pretrain(
         },
     )?;
     let mut ema = Ema::new(&model.vs, t.ema_decay)?;
-    let ckpt_dir = run.out.join("checkpoint");
     let mut state = PretrainState {
         step: 0,
         losses: Vec::new(),
