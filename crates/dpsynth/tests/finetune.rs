@@ -279,6 +279,35 @@ fn cifar_base_configs_parse() {
     }
 }
 
+/// Every pretraining config in configs/ (`*-base*.toml`) loads, and its sources are public
+/// sets, never a private one; the Tiny ImageNet base has its 200 classes plus null.
+#[test]
+fn every_pretraining_config_loads_and_reads_public_data_only() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !(name.contains("-base") && name.ends_with(".toml")) {
+            continue;
+        }
+        let cfg = PretrainConfig::load(&path).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        for d in &cfg.data {
+            let dataset = d.spec.split(':').next().unwrap();
+            assert!(
+                !["mnist", "cifar10", "fashion-mnist", "imagefolder"].contains(&dataset),
+                "{name}: {} is not public pretraining data",
+                d.spec
+            );
+        }
+        if name == "tiny-imagenet-base.toml" {
+            assert_eq!(cfg.model.num_class_embeds, Some(201));
+        }
+        seen += 1;
+    }
+    assert!(seen >= 6, "only {seen} pretraining configs");
+}
+
 /// The clip scan's per-example norms are those of plain autograd gradients taken one image at a
 /// time (brute force), over what loda and full mode train, with K = 2 draws per image; its
 /// signal estimate is the cross-term formula over those gradients clipped by definition.
