@@ -9,6 +9,7 @@ use dpsynth::data;
 use dpsynth::data::grid;
 use dpsynth::diffusion::sampler::SamplerConfig;
 use dpsynth::fsutil::write_atomic;
+use dpsynth::nn::unet::UNetConfig;
 use dpsynth::synth::{generate, load_model_dir};
 use dpsynth::train::class_table;
 use dpsynth::train::finetune::{finetune, FinetuneConfig, Finetuned, Mode};
@@ -144,6 +145,15 @@ impl FinetuneArgs {
     }
 }
 
+/// How `ds` will be converted to the shape of the model in `base` (`None`: it has that shape,
+/// or the model's config cannot be read, which fine-tuning then reports).
+pub fn conversion_of(ds: &data::Dataset, base: &Path) -> Option<String> {
+    let cfg = UNetConfig::load(&base.join(dpsynth::nn::unet::CONFIG_FILE)).ok()?;
+    let [c, h, w] = cfg.sample_shape()?;
+    let to = [c as usize, h as usize, w as usize];
+    data::convert::describe([ds.channels, ds.height, ds.width], to)
+}
+
 /// What reports say of where the class rows started.
 pub const CLASS_ROWS_NOTE: &str = "class rows start from the base's rows of the same class, of \
      related public classes (class_init) or of the null class: this reads only the base and \
@@ -154,6 +164,9 @@ pub const CLASS_ROWS_NOTE: &str = "class rows start from the base's rows of the 
 pub fn run_finetune(a: &FinetuneArgs, data_dir: &Path, device: Device) -> Result<Finetuned> {
     let cfg = a.config()?;
     let train = data::load(&a.data, data_dir)?;
+    if let Some(what) = conversion_of(&train, &a.trainable.base) {
+        eprintln!("{}: {what}", a.data);
+    }
     let bar = Progress::new(0, "steps");
     let mut eps = 0.0;
     let base = &a.trainable.base;
@@ -196,6 +209,7 @@ pub fn run_finetune(a: &FinetuneArgs, data_dir: &Path, device: Device) -> Result
         "noise_note": if done.secure_noise { "noise from OS-seeded ChaCha20" } else { "seeded run: noise is repeatable and NOT private" },
         "training_seconds": done.state.seconds,
         "class_rows": done.class_rows,
+        "conversion": done.conversion,
         "class_rows_note": CLASS_ROWS_NOTE,
         "settings": cfg,
     });

@@ -232,6 +232,16 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
         arch: cfg.evaluate.arch,
         ..DownstreamConfig::default()
     };
+    // real test images of another shape are converted as the private ones were
+    let shape = [synthetic.channels, synthetic.height, synthetic.width];
+    let test_conversion = data::convert::describe([test.channels, test.height, test.width], shape);
+    let test = match &test_conversion {
+        Some(what) => {
+            eprintln!("{}: {what}", cfg.private.test);
+            data::convert::convert(&test, shape)
+        }
+        None => test,
+    };
     let r = train_and_test(&synthetic, &test, &dcfg, device, &mut |e, acc| {
         eprintln!("epoch {e}: held-out synthetic accuracy {:.2}%", 100.0 * acc)
     })?;
@@ -256,6 +266,7 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
         "trainable_parameters": ft.trainable_parameters,
         "base_parameters": ft.base_parameters,
         "class_rows": ft.class_rows,
+        "conversion": {"private_train": ft.conversion, "test": test_conversion},
         "class_rows_note": crate::finetune_cmd::CLASS_ROWS_NOTE,
         "synthetic_images": synthetic.len(),
         "sampler": sampler,

@@ -359,3 +359,52 @@ fn delta_at_or_above_one_over_n_is_refused() {
     assert_clean_failure(code, &stderr, "delta = 0.5 is not below 1/n");
     assert!(stderr.contains("--allow-large-delta"), "{stderr}");
 }
+
+/// Private images of another size and mode, with more classes than the base has, fine-tune: the
+/// images are converted to the base's shape (said in one line and in the report) and the class
+/// table grows to the private classes, whose names the model folder carries.
+#[test]
+fn colour_images_of_another_size_and_more_classes_fine_tune() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("colour");
+    let names: Vec<String> = (0..12).map(|c| format!("class{c:02}")).collect();
+    for (c, name) in names.iter().enumerate() {
+        std::fs::create_dir_all(root.join(name)).unwrap();
+        image::RgbImage::from_pixel(64, 64, image::Rgb([20 * c as u8, 90, 200]))
+            .save(root.join(name).join("0.png"))
+            .unwrap();
+    }
+    let spec = format!("imagefolder:{}", root.display());
+    let out = dir.path().join("o");
+    let out_arg = out.display().to_string();
+    let (code, _, stderr) = on_mnist_base(
+        dir.path(),
+        "finetune --base",
+        &spec,
+        &[
+            "--epsilon",
+            "10",
+            "--epochs",
+            "1",
+            "--batch",
+            "4",
+            "--physical-batch",
+            "4",
+            "--out",
+            &out_arg,
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("converted 3x64x64 images to 1x28x28"),
+        "{stderr}"
+    );
+    let classes: Vec<String> =
+        serde_json::from_str(&std::fs::read_to_string(out.join("model/classes.json")).unwrap())
+            .unwrap();
+    assert_eq!(classes, names);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert!(report["conversion"].as_str().unwrap().contains("luma"));
+    assert_eq!(report["class_rows"].as_array().unwrap().len(), 12);
+}

@@ -267,6 +267,8 @@ pub struct Finetuned {
     /// Where each private class's row started, when the base's classes were not the private
     /// data's (`None`: the base's table was kept).
     pub class_rows: Option<Vec<RowStart>>,
+    /// How the private images were converted to the model's shape (`None`: they had it).
+    pub conversion: Option<String>,
 }
 
 /// Adapter weights file in a model folder.
@@ -433,13 +435,18 @@ pub fn finetune(
     let [c, h, w] = unet
         .sample_shape()
         .context("the model config has no sample_size")?;
-    ensure!(
-        [train.channels, train.height, train.width] == [c as usize, h as usize, w as usize],
-        "private images are {}x{}x{}, the model takes {c}x{h}x{w}",
-        train.channels,
-        train.height,
-        train.width
-    );
+    // images of another shape are converted to the model's, image by image (a fixed public
+    // transform, so it changes nothing in the privacy analysis)
+    let shape = [c as usize, h as usize, w as usize];
+    let conversion =
+        crate::data::convert::describe([train.channels, train.height, train.width], shape);
+    let converted;
+    let train = if conversion.is_some() {
+        converted = crate::data::convert::convert(train, shape);
+        &converted
+    } else {
+        train
+    };
 
     let n = train.len();
     let q = (cfg.batch_size as f64 / n as f64).min(1.0);
@@ -549,6 +556,7 @@ pub fn finetune(
         state,
         secure_noise: engine.is_secure() && sampler.is_secure(),
         class_rows: t.class_rows.clone(),
+        conversion,
     })
 }
 

@@ -222,6 +222,12 @@ impl Default for UNetConfig {
 }
 
 impl UNetConfig {
+    /// `(channels, height, width)` of the images the model takes, if `sample_size` is set.
+    pub fn sample_shape(&self) -> Option<[i64; 3]> {
+        let (h, w) = self.sample_size?.hw();
+        Some([self.in_channels, h, w])
+    }
+
     /// Parses a `config.json` text; see [`UNetConfig::load`].
     pub fn from_json(text: &str) -> Result<Self> {
         let value: serde_json::Value = serde_json::from_str(text).context("not valid JSON")?;

@@ -16,4 +16,4 @@ pub mod resnet;
 pub mod weights;
 
 pub use config::UNetConfig;
-pub use model::{LayerMut, Site, UNet};
+pub use model::{LayerMut, Site, UNet, CONFIG_FILE};

@@ -291,8 +291,7 @@ impl UNet {
     /// `(channels, height, width)` of the images the model was configured for, if
     /// `sample_size` is set.
     pub fn sample_shape(&self) -> Option<[i64; 3]> {
-        let (h, w) = self.config.sample_size?.hw();
-        Some([self.config.in_channels, h, w])
+        self.config.sample_shape()
     }
 
     /// Checks the shapes, kinds and label range of [`UNet::forward`]'s inputs, so bad input is
