@@ -179,6 +179,37 @@ pub(super) fn run(name: &str, cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Finishes the fetch of a collection whose sources are fetched one by one and may fail one by
+/// one (photographs, font families): refuses when none succeeded (`fetched` is 0), writes
+/// `licences` as `LICENSES.md` into the stage, renames it into place, and reports the sources
+/// that failed.
+pub(super) fn commit_collection(
+    name: &str,
+    stage: tempfile::TempDir,
+    target: &Path,
+    fetched: usize,
+    licences: String,
+    failed: Vec<String>,
+) -> Result<Outcome> {
+    if fetched == 0 {
+        return Err(DataError::fetch(
+            name,
+            format!("every source failed: {}", failed.join("; ")),
+        ));
+    }
+    let p = stage.path().join("LICENSES.md");
+    std::fs::write(&p, licences).map_err(|e| DataError::io(&p, e))?;
+    let done = commit_staging(stage, target)?;
+    Ok(if failed.is_empty() {
+        done
+    } else {
+        Outcome::FetchedPartly {
+            path: target.to_path_buf(),
+            failed,
+        }
+    })
+}
+
 /// A dataset kept as a .tar.gz in the team's shared data folder.
 pub(super) struct SharedArchive<'a> {
     /// The dataset's name (`data fetch NAME`, and its folder under the data folder).

@@ -11,7 +11,7 @@
 use std::path::Path;
 
 use super::error::{DataError, Result};
-use super::fetch::{commit_staging, npm_pack, staging, untar_prefix, Outcome};
+use super::fetch::{commit_collection, npm_pack, staging, untar_prefix, Outcome};
 use super::woff;
 
 /// The dataset's name in `data fetch`.
@@ -81,26 +81,15 @@ pub fn fetch(data_dir: &Path) -> Result<Outcome> {
     for family in FAMILIES {
         match fetch_family(family, work.path(), stage.path()) {
             Ok(f) => done.push(f),
-            Err(e) => failed.push(format!("{family}: {e}")),
+            Err(e) => {
+                // a half-filled folder must not look like a family
+                let _ = std::fs::remove_dir_all(stage.path().join(family));
+                failed.push(format!("{family}: {e}"));
+            }
         }
     }
-    if done.is_empty() {
-        return Err(DataError::fetch(
-            NAME,
-            format!("every family failed: {}", failed.join("; ")),
-        ));
-    }
-    let p = stage.path().join("LICENSES.md");
-    std::fs::write(&p, licences_md(&done, &failed)).map_err(|e| DataError::io(&p, e))?;
-    let out = commit_staging(stage, &target)?;
-    Ok(if failed.is_empty() {
-        out
-    } else {
-        Outcome::FetchedPartly {
-            path: target,
-            failed,
-        }
-    })
+    let licences = licences_md(&done, &failed);
+    commit_collection(NAME, stage, &target, done.len(), licences, failed)
 }
 
 fn fetch_family(family: &str, work: &Path, dest: &Path) -> Result<Family> {

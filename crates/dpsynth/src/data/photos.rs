@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 
 use super::error::{DataError, Result};
-use super::fetch::{commit_staging, deb_extract_versioned, pip_wheel, staging, Outcome};
+use super::fetch::{commit_collection, deb_extract_versioned, pip_wheel, staging, Outcome};
 
 /// The sources, in the order they are fetched.
 pub const SOURCES: [&str; 4] = [
@@ -99,23 +99,8 @@ pub fn fetch_photos(data_dir: &Path) -> Result<Outcome> {
             }
         }
     }
-    if entries.is_empty() {
-        return Err(DataError::fetch(
-            "photos",
-            format!("every source failed: {}", failed.join("; ")),
-        ));
-    }
-    let p = stage.path().join("LICENSES.md");
-    std::fs::write(&p, licences_md(&entries, &failed)).map_err(|e| DataError::io(&p, e))?;
-    let done = commit_staging(stage, &target)?;
-    Ok(if failed.is_empty() {
-        done
-    } else {
-        Outcome::FetchedPartly {
-            path: target,
-            failed,
-        }
-    })
+    let licences = licences_md(&entries, &failed);
+    commit_collection("photos", stage, &target, entries.len(), licences, failed)
 }
 
 fn licences_md(entries: &[Entry], failed: &[String]) -> String {
