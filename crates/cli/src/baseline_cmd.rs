@@ -144,6 +144,7 @@ pub fn run(a: BaselineArgs, data_dir: &Path, device: Device) -> Result<()> {
         }),
         seed: a.seed,
         checkpoint_every: 200,
+        checkpoint_seconds: dpsynth::train::checkpoint::DEFAULT_CHECKPOINT_SECONDS,
     };
     let bar = Progress::new(0, "steps");
     let mut last_eps = 0.0;

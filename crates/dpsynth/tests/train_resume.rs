@@ -66,6 +66,7 @@ fn cfg(epochs: usize) -> TrainConfig {
         }),
         seed: Some(1),
         checkpoint_every: 4,
+        checkpoint_seconds: 0.0,
     }
 }
 
@@ -160,6 +161,7 @@ fn finetune_cfg() -> FinetuneConfig {
         physical_batch: 8,
         seed: Some(3),
         checkpoint_every: 2,
+        checkpoint_seconds: 0.0,
         lr: 1e-2,
         accountant: Accountant::Rdp,
         ..FinetuneConfig::new(Mode::Loda, 10.0, 1e-5)

@@ -120,7 +120,51 @@ pub fn restore(
 /// Settings that may change when a run is resumed: they change neither the privacy nor the
 /// expected update (the micro-batch size only splits the same logical batch; a seeded run then
 /// draws its random augmentation or diffusion noise in another order).
-pub const FREE_ON_RESUME: &[&str] = &["physical_batch", "checkpoint_every"];
+pub const FREE_ON_RESUME: &[&str] = &["physical_batch", "checkpoint_every", "checkpoint_seconds"];
+
+/// Default longest stretch of training between checkpoints, in seconds: a run killed at any
+/// point loses at most this much work (plus one step).
+pub const DEFAULT_CHECKPOINT_SECONDS: f64 = 120.0;
+
+/// serde's default for `checkpoint_seconds` fields.
+pub fn default_checkpoint_seconds() -> f64 {
+    DEFAULT_CHECKPOINT_SECONDS
+}
+
+/// When a training loop writes a checkpoint: every `every` steps (0: never by count), after
+/// `seconds` of training since the last one, and at the last step.
+pub struct CheckpointSchedule {
+    every: u64,
+    interval: std::time::Duration,
+    last: std::time::Instant,
+}
+
+impl CheckpointSchedule {
+    /// A schedule starting now. A non-positive or non-finite `seconds` disables the timer.
+    pub fn new(every: u64, seconds: f64) -> Self {
+        let seconds = if seconds.is_finite() && seconds > 0.0 {
+            seconds
+        } else {
+            f64::MAX / 4.0
+        };
+        Self {
+            every,
+            interval: std::time::Duration::from_secs_f64(seconds.min(1e9)),
+            last: std::time::Instant::now(),
+        }
+    }
+
+    /// Whether to checkpoint after `step` (`last`: the run's final step); restarts the timer
+    /// when it says yes.
+    pub fn due(&mut self, step: u64, last: bool) -> bool {
+        let by_count = self.every > 0 && step.is_multiple_of(self.every);
+        let due = last || by_count || self.last.elapsed() >= self.interval;
+        if due {
+            self.last = std::time::Instant::now();
+        }
+        due
+    }
+}
 
 /// Refuses to resume when the run's settings differ from the checkpoint's in any top-level field
 /// other than [`FREE_ON_RESUME`]. The error names every differing field with both values, so a
@@ -171,4 +215,23 @@ pub fn ensure_same_noise(saved: (f64, f64), now: (f64, f64), dir: &Path) -> Resu
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CheckpointSchedule;
+
+    #[test]
+    fn checkpoints_by_count_by_time_and_at_the_end() {
+        let mut by_count = CheckpointSchedule::new(3, 0.0);
+        let due: Vec<u64> = (1..=7).filter(|&s| by_count.due(s, s == 7)).collect();
+        assert_eq!(due, [3, 6, 7]);
+        // a zero-length interval: every step is due
+        let mut by_time = CheckpointSchedule::new(0, 1e-9);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(by_time.due(1, false));
+        let mut never = CheckpointSchedule::new(0, 3600.0);
+        assert!(!never.due(1, false));
+        assert!(never.due(2, true));
+    }
 }

@@ -55,6 +55,9 @@ pub struct TrainConfig {
     pub seed: Option<u64>,
     /// Steps between checkpoints (0: only at the end).
     pub checkpoint_every: u64,
+    /// Longest training time between checkpoints, in seconds (0: by step count only).
+    #[serde(default = "checkpoint::default_checkpoint_seconds")]
+    pub checkpoint_seconds: f64,
 }
 
 /// Progress of one training step, for a progress bar.
@@ -187,6 +190,8 @@ pub fn train_classifier(
     }
     let secure_noise = cfg.seed.is_none();
     let start = Instant::now();
+    let mut checkpoints =
+        checkpoint::CheckpointSchedule::new(cfg.checkpoint_every, cfg.checkpoint_seconds);
     let report_every = (total_steps / 50).max(1);
     while state.step < total_steps {
         let batch = sampler.sample();
@@ -233,8 +238,8 @@ pub fn train_classifier(
             loss: loss_sum / batch.len().max(1) as f64,
             epsilon,
         });
-        let due = cfg.checkpoint_every > 0 && state.step.is_multiple_of(cfg.checkpoint_every);
-        if let Some(dir) = ckpt_dir.filter(|_| due || state.step == total_steps) {
+        let due = checkpoints.due(state.step, state.step == total_steps);
+        if let Some(dir) = ckpt_dir.filter(|_| due) {
             let mut all = shallow_named(&params);
             all.extend(opt.named_state("opt."));
             state.streams = StreamPositions::of(sampler.rng(), engine.as_ref().map(DpSgd::rng));

@@ -144,6 +144,9 @@ pub struct FinetuneConfig {
     pub seed: Option<u64>,
     /// Steps between checkpoints.
     pub checkpoint_every: u64,
+    /// Longest training time between checkpoints, in seconds (0: by step count only).
+    #[serde(default = "checkpoint::default_checkpoint_seconds")]
+    pub checkpoint_seconds: f64,
 }
 
 impl FinetuneConfig {
@@ -175,6 +178,7 @@ impl FinetuneConfig {
             allow_large_delta: false,
             seed: None,
             checkpoint_every: 20,
+            checkpoint_seconds: checkpoint::DEFAULT_CHECKPOINT_SECONDS,
         }
     }
 
@@ -503,6 +507,8 @@ pub fn finetune(
     let schedule = &t.model.schedule;
     let report_every = (total_steps / 50).max(1);
     let start = Instant::now();
+    let mut checkpoints =
+        checkpoint::CheckpointSchedule::new(cfg.checkpoint_every, cfg.checkpoint_seconds);
     let seconds_before = state.seconds;
     while state.step < total_steps {
         if let Some(seed) = cfg.seed {
@@ -538,7 +544,7 @@ pub fn finetune(
             loss: loss_sum / rows.max(1) as f64,
             epsilon,
         });
-        if state.step.is_multiple_of(cfg.checkpoint_every) || state.step == total_steps {
+        if checkpoints.due(state.step, state.step == total_steps) {
             let mut all = shallow_named(&t.trainable);
             all.extend(opt.named_state("opt."));
             state.streams = StreamPositions::of(sampler.rng(), Some(engine.rng()));

@@ -74,6 +74,9 @@ pub struct PretrainSettings {
     pub seed: u64,
     /// Steps between checkpoints.
     pub checkpoint_every: u64,
+    /// Longest training time between checkpoints, in seconds (0: by step count only).
+    #[serde(default = "checkpoint::default_checkpoint_seconds")]
+    pub checkpoint_seconds: f64,
     /// Steps between sample grids (0: only at the end).
     #[serde(default)]
     pub sample_every: u64,
@@ -392,6 +395,8 @@ pub fn pretrain(
     let [c, h, w] = model.sample_shape().expect("checked in Mix::load");
     let mut order = DataOrder::new(t.seed, mix.len);
     let start = Instant::now();
+    let mut checkpoints =
+        checkpoint::CheckpointSchedule::new(t.checkpoint_every, t.checkpoint_seconds);
     let seconds_before = state.seconds;
     let done_before = state.step;
     while state.step < t.steps {
@@ -436,7 +441,7 @@ pub fn pretrain(
                 / elapsed.max(1e-9),
         });
         let finished = state.step == t.steps;
-        if state.step.is_multiple_of(t.checkpoint_every) || finished {
+        if checkpoints.due(state.step, finished) {
             let mut all = shallow_named(&params);
             all.extend(ema.named("ema."));
             all.extend(opt.named_state("opt."));
