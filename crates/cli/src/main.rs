@@ -10,6 +10,7 @@ mod loss_cmd;
 mod pretrain_cmd;
 mod privacy_cmd;
 mod progress;
+mod results_cmd;
 mod run_cmd;
 mod sample_cmd;
 
@@ -70,6 +71,9 @@ enum Command {
     /// The main job: DP fine-tuning on private data, sampling, and the downstream test, from one
     /// config (the embedded default: MNIST, the shipped base model, DP-LoDA at epsilon 10).
     Run(run_cmd::RunArgs),
+    /// Regenerate the results tables of docs/RESULTS.md from the committed reports under
+    /// results/ (`--check`: fail if they disagree).
+    Results(results_cmd::ResultsArgs),
 }
 
 fn main() -> ExitCode {
@@ -100,6 +104,7 @@ fn main() -> ExitCode {
         Command::Loss(a) => device().and_then(|d| loss_cmd::run(a, dir, d)),
         Command::ClipScan(a) => device().and_then(|d| clip_scan_cmd::run(a, dir, d)),
         Command::Run(a) => device().and_then(|d| run_cmd::run(a, dir, d)),
+        Command::Results(a) => results_cmd::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

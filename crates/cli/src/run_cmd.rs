@@ -21,6 +21,10 @@ use tch::Device;
 use crate::finetune_cmd::{run_finetune, FinetuneArgs, TrainableArgs};
 use crate::sample_cmd::Sampler;
 
+/// The `[finetune] mode` that skips fine-tuning: the base is sampled as it is, no private
+/// training image is read, and nothing private is spent (a "base alone" cell).
+pub const BASE_MODE: &str = "base";
+
 /// The embedded default config.
 pub const DEFAULT_CONFIG: &str = include_str!("../../../configs/run-default.toml");
 
@@ -143,7 +147,14 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
     let start = Instant::now();
 
     // 1. private data (fetched if it is a named dataset that is missing)
-    for spec in [&cfg.private.train, &cfg.private.test] {
+    let f = &cfg.finetune;
+    let base_alone = f.mode == BASE_MODE;
+    let needed = if base_alone {
+        vec![&cfg.private.test]
+    } else {
+        vec![&cfg.private.train, &cfg.private.test]
+    };
+    for spec in needed {
         if let Some(name) = spec
             .split(':')
             .next()
@@ -156,47 +167,59 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
     }
     let test = data::load(&cfg.private.test, data_dir)?;
 
-    // 2. DP fine-tuning
-    eprintln!(
-        "== DP fine-tuning ({} mode, epsilon {})",
-        cfg.finetune.mode, cfg.finetune.epsilon
-    );
-    let f = &cfg.finetune;
-    let ft_args = FinetuneArgs {
-        trainable: TrainableArgs {
-            base: resolve(&f.base),
-            mode: f.mode.parse::<Mode>()?,
-            rank: f.rank,
-            alpha: None,
-            adapt_attention: false,
-            adapt_time: false,
-            freeze_class_embedding: false,
-            noise_multiplicity: f.noise_multiplicity,
-        },
-        data: cfg.private.train.clone(),
-        epsilon: f.epsilon,
-        delta: f.delta,
-        batch: f.batch,
-        physical_batch: f.physical_batch,
-        epochs: f.epochs,
-        lr: f.lr,
-        class_lr: f.class_lr,
-        clip: Some(f.clip),
-        accountant: Accountant::Pld,
-        class_init: f.class_init.as_deref().map(resolve),
-        allow_large_delta: f.allow_large_delta,
-        private_log: f.private_log,
-        seed: None,
-        out: out.join("finetune"),
-        resume: out.join("finetune/checkpoint/checkpoint.json").exists(),
-    };
+    // 2. DP fine-tuning (none for the base alone)
+    let base = resolve(&f.base);
     let t0 = Instant::now();
-    let ft = run_finetune(&ft_args, data_dir, device)?;
+    let ft = if base_alone {
+        eprintln!("== no fine-tuning (mode \"{BASE_MODE}\"): sampling the base as it is");
+        None
+    } else {
+        eprintln!("== DP fine-tuning ({} mode, epsilon {})", f.mode, f.epsilon);
+        let ft_args = FinetuneArgs {
+            trainable: TrainableArgs {
+                base: base.clone(),
+                mode: f.mode.parse::<Mode>()?,
+                rank: f.rank,
+                alpha: None,
+                adapt_attention: false,
+                adapt_time: false,
+                freeze_class_embedding: false,
+                noise_multiplicity: f.noise_multiplicity,
+            },
+            data: cfg.private.train.clone(),
+            epsilon: f.epsilon,
+            delta: f.delta,
+            batch: f.batch,
+            physical_batch: f.physical_batch,
+            epochs: f.epochs,
+            lr: f.lr,
+            class_lr: f.class_lr,
+            clip: Some(f.clip),
+            accountant: Accountant::Pld,
+            class_init: f.class_init.as_deref().map(resolve),
+            allow_large_delta: f.allow_large_delta,
+            private_log: f.private_log,
+            seed: None,
+            out: out.join("finetune"),
+            resume: out.join("finetune/checkpoint/checkpoint.json").exists(),
+        };
+        Some(run_finetune(&ft_args, data_dir, device)?)
+    };
     let finetune_secs = t0.elapsed().as_secs_f64();
 
     // 3. sampling
     eprintln!("== sampling {} images per class", cfg.sample.per_class);
-    let model = load_model_dir(&ft.model_dir, device)?;
+    let model_dir = ft
+        .as_ref()
+        .map_or_else(|| base.clone(), |ft| ft.model_dir.clone());
+    let model = load_model_dir(&model_dir, device)?;
+    anyhow::ensure!(
+        !base_alone || model.classes == test.class_names,
+        "mode \"{BASE_MODE}\" samples the base's own classes ({}), which must be the test set's \
+         ({}): fine-tune to learn other classes",
+        model.classes.join(", "),
+        test.class_names.join(", ")
+    );
     let sampler = SamplerConfig {
         kind: cfg.sample.sampler.kind(cfg.sample.eta),
         num_steps: cfg.sample.steps,
@@ -255,18 +278,18 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
         "private_train": cfg.private.train,
         "test": cfg.private.test,
         "mode": f.mode,
-        "epsilon_spent": ft.epsilon,
+        "epsilon_spent": ft.as_ref().map_or(0.0, |ft| ft.epsilon),
         "delta": f.delta,
         "accountant": "pld",
-        "noise_multiplier": ft.state.noise_multiplier,
-        "sample_rate": ft.state.sample_rate,
-        "steps": ft.state.step,
-        "ledger": ft.state.ledger,
-        "secure_noise": ft.secure_noise,
-        "trainable_parameters": ft.trainable_parameters,
-        "base_parameters": ft.base_parameters,
-        "class_rows": ft.class_rows,
-        "conversion": {"private_train": ft.conversion, "test": test_conversion},
+        "noise_multiplier": ft.as_ref().map(|ft| ft.state.noise_multiplier),
+        "sample_rate": ft.as_ref().map(|ft| ft.state.sample_rate),
+        "steps": ft.as_ref().map_or(0, |ft| ft.state.step),
+        "ledger": ft.as_ref().map(|ft| &ft.state.ledger),
+        "secure_noise": ft.as_ref().map(|ft| ft.secure_noise),
+        "trainable_parameters": ft.as_ref().map_or(0, |ft| ft.trainable_parameters),
+        "base_parameters": ft.as_ref().map(|ft| ft.base_parameters),
+        "class_rows": ft.as_ref().and_then(|ft| ft.class_rows.as_ref()),
+        "conversion": {"private_train": ft.as_ref().and_then(|ft| ft.conversion.as_ref()), "test": test_conversion},
         "class_rows_note": crate::finetune_cmd::CLASS_ROWS_NOTE,
         "synthetic_images": synthetic.len(),
         "sampler": sampler,
@@ -282,12 +305,31 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
         &out.join("report.json"),
         serde_json::to_string_pretty(&report)?.as_bytes(),
     )?;
+    let training = match &ft {
+        Some(ft) => format!(
+            "- mode: {} ({} trainable of {} parameters)\n\
+             - privacy: epsilon = {:.3} at delta = {:e} (PLD accountant), sigma = {:.3}, clip C = {}, q = {:.5}, {} steps; noise {}\n",
+            f.mode,
+            ft.trainable_parameters,
+            ft.base_parameters,
+            ft.epsilon,
+            f.delta,
+            ft.state.noise_multiplier,
+            ft.state.config.max_grad_norm,
+            ft.state.sample_rate,
+            ft.state.step,
+            if ft.secure_noise { "from OS-seeded ChaCha20" } else { "seeded (NOT private)" },
+        ),
+        None => format!(
+            "- mode: {BASE_MODE} (the base `{}` alone: no fine-tuning, no private training image read)\n",
+            f.base.display()
+        ),
+    };
     let md = format!(
         "# dpsynth run\n\n\
          - config: {source}\n\
          - private data: `{}`, tested on `{}`\n\
-         - mode: {} ({} trainable of {} parameters)\n\
-         - privacy: epsilon = {:.3} at delta = {:e} (PLD accountant), sigma = {:.3}, clip C = {}, q = {:.5}, {} steps; noise {}\n\
+         {training}\
          - synthetic images: {} ({}-{}, guidance {})\n\
          - **downstream test accuracy: {:.2}%** (epoch {} chosen on {} held-out synthetic images)\n\
          - time: fine-tune {:.0} s, sample {:.0} s, evaluate {:.0} s, total {:.0} s on {} thread(s)\n\n\
@@ -295,16 +337,6 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
          Per-class accuracy: {}\n",
         cfg.private.train,
         cfg.private.test,
-        f.mode,
-        ft.trainable_parameters,
-        ft.base_parameters,
-        ft.epsilon,
-        f.delta,
-        ft.state.noise_multiplier,
-        ft.state.config.max_grad_norm,
-        ft.state.sample_rate,
-        ft.state.step,
-        if ft.secure_noise { "from OS-seeded ChaCha20" } else { "seeded (NOT private)" },
         synthetic.len(),
         cfg.sample.sampler.name(),
         cfg.sample.steps,
@@ -329,7 +361,7 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
     println!(
         "downstream test accuracy {:.2}% at epsilon {:.3} (delta {:e}) in {:.0}s; report: {}",
         100.0 * r.test.accuracy,
-        ft.epsilon,
+        ft.as_ref().map_or(0.0, |ft| ft.epsilon),
         f.delta,
         total_secs,
         out.join("report.md").display()
@@ -361,7 +393,9 @@ mod tests {
             }
             let cfg: RunConfig = toml::from_str(&std::fs::read_to_string(&path).unwrap())
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
-            cfg.finetune.mode.parse::<Mode>().unwrap();
+            if cfg.finetune.mode != BASE_MODE {
+                cfg.finetune.mode.parse::<Mode>().unwrap();
+            }
             assert_eq!(cfg.finetune.base, Path::new(base), "{name}");
             assert_eq!(cfg.private.train, format!("{data}:train"), "{name}");
             assert_eq!(cfg.private.test, format!("{data}:test"), "{name}");
@@ -375,6 +409,41 @@ mod tests {
         let default: RunConfig = toml::from_str(DEFAULT_CONFIG).unwrap();
         assert_eq!(default.finetune.epsilon, 10.0);
         assert_eq!(default.sample.per_class * 10, 10_000);
+    }
+
+    /// Every results cell (`results/<dataset>/<cell>/config.toml`) parses, names a mode, a
+    /// base folder that exists in the repository and its dataset's data, and writes under
+    /// `out/results/<dataset>/<cell>`.
+    #[test]
+    fn results_cell_configs_parse() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut seen = 0;
+        for dataset in std::fs::read_dir(repo.join("results")).unwrap() {
+            let dataset = dataset.unwrap().path();
+            if !dataset.is_dir() {
+                continue;
+            }
+            let data = dataset.file_name().unwrap().to_string_lossy().into_owned();
+            for cell in std::fs::read_dir(&dataset).unwrap() {
+                let cell = cell.unwrap().path();
+                let name = format!("{data}/{}", cell.file_name().unwrap().to_string_lossy());
+                let text = std::fs::read_to_string(cell.join("config.toml"))
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+                let cfg: RunConfig =
+                    toml::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+                if cfg.finetune.mode != BASE_MODE {
+                    cfg.finetune.mode.parse::<Mode>().unwrap();
+                }
+                assert!(
+                    repo.join(&cfg.finetune.base).join("config.json").is_file(),
+                    "{name}"
+                );
+                assert_eq!(cfg.private.train, format!("{data}:train"), "{name}");
+                assert_eq!(cfg.out, Path::new("out/results").join(&name), "{name}");
+                seen += 1;
+            }
+        }
+        assert!(seen >= 1, "no results cells");
     }
 
     #[test]

@@ -1,0 +1,246 @@
+//! `dpsynth results`: the tables of docs/RESULTS.md, made from the committed reports.
+//!
+//! A results cell is a folder `results/<dataset>/<cell>/` with the run's `config.toml` and its
+//! `report.json` (any command's report with a `test_accuracy`). Repeats of one setting are cells
+//! named `<setting>-s1`, `<setting>-s2`, ...; the table shows their mean and standard deviation.
+//! The table of a dataset is written between the lines `<!-- results:DATASET -->` and
+//! `<!-- /results:DATASET -->` of the document; `--check` fails when the document and the
+//! reports disagree, so no figure in the tables can drift from its report.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::Args;
+
+#[derive(Args)]
+pub struct ResultsArgs {
+    /// Folder of results cells (`DATASET/CELL/report.json`).
+    #[arg(long, default_value = "results")]
+    dir: PathBuf,
+    /// Document whose marked tables are regenerated.
+    #[arg(long, default_value = "docs/RESULTS.md")]
+    doc: PathBuf,
+    /// Change nothing; fail if the document's tables differ from the reports.
+    #[arg(long)]
+    check: bool,
+}
+
+/// One setting: its repeats' accuracies and what they were tested on.
+struct Setting {
+    test: String,
+    epsilon: Option<f64>,
+    accuracies: Vec<f64>,
+}
+
+/// `name` without a trailing repeat suffix `-sN`.
+fn setting_name(cell: &str) -> &str {
+    match cell.rsplit_once("-s") {
+        Some((stem, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => stem,
+        _ => cell,
+    }
+}
+
+fn read_dataset(dir: &Path) -> Result<BTreeMap<String, Setting>> {
+    let mut settings: BTreeMap<String, Setting> = BTreeMap::new();
+    let mut cells: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("{}: cannot list", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    cells.sort();
+    for cell in cells {
+        let path = cell.join("report.json");
+        if !path.is_file() {
+            continue; // a cell whose run has not been made yet
+        }
+        let report: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?,
+        )
+        .with_context(|| format!("{}: not JSON", path.display()))?;
+        let accuracy = report["test_accuracy"]
+            .as_f64()
+            .with_context(|| format!("{}: no test_accuracy", path.display()))?;
+        let test = report["test"]
+            .as_str()
+            .map(str::to_string)
+            .or_else(|| report["data"].as_str().map(|d| format!("{d}:test")))
+            .with_context(|| format!("{}: no test set", path.display()))?;
+        let epsilon = match report["mode"].as_str() {
+            Some(crate::run_cmd::BASE_MODE) => None,
+            _ => report["epsilon_spent"].as_f64(),
+        };
+        let name = cell
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let s = settings
+            .entry(setting_name(&name).to_string())
+            .or_insert(Setting {
+                test: test.clone(),
+                epsilon,
+                accuracies: Vec::new(),
+            });
+        ensure!(
+            s.test == test,
+            "{}: tested on {test}, its other repeats on {}",
+            path.display(),
+            s.test
+        );
+        s.accuracies.push(accuracy);
+    }
+    Ok(settings)
+}
+
+/// The markdown table of one dataset's settings.
+fn table(settings: &BTreeMap<String, Setting>) -> String {
+    let mut out = String::from(
+        "| setting | tested on | ε spent | runs | accuracy (mean ± sd) |\n|---|---|---|---|---|\n",
+    );
+    for (name, s) in settings {
+        let n = s.accuracies.len() as f64;
+        let mean = s.accuracies.iter().sum::<f64>() / n;
+        let spread = if s.accuracies.len() > 1 {
+            let var = s.accuracies.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0);
+            format!(" ± {:.2}", 100.0 * var.sqrt())
+        } else {
+            String::new()
+        };
+        let eps = s.epsilon.map_or("none".to_string(), |e| format!("{e:.2}"));
+        out += &format!(
+            "| {name} | `{}` | {eps} | {} | {:.2}%{spread} |\n",
+            s.test,
+            s.accuracies.len(),
+            100.0 * mean
+        );
+    }
+    out
+}
+
+/// `doc` with the marked table of `dataset` replaced by `body`.
+fn replace_marked(doc: &str, dataset: &str, body: &str, doc_path: &Path) -> Result<String> {
+    let (open, close) = (
+        format!("<!-- results:{dataset} -->\n"),
+        format!("<!-- /results:{dataset} -->"),
+    );
+    let (Some(a), Some(b)) = (doc.find(&open), doc.find(&close)) else {
+        bail!(
+            "{}: no lines `{}` and `{close}` to hold the table of results/{dataset}",
+            doc_path.display(),
+            open.trim_end()
+        );
+    };
+    ensure!(
+        a < b,
+        "{}: {close} comes before its opening line",
+        doc_path.display()
+    );
+    Ok(format!("{}{open}{body}{}", &doc[..a], &doc[b..]))
+}
+
+/// Runs `dpsynth results`.
+pub fn run(a: ResultsArgs) -> Result<()> {
+    let doc = std::fs::read_to_string(&a.doc)
+        .with_context(|| format!("{}: cannot read", a.doc.display()))?;
+    let mut datasets: Vec<PathBuf> = std::fs::read_dir(&a.dir)
+        .with_context(|| format!("{}: cannot list", a.dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    datasets.sort();
+    let mut new = doc.clone();
+    for dir in &datasets {
+        let name = dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let settings = read_dataset(dir)?;
+        new = replace_marked(&new, &name, &table(&settings), &a.doc)?;
+    }
+    if a.check {
+        ensure!(
+            new == doc,
+            "{}: its results tables differ from the reports under {}: run `scripts/results` \
+             and commit the result",
+            a.doc.display(),
+            a.dir.display()
+        );
+        println!(
+            "{}: tables agree with the reports of {} datasets",
+            a.doc.display(),
+            datasets.len()
+        );
+    } else if new != doc {
+        dpsynth::fsutil::write_atomic(&a.doc, new.as_bytes())
+            .with_context(|| format!("writing {}", a.doc.display()))?;
+        println!("{}: tables rewritten from the reports", a.doc.display());
+    } else {
+        println!("{}: tables already agree with the reports", a.doc.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(dir: &Path, name: &str, accuracy: f64) {
+        std::fs::create_dir_all(dir.join(name)).unwrap();
+        let report = serde_json::json!({"command": "run", "mode": "loda", "test": "mnist:test",
+            "epsilon_spent": 9.99, "test_accuracy": accuracy});
+        std::fs::write(dir.join(name).join("report.json"), report.to_string()).unwrap();
+    }
+
+    #[test]
+    fn repeats_are_averaged_and_the_check_catches_drift() {
+        let tmp = tempfile::tempdir().unwrap();
+        let results = tmp.path().join("results/mnist");
+        cell(&results, "loda-eps10-s1", 0.90);
+        cell(&results, "loda-eps10-s2", 0.92);
+        cell(&results, "loda-eps10-s3", 0.94);
+        let doc = tmp.path().join("R.md");
+        std::fs::write(
+            &doc,
+            "# R\n<!-- results:mnist -->\nold\n<!-- /results:mnist -->\nend\n",
+        )
+        .unwrap();
+        let args = |check| ResultsArgs {
+            dir: tmp.path().join("results"),
+            doc: doc.clone(),
+            check,
+        };
+        assert!(
+            run(args(true)).is_err(),
+            "the old table must fail the check"
+        );
+        run(args(false)).unwrap();
+        let text = std::fs::read_to_string(&doc).unwrap();
+        assert!(
+            text.contains("| loda-eps10 | `mnist:test` | 9.99 | 3 | 92.00% ± 2.00 |"),
+            "{text}"
+        );
+        assert!(text.ends_with("<!-- /results:mnist -->\nend\n"), "{text}");
+        run(args(true)).unwrap();
+        cell(&results, "loda-eps10-s3", 0.95);
+        let err = run(args(true)).unwrap_err().to_string();
+        assert!(err.contains("differ from the reports"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_marker_is_named() {
+        let err = replace_marked("# R\n", "cifar10", "", Path::new("R.md"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("R.md") && err.contains("<!-- results:cifar10 -->"),
+            "{err}"
+        );
+        assert_eq!(setting_name("loda-eps10-s12"), "loda-eps10");
+        assert_eq!(
+            setting_name("base-alone-fonts-optdigits"),
+            "base-alone-fonts-optdigits"
+        );
+    }
+}
