@@ -8,7 +8,7 @@ use crate::progress::Progress;
 use anyhow::{Context, Result};
 use clap::Args;
 use dpsynth::data::{self, fetch, grid, imagefolder};
-use dpsynth::diffusion::sampler::{SamplerConfig, Spacing};
+use dpsynth::diffusion::sampler::SamplerConfig;
 use dpsynth::fsutil::write_atomic;
 use dpsynth::nn::arch::Arch;
 use dpsynth::synth::{generate, load_model_dir};
@@ -91,7 +91,7 @@ struct Sample {
     steps: usize,
     guidance: f64,
     seed: u64,
-    /// "ddpm" (default) or "ddim".
+    /// "ddpm" (default), "ddim" or "dpm".
     #[serde(default)]
     sampler: Sampler,
     /// DDIM η; only with sampler = "ddim".
@@ -223,7 +223,7 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
     let sampler = SamplerConfig {
         kind: cfg.sample.sampler.kind(cfg.sample.eta),
         num_steps: cfg.sample.steps,
-        spacing: Spacing::Leading,
+        spacing: cfg.sample.sampler.spacing(),
         guidance_scale: cfg.sample.guidance,
         batch_size: 250,
         clip_sample: true,

@@ -23,6 +23,9 @@ pub enum Sampler {
     /// DDIM (deterministic with --eta 0). With guidance above 1 it can draw broken images from
     /// small models.
     Ddim,
+    /// DPM-Solver++ (2M), as diffusers' DPMSolverMultistepScheduler: deterministic, second
+    /// order, over "linspace" timesteps.
+    Dpm,
 }
 
 #[derive(Args)]
@@ -63,14 +66,25 @@ impl Sampler {
         match self {
             Sampler::Ddim => SamplerKind::Ddim { eta },
             Sampler::Ddpm => SamplerKind::Ddpm,
+            Sampler::Dpm => SamplerKind::DpmSolver,
         }
     }
 
-    /// "DDPM" or "DDIM", for reports.
+    /// How its timesteps are spaced: "leading" for DDPM and DDIM, diffusers' "linspace" for
+    /// DPM-Solver.
+    pub fn spacing(self) -> Spacing {
+        match self {
+            Sampler::Ddim | Sampler::Ddpm => Spacing::Leading,
+            Sampler::Dpm => Spacing::Linspace,
+        }
+    }
+
+    /// "DDPM", "DDIM" or "DPM-Solver++(2M)", for reports.
     pub fn name(self) -> &'static str {
         match self {
             Sampler::Ddim => "DDIM",
             Sampler::Ddpm => "DDPM",
+            Sampler::Dpm => "DPM-Solver++(2M)",
         }
     }
 }
@@ -81,7 +95,7 @@ impl SampleArgs {
         SamplerConfig {
             kind: self.sampler.kind(self.eta),
             num_steps: self.steps,
-            spacing: Spacing::Leading,
+            spacing: self.sampler.spacing(),
             guidance_scale: self.guidance,
             batch_size: self.batch,
             clip_sample: true,

@@ -143,6 +143,16 @@ fn ddim_eta0_with_an_oracle_recovers_x0() {
 }
 
 #[test]
+fn dpm_solver_with_an_oracle_recovers_x0_in_few_steps() {
+    let o = oracle();
+    let cfg = SamplerConfig::dpm(10, 2.0);
+    let out = sample(&o, &o.schedule, &[1, 2, 3], [1, 8, 8], &cfg, 9, Device::Cpu).unwrap();
+    let diff = (&out - &o.x0).abs().max().double_value(&[]);
+    assert!(diff < 1e-4, "{diff}");
+    assert_eq!(*o.calls.borrow(), vec![6; 10]);
+}
+
+#[test]
 fn ddpm_with_an_oracle_recovers_x0() {
     let o = oracle();
     let cfg = SamplerConfig::ddpm(1000, 1.0);
@@ -163,7 +173,11 @@ fn sampling_is_repeatable_with_a_seed() {
     let unet = small_unet();
     let s = NoiseSchedule::linear(1000).unwrap();
     let labels = [0, 1, 2, 3, 4];
-    for kind in [SamplerKind::Ddpm, SamplerKind::Ddim { eta: 0.5 }] {
+    for kind in [
+        SamplerKind::Ddpm,
+        SamplerKind::Ddim { eta: 0.5 },
+        SamplerKind::DpmSolver,
+    ] {
         let cfg = SamplerConfig {
             kind,
             num_steps: 5,
@@ -181,6 +195,7 @@ fn sampling_is_repeatable_with_a_seed() {
         assert!(a.max().double_value(&[]) <= 1.0 && a.min().double_value(&[]) >= -1.0);
         assert_eq!(a, run(7, 5), "{kind:?}: same seed, same images");
         assert_ne!(a, run(8, 5), "{kind:?}: another seed, other images");
+        // (DPM-Solver is deterministic given x_T, which the seed draws)
         // an image's noise does not depend on its batch
         let diff = (&a - run(7, 2)).abs().max().double_value(&[]);
         assert!(diff < 1e-4, "{kind:?}: batch size changed images by {diff}");

@@ -2,6 +2,7 @@
 //! classifier-free guidance, an exponential moving average of weights, and the held-out loss
 //! that scores a model on public or test images.
 
+pub mod dpm_solver;
 pub mod ema;
 pub mod heldout;
 pub mod loss;
