@@ -168,7 +168,7 @@ pub fn run(a: ResultsArgs) -> Result<()> {
             a.dir.display()
         );
         println!(
-            "{}: tables agree with the reports of {} datasets",
+            "{}: tables agree with the reports ({} dataset folders)",
             a.doc.display(),
             datasets.len()
         );

@@ -123,6 +123,30 @@ fn resolve(p: &Path) -> PathBuf {
     }
 }
 
+/// The commit of the repository the binary was built from, with `-dirty` when it has
+/// uncommitted changes, or `None` without git (reports record what code made them).
+fn source_commit() -> Option<String> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let commit = git(&["rev-parse", "HEAD"])?;
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    Some(if dirty {
+        format!("{commit}-dirty")
+    } else {
+        commit
+    })
+}
+
 /// Runs `dpsynth run`.
 pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
     let (text, source) = match &a.config {
@@ -273,6 +297,8 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
 
     let report = serde_json::json!({
         "command": "run",
+        "version": env!("CARGO_PKG_VERSION"),
+        "commit": source_commit(),
         "config": source,
         "config_text": text,
         "private_train": cfg.private.train,
