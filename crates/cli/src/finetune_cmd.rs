@@ -115,6 +115,12 @@ pub struct FinetuneArgs {
     /// Output folder: model/ (loadable by `sample`), checkpoint/, grid.png, report.json.
     #[arg(long, default_value = "out/finetune")]
     pub out: PathBuf,
+    /// Steps between checkpoints.
+    #[arg(long, default_value_t = dpsynth::train::finetune::DEFAULT_CHECKPOINT_EVERY)]
+    pub checkpoint_every: u64,
+    /// Longest training time between checkpoints, in seconds (0: by step count only).
+    #[arg(long, default_value_t = dpsynth::train::checkpoint::DEFAULT_CHECKPOINT_SECONDS)]
+    pub checkpoint_seconds: f64,
     /// Continue from the checkpoint in --out: the privacy ledger and a seeded run's sampling and
     /// noise streams continue with it. Settings must match it (only --physical-batch may change).
     #[arg(long)]
@@ -135,6 +141,8 @@ impl FinetuneArgs {
             c.max_grad_norm = clip;
         }
         c.seed = self.seed;
+        c.checkpoint_every = self.checkpoint_every;
+        c.checkpoint_seconds = self.checkpoint_seconds;
         c.allow_large_delta = self.allow_large_delta;
         c.class_init = self
             .class_init

@@ -223,6 +223,8 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
             class_init: f.class_init.as_deref().map(resolve),
             allow_large_delta: f.allow_large_delta,
             private_log: f.private_log,
+            checkpoint_every: dpsynth::train::finetune::DEFAULT_CHECKPOINT_EVERY,
+            checkpoint_seconds: dpsynth::train::checkpoint::DEFAULT_CHECKPOINT_SECONDS,
             seed: None,
             out: out.join("finetune"),
             resume: out.join("finetune/checkpoint/checkpoint.json").exists(),

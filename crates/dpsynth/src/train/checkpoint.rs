@@ -200,10 +200,17 @@ pub fn ensure_same_settings<C: Serialize>(saved: &C, now: &C, dir: &Path) -> Res
     Ok(())
 }
 
+/// Relative difference within which two calibrations of σ are the same calibration: the search
+/// for σ is numerical, and its last bits have been seen to differ between processes.
+pub const SIGMA_TOLERANCE: f64 = 1e-9;
+
 /// Refuses to resume when this run's noise multiplier or sampling rate (which also depend on the
 /// data's size) differ from the checkpoint's: the ledger would then mix two calibrations.
-pub fn ensure_same_noise(saved: (f64, f64), now: (f64, f64), dir: &Path) -> Result<()> {
-    if saved != now {
+/// Returns the σ the resumed run continues with: the checkpoint's, so that the ledger records
+/// one σ.
+pub fn ensure_same_noise(saved: (f64, f64), now: (f64, f64), dir: &Path) -> Result<f64> {
+    let same_sigma = (saved.0 - now.0).abs() <= SIGMA_TOLERANCE * saved.0.abs().max(now.0.abs());
+    if !same_sigma || saved.1 != now.1 {
         bail!(
             "{}: the checkpoint used sigma {} and q {}, this data and these settings give {} and \
              {}; resume with the same data and settings or use another --out",
@@ -214,7 +221,7 @@ pub fn ensure_same_noise(saved: (f64, f64), now: (f64, f64), dir: &Path) -> Resu
             now.1
         );
     }
-    Ok(())
+    Ok(saved.0)
 }
 
 #[cfg(test)]

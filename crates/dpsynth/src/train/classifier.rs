@@ -139,6 +139,23 @@ pub fn train_classifier(
         None => 0.0,
     };
 
+    // a resumed run continues with its checkpoint's calibration
+    let saved: Option<(TrainState, _)> = match ckpt_dir.filter(|d| checkpoint::exists(d)) {
+        Some(dir) => Some(checkpoint::load(dir)?),
+        None => None,
+    };
+    let sigma = match (&saved, ckpt_dir) {
+        (Some((saved, _)), Some(dir)) => {
+            checkpoint::ensure_same_settings(&saved.config, cfg, dir)?;
+            checkpoint::ensure_same_noise(
+                (saved.noise_multiplier, saved.sample_rate),
+                (sigma, q),
+                dir,
+            )?
+        }
+        _ => sigma,
+    };
+
     let vs = nn::VarStore::new(device);
     let model = model_cfg.into().build(&vs.root())?;
     let params = sorted_by_name(vs.variables());
@@ -169,14 +186,7 @@ pub fn train_classifier(
         )?),
         None => None,
     };
-    if let Some(dir) = ckpt_dir.filter(|d| checkpoint::exists(d)) {
-        let (saved, tensors): (TrainState, _) = checkpoint::load(dir)?;
-        checkpoint::ensure_same_settings(&saved.config, cfg, dir)?;
-        checkpoint::ensure_same_noise(
-            (saved.noise_multiplier, saved.sample_rate),
-            (sigma, q),
-            dir,
-        )?;
+    if let (Some((saved, tensors)), Some(dir)) = (saved, ckpt_dir) {
         checkpoint::restore(&params, &tensors, dir)?;
         opt.restore(&tensors, "opt.")?;
         StreamPositions::restore(

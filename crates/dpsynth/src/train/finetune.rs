@@ -95,6 +95,9 @@ impl std::fmt::Display for Mode {
     }
 }
 
+/// Default steps between fine-tuning checkpoints.
+pub const DEFAULT_CHECKPOINT_EVERY: u64 = 20;
+
 /// Settings of a DP fine-tuning run (saved in checkpoints and reports).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -177,7 +180,7 @@ impl FinetuneConfig {
             class_init: None,
             allow_large_delta: false,
             seed: None,
-            checkpoint_every: 20,
+            checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
             checkpoint_seconds: checkpoint::DEFAULT_CHECKPOINT_SECONDS,
         }
     }
@@ -457,6 +460,28 @@ pub fn finetune(
     let total_steps = (cfg.epochs * n as f64 / cfg.batch_size as f64).ceil() as u64;
     let sigma = calibrate_noise(cfg.accountant, cfg.epsilon, cfg.delta, q, total_steps)
         .context("calibrating the noise multiplier")?;
+    // a resumed run continues with its checkpoint's calibration
+    let saved: Option<(FinetuneState, _)> = if checkpoint::exists(&ckpt) {
+        ensure!(
+            resume,
+            "{}: holds a checkpoint; pass --resume to continue it or choose another --out",
+            ckpt.display()
+        );
+        Some(checkpoint::load(&ckpt)?)
+    } else {
+        None
+    };
+    let sigma = match &saved {
+        Some((saved, _)) => {
+            checkpoint::ensure_same_settings(&saved.config, cfg, &ckpt)?;
+            checkpoint::ensure_same_noise(
+                (saved.noise_multiplier, saved.sample_rate),
+                (sigma, q),
+                &ckpt,
+            )?
+        }
+        None => sigma,
+    };
     let tensors = t.tensors();
     let mut opt = t.optimizer(cfg)?;
     let mut engine = DpSgd::new(
@@ -475,19 +500,7 @@ pub fn finetune(
         config: cfg.clone(),
         streams: None,
     };
-    if checkpoint::exists(&ckpt) {
-        ensure!(
-            resume,
-            "{}: holds a checkpoint; pass --resume to continue it or choose another --out",
-            ckpt.display()
-        );
-        let (saved, by_name): (FinetuneState, _) = checkpoint::load(&ckpt)?;
-        checkpoint::ensure_same_settings(&saved.config, cfg, &ckpt)?;
-        checkpoint::ensure_same_noise(
-            (saved.noise_multiplier, saved.sample_rate),
-            (sigma, q),
-            &ckpt,
-        )?;
+    if let Some((saved, by_name)) = saved {
         checkpoint::restore(&t.trainable, &by_name, &ckpt)?;
         opt.restore(&by_name, "opt.")?;
         StreamPositions::restore(
