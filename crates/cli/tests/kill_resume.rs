@@ -148,9 +148,8 @@ fn killed_fine_tuning_resumes_to_the_uninterrupted_ledger() {
         a["epsilon_spent"].as_f64().unwrap(),
         b["epsilon_spent"].as_f64().unwrap(),
     );
-    // the same ledger through the same accountant gives the same ε, up to the PLD computation's
-    // last digits, which differ between processes (1e-11 relative seen); never less than that
-    assert!((ea - eb).abs() <= 1e-9 * ea, "ε {eb} after kills, {ea} without");
+    // the same ledger through the same accountant: the same ε, never less
+    assert_eq!(ea, eb, "ε after kills, and without");
     assert!(hits >= 1, "no kill hit a running fine-tuning");
 }
 

@@ -200,8 +200,10 @@ pub fn ensure_same_settings<C: Serialize>(saved: &C, now: &C, dir: &Path) -> Res
     Ok(())
 }
 
-/// Relative difference within which two calibrations of σ are the same calibration: the search
-/// for σ is numerical, and its last bits have been seen to differ between processes.
+/// Relative difference within which two calibrations of σ are the same calibration. σ is stored
+/// as JSON text; a parser that does not round exactly (serde_json without its `float_roundtrip`
+/// feature, which the workspace now enables) reads it back one ulp off, and a resume must not
+/// fail on that. The resumed run continues with the checkpoint's σ either way.
 pub const SIGMA_TOLERANCE: f64 = 1e-9;
 
 /// Refuses to resume when this run's noise multiplier or sampling rate (which also depend on the
