@@ -50,11 +50,6 @@ thread_local! {
     static TAPE: RefCell<Option<Vec<Entry>>> = const { RefCell::new(None) };
 }
 
-/// True while a [`record_forward`] call is running on this thread.
-pub fn is_recording() -> bool {
-    TAPE.with(|t| t.borrow().is_some())
-}
-
 /// Records one layer call if recording is on and the layer has a trainable parameter.
 pub fn record(
     kind: LayerKind,

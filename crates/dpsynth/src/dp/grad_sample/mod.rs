@@ -88,14 +88,6 @@ impl ParamGrads {
         };
         Ok(flat.f_reshape(self.shape.as_slice())?)
     }
-
-    /// True when the per-example gradients were materialised (rather than kept in linear form).
-    pub fn is_materialised(&self) -> bool {
-        matches!(
-            self.sum,
-            SumRule::PerSample(_) | SumRule::PerSampleTransposed { .. }
-        )
-    }
 }
 
 /// Per-example gradient information of one recorded layer call.

@@ -258,15 +258,6 @@ impl UNet {
         }
     }
 
-    /// Names of the parameters of the attention blocks (for DP-LDM-style fine-tuning).
-    pub fn attention_parameter_names(&self) -> Vec<String> {
-        self.vs
-            .variables()
-            .into_keys()
-            .filter(|k| k.contains(".attentions."))
-            .collect()
-    }
-
     /// The validated config.
     pub fn config(&self) -> &UNetConfig {
         &self.config
