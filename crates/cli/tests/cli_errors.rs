@@ -408,3 +408,24 @@ fn colour_images_of_another_size_and_more_classes_fine_tune() {
     assert!(report["conversion"].as_str().unwrap().contains("luma"));
     assert_eq!(report["class_rows"].as_array().unwrap().len(), 12);
 }
+
+/// A one-class dataset cannot train a downstream classifier, and says so.
+#[test]
+fn one_class_data_is_refused_by_the_downstream_classifier() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("one");
+    std::fs::create_dir_all(root.join("only")).unwrap();
+    for i in 0..4 {
+        image::GrayImage::from_pixel(28, 28, image::Luma([40 * i as u8]))
+            .save(root.join("only").join(format!("{i}.png")))
+            .unwrap();
+    }
+    let spec = format!("imagefolder:{}", root.display());
+    let (code, _, stderr) = dpsynth(
+        dir.path(),
+        &[
+            "evaluate", "--train", &spec, "--test", &spec, "--epochs", "1",
+        ],
+    );
+    assert_clean_failure(code, &stderr, "needs at least two");
+}

@@ -89,6 +89,12 @@ pub fn train_and_test(
         real_test.num_classes()
     );
     ensure!(
+        synthetic.num_classes() >= 2,
+        "the data has {} class ({}): a downstream classifier needs at least two",
+        synthetic.num_classes(),
+        synthetic.class_names.join(", ")
+    );
+    ensure!(
         [synthetic.channels, synthetic.height, synthetic.width]
             == [real_test.channels, real_test.height, real_test.width],
         "synthetic images are {}x{}x{}, test images {}x{}x{}",
