@@ -21,6 +21,10 @@ use crate::nn::unet::UNet;
 pub const SCHEDULER_FILE: &str = "scheduler_config.json";
 /// File name of the class names in a model folder.
 pub const CLASSES_FILE: &str = "classes.json";
+/// File name of the adapter weights in a fine-tuned model folder.
+pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+/// File name of the adapter config in a fine-tuned model folder.
+pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 
 /// The scheduler keys dpsynth reads and writes (a subset of diffusers' `DDPMScheduler` config).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,7 +114,7 @@ pub fn save_extras(dir: &Path, scheduler: &SchedulerConfig, classes: &[String]) 
 /// `adapter_config.json` gets its adapters attached and loaded from `adapter_model.safetensors`.
 pub fn load_model_dir(dir: &Path, device: Device) -> Result<ModelDir> {
     let mut unet = UNet::load(dir, device)?;
-    let adapter_cfg_path = dir.join(crate::train::finetune::ADAPTER_CONFIG);
+    let adapter_cfg_path = dir.join(ADAPTER_CONFIG);
     let (adapter, adapter_store) = if adapter_cfg_path.exists() {
         let text = std::fs::read_to_string(&adapter_cfg_path)
             .with_context(|| format!("reading {}", adapter_cfg_path.display()))?;
@@ -119,10 +123,7 @@ pub fn load_model_dir(dir: &Path, device: Device) -> Result<ModelDir> {
         let store = tch::nn::VarStore::new(device);
         crate::nn::adapter::attach(&mut unet, &store, &acfg)
             .with_context(|| format!("{}", adapter_cfg_path.display()))?;
-        crate::nn::unet::weights::load_safetensors(
-            &store,
-            &dir.join(crate::train::finetune::ADAPTER_WEIGHTS),
-        )?;
+        crate::nn::unet::weights::load_safetensors(&store, &dir.join(ADAPTER_WEIGHTS))?;
         (Some(acfg), Some(store))
     } else {
         (None, None)

@@ -32,7 +32,7 @@ use crate::dp::rng::StreamPositions;
 use crate::dp::sampling::PoissonSampler;
 use crate::nn::adapter::{attach, AdapterConfig, AdapterKind};
 use crate::nn::unet::UNet;
-use crate::synth::{load_model_dir, save_extras, ModelDir};
+use crate::synth::{load_model_dir, save_extras, ModelDir, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 
 /// What is trained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -277,11 +277,6 @@ pub struct Finetuned {
     /// How the private images were converted to the model's shape (`None`: they had it).
     pub conversion: Option<String>,
 }
-
-/// Adapter weights file in a model folder.
-pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
-/// Adapter config file in a model folder.
-pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 
 /// The model being fine-tuned: U-Net, optional adapter store, and the named trainable tensors.
 pub struct Trainee {
