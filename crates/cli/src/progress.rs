@@ -15,6 +15,7 @@ pub const PLAIN_EVERY: Duration = Duration::from_secs(30);
 pub struct Progress {
     bar: ProgressBar,
     plain: Option<RefCell<Plain>>,
+    started: std::cell::Cell<bool>,
 }
 
 /// State of the plain-line fallback.
@@ -24,6 +25,8 @@ struct Plain {
     last: Instant,
     len: u64,
     pos: u64,
+    /// Where this process started counting (a resumed run starts past 0), for the ETA.
+    origin: Option<u64>,
     msg: String,
 }
 
@@ -45,10 +48,15 @@ impl Progress {
                 last: now,
                 len,
                 pos: 0,
+                origin: None,
                 msg: String::new(),
             })
         });
-        Self { bar, plain }
+        Self {
+            bar,
+            plain,
+            started: std::cell::Cell::new(false),
+        }
     }
 
     /// Sets the total.
@@ -59,11 +67,17 @@ impl Progress {
         }
     }
 
-    /// Sets the position; writes a plain line when one is due.
+    /// Sets the position; writes a plain line when one is due. The first position seen is where
+    /// this process started (a resumed run's checkpoint), so the ETA counts only its own work.
     pub fn set_position(&self, pos: u64) {
         self.bar.set_position(pos);
+        if !self.started.replace(true) {
+            self.bar.reset_eta();
+        }
         if let Some(p) = &self.plain {
             let mut p = p.borrow_mut();
+            // the first report comes after one unit of work
+            p.origin.get_or_insert(pos.saturating_sub(1));
             p.pos = pos;
             if p.last.elapsed() >= PLAIN_EVERY {
                 p.last = Instant::now();
@@ -93,8 +107,9 @@ impl Plain {
     /// `[elapsed] pos/len unit  msg  (eta …)`.
     fn line(&self) -> String {
         let elapsed = self.start.elapsed().as_secs_f64();
-        let eta = if self.pos > 0 && self.len > self.pos {
-            let left = elapsed / self.pos as f64 * (self.len - self.pos) as f64;
+        let done = self.pos - self.origin.unwrap_or(0).min(self.pos);
+        let eta = if done > 0 && self.len > self.pos {
+            let left = elapsed / done as f64 * (self.len - self.pos) as f64;
             format!("  eta {}", clock(left))
         } else {
             String::new()
