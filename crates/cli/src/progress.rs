@@ -135,6 +135,27 @@ fn clock(secs: f64) -> String {
     format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
+/// Whether progress lines of DP training show statistics of the private data that carry no
+/// noise (the training loss). They are outside the privacy guarantee: `off` (the default)
+/// prints only the step, ε and time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrivateLog {
+    /// Step, ε and time only.
+    #[default]
+    Off,
+    /// Also the training loss, a non-private statistic of the private data.
+    On,
+}
+
+/// The message of a DP training step's progress line.
+pub fn dp_step_message(loss: f64, epsilon: f64, log: PrivateLog) -> String {
+    match log {
+        PrivateLog::Off => format!("eps {epsilon:.3}"),
+        PrivateLog::On => format!("eps {epsilon:.3}  loss {loss:.4} (not private)"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +176,7 @@ mod tests {
             last: start,
             len: 100,
             pos: 50,
+            origin: None,
             msg: "loss 0.1".into(),
         };
         let line = p.line();
@@ -162,26 +184,12 @@ mod tests {
             line.starts_with("[0:00:10] 50/100 steps  loss 0.1  eta 0:00:1"),
             "{line}"
         );
-    }
-}
-
-/// Whether progress lines of DP training show statistics of the private data that carry no
-/// noise (the training loss). They are outside the privacy guarantee: `off` (the default)
-/// prints only the step, ε and time.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PrivateLog {
-    /// Step, ε and time only.
-    #[default]
-    Off,
-    /// Also the training loss, a non-private statistic of the private data.
-    On,
-}
-
-/// The message of a DP training step's progress line.
-pub fn dp_step_message(loss: f64, epsilon: f64, log: PrivateLog) -> String {
-    match log {
-        PrivateLog::Off => format!("eps {epsilon:.3}"),
-        PrivateLog::On => format!("eps {epsilon:.3}  loss {loss:.4} (not private)"),
+        // resumed at step 40: 10 steps in 10 s, so 50 left take about 50 s
+        let resumed = Plain {
+            origin: Some(40),
+            ..p
+        };
+        let line = resumed.line();
+        assert!(line.contains("eta 0:00:5"), "{line}");
     }
 }
