@@ -86,6 +86,27 @@ fn report(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap()
 }
 
+/// Runs the command `args(out)` once uninterrupted into `dir/whole` and once with kills into
+/// `dir/killed`; returns both reports and the number of kills that hit a running process.
+fn whole_and_killed(
+    dir: &Path,
+    args: impl Fn(&Path) -> Vec<String>,
+    max_delay: Duration,
+    seed: u64,
+) -> (serde_json::Value, serde_json::Value, usize) {
+    let whole = dir.join("whole");
+    run_to_end(&args(&whole));
+    let killed = dir.join("killed");
+    let hits = run_with_kills(
+        &args(&killed),
+        &killed.join("checkpoint"),
+        kills(),
+        max_delay,
+        seed,
+    );
+    (report(&whole), report(&killed), hits)
+}
+
 /// Two classes of eight 28×28 grey images.
 fn digits(dir: &Path) -> String {
     let root = dir.join("digits");
@@ -131,17 +152,7 @@ fn killed_fine_tuning_resumes_to_the_uninterrupted_ledger() {
         .chain([out.display().to_string()])
         .collect()
     };
-    let whole = dir.path().join("whole");
-    run_to_end(&args(&whole));
-    let killed = dir.path().join("killed");
-    let hits = run_with_kills(
-        &args(&killed),
-        &killed.join("checkpoint"),
-        kills(),
-        Duration::from_secs(4),
-        1,
-    );
-    let (a, b) = (report(&whole), report(&killed));
+    let (a, b, hits) = whole_and_killed(dir.path(), args, Duration::from_secs(4), 1);
     assert_eq!(a["steps"], b["steps"]);
     assert_eq!(a["ledger"], b["ledger"], "{hits} kills");
     let (ea, eb) = (
@@ -203,17 +214,7 @@ sample_every = 0
             .chain([out.display().to_string()])
             .collect()
     };
-    let whole = dir.path().join("whole");
-    run_to_end(&args(&whole));
-    let killed = dir.path().join("killed");
-    let hits = run_with_kills(
-        &args(&killed),
-        &killed.join("checkpoint"),
-        kills(),
-        Duration::from_secs(3),
-        2,
-    );
-    let (a, b) = (report(&whole), report(&killed));
+    let (a, b, hits) = whole_and_killed(dir.path(), args, Duration::from_secs(3), 2);
     assert_eq!(a["steps"], b["steps"], "{hits} kills");
     assert_eq!(a["steps"], 60);
 }
