@@ -12,7 +12,7 @@ With --grid PREFIX it also writes two guidance-3, 50-step grids drawn with diffu
 schedulers, PREFIX-ddpm.png (DDPMScheduler) and PREFIX-ddim.png (DDIMScheduler, η = 0), to compare
 with `dpsynth sample --sampler ddpm|ddim`.
 
-    /tmp/effvenv/bin/python scripts/check_base_conditioning.py \\
+    ~/.cache/dpsynth/venv-peers/bin/python scripts/check_base_conditioning.py \\
         --model models/mnist-base --data data/font-digits [--grid out/diffusers-grid]
 
 (The venv is the one bench/README.md builds for the Opacus/diffusers peers.)
