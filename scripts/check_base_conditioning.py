@@ -13,7 +13,7 @@ schedulers, PREFIX-ddpm.png (DDPMScheduler) and PREFIX-ddim.png (DDIMScheduler, 
 with `dpsynth sample --sampler ddpm|ddim`.
 
     ~/.cache/dpsynth/venv-peers/bin/python scripts/check_base_conditioning.py \\
-        --model models/mnist-base --data data/font-digits [--grid out/diffusers-grid]
+        --model models/mnist-base-fonts --data data/font-digits [--grid out/diffusers-grid]
 
 (The venv is the one bench/README.md builds for the Opacus/diffusers peers.)
 """

@@ -70,7 +70,7 @@ fn missing_font_folder_is_an_error() {
 fn shipped_pretraining_config_loads() {
     let p = Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../configs/mnist-base.toml"
+        "/../../configs/mnist-base-fonts.toml"
     ));
     let cfg = dpsynth::train::pretrain::PretrainConfig::load(p).unwrap();
     assert_eq!(cfg.model.num_class_embeds, Some(11));
