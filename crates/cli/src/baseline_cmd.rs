@@ -10,44 +10,26 @@ use dpsynth::fsutil::write_atomic;
 use dpsynth::nn::arch::{Arch, NetSpec};
 use dpsynth::train::classifier::{evaluate, train_classifier, PrivacyTarget, TrainConfig};
 use privacy::Accountant;
+use serde::Deserialize;
 use tch::Device;
 
 #[derive(Args)]
 pub struct BaselineArgs {
-    /// Private dataset: mnist or cifar10 (trains on NAME:train, tests on NAME:test).
+    /// Private dataset with train and test splits, e.g. mnist or cifar10 (trains on NAME:train,
+    /// tests on NAME:test; --train and --test name other specs).
     #[arg(long, default_value = "mnist")]
     data: String,
-    /// Target ε.
+    /// Private training set (a dataset spec; default: DATA:train).
     #[arg(long)]
-    epsilon: f64,
-    /// Target δ.
-    #[arg(long, default_value_t = 1e-5)]
-    delta: f64,
+    train: Option<String>,
+    /// Test set (a dataset spec; default: DATA:test).
+    #[arg(long)]
+    test: Option<String>,
+    #[command(flatten)]
+    settings: ClassifierSettings,
     /// Accountant used to calibrate σ and report ε: pld (default) or rdp.
     #[arg(long, default_value = "pld")]
     accountant: Accountant,
-    /// Epochs (steps = epochs · N / batch).
-    #[arg(long, default_value_t = 40)]
-    epochs: usize,
-    /// Expected logical batch size (Poisson sampling rate q = batch / N).
-    #[arg(long, default_value_t = 512)]
-    batch: usize,
-    /// Micro-batch size put through the model at once.
-    #[arg(long, default_value_t = 256)]
-    physical_batch: usize,
-    /// SGD learning rate.
-    #[arg(long, default_value_t = 4.0)]
-    lr: f64,
-    /// SGD momentum.
-    #[arg(long, default_value_t = 0.9)]
-    momentum: f64,
-    /// Per-example clipping norm C.
-    #[arg(long, default_value_t = 0.1)]
-    clip: f64,
-    /// Hold out this many training images as a validation set (not used for training; reported
-    /// so hyper-parameters can be chosen without the test set).
-    #[arg(long, default_value_t = 5000)]
-    val: usize,
     /// Seed: repeatable runs, but the noise is then NOT cryptographically secure.
     #[arg(long)]
     seed: Option<u64>,
@@ -58,22 +40,72 @@ pub struct BaselineArgs {
     /// noise streams continue with it. Settings must match it (only --physical-batch may change).
     #[arg(long)]
     resume: bool,
-    /// Accept a δ at or above 1/n of the private set (experiments only: it guarantees nothing).
-    #[arg(long)]
-    allow_large_delta: bool,
     /// Show the training loss in progress lines: a statistic of the private data with no noise,
     /// outside the privacy guarantee (off: step, epsilon and time only).
     #[arg(long, value_enum, default_value = "off")]
     private_log: PrivateLog,
-    /// Classifier: auto (the CNN for mnist, the GroupNorm ResNet-8 for cifar10), cnn or resnet.
-    #[arg(long, default_value = "auto")]
-    arch: Arch,
 }
 
-fn split(ds: &Dataset, val: usize, seed: u64) -> Result<(Dataset, Dataset)> {
+/// The settings of a DP-SGD classifier trained on private data: the flags of `dpsynth baseline`
+/// and the `[classifier]` table of a run config (where every key is required, so that a results
+/// cell states all of them).
+#[derive(Args, Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifierSettings {
+    /// Target ε.
+    #[arg(long)]
+    pub epsilon: f64,
+    /// Target δ.
+    #[arg(long, default_value_t = 1e-5)]
+    pub delta: f64,
+    /// Epochs (steps = epochs · N / batch).
+    #[arg(long, default_value_t = 40)]
+    pub epochs: usize,
+    /// Expected logical batch size (Poisson sampling rate q = batch / N).
+    #[arg(long, default_value_t = 512)]
+    pub batch: usize,
+    /// Micro-batch size put through the model at once.
+    #[arg(long, default_value_t = 256)]
+    pub physical_batch: usize,
+    /// SGD learning rate.
+    #[arg(long, default_value_t = 4.0)]
+    pub lr: f64,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    /// Per-example clipping norm C.
+    #[arg(long, default_value_t = 0.1)]
+    pub clip: f64,
+    /// Hold out this many training images as a validation set (not trained on; its accuracy is
+    /// reported). Choosing settings on it reads private data: choose them on a public stand-in.
+    #[arg(long, default_value_t = 5000)]
+    pub val: usize,
+    /// Classifier: auto (the CNN for 28×28 grey images, the GroupNorm ResNet-8 for colour), cnn
+    /// or resnet.
+    #[arg(long, default_value = "auto")]
+    #[serde(default)]
+    pub arch: Arch,
+    /// Accept a δ at or above 1/n of the private set (experiments only: it guarantees nothing).
+    #[arg(long)]
+    #[serde(default)]
+    pub allow_large_delta: bool,
+}
+
+/// What a trained baseline measured, as a report (JSON object).
+pub struct BaselineOutcome {
+    /// The report: accuracy, ledger, ε, settings.
+    pub report: serde_json::Value,
+    /// Test accuracy.
+    pub test_accuracy: f64,
+    /// ε spent.
+    pub epsilon: f64,
+}
+
+/// `ds` split into (trained on, held out) by a fixed public permutation.
+fn split_off(ds: &Dataset, val: usize, seed: u64) -> Result<(Dataset, Dataset)> {
     anyhow::ensure!(
         val < ds.len(),
-        "--val {val} must be below the {} training images",
+        "{val} held-out validation images (--val, or val in a run config) leave none of the {} to train on",
         ds.len()
     );
     // a fixed public permutation (it depends only on the seed and N, not on the data)
@@ -90,11 +122,6 @@ fn split(ds: &Dataset, val: usize, seed: u64) -> Result<(Dataset, Dataset)> {
 
 /// Runs `dpsynth baseline`.
 pub fn run(a: BaselineArgs, data_dir: &Path, device: Device) -> Result<()> {
-    let name = match a.data.as_str() {
-        "mnist" => "mnist",
-        "cifar10" => "cifar10",
-        other => anyhow::bail!("--data {other}: expected mnist or cifar10"),
-    };
     let has_checkpoint = a.out.join("checkpoint.json").exists();
     if has_checkpoint && !a.resume {
         anyhow::bail!(
@@ -108,17 +135,84 @@ pub fn run(a: BaselineArgs, data_dir: &Path, device: Device) -> Result<()> {
             a.out.display()
         );
     }
-    let full = data::load(&format!("{name}:train"), data_dir)?;
-    let test = data::load(&format!("{name}:test"), data_dir)?;
+    let train = a.train.unwrap_or_else(|| format!("{}:train", a.data));
+    let test = a.test.unwrap_or_else(|| format!("{}:test", a.data));
+    let outcome = train_baseline(
+        &a.settings,
+        &Split {
+            train: &train,
+            test: &test,
+        },
+        &Run {
+            accountant: a.accountant,
+            seed: a.seed,
+            out: &a.out,
+            private_log: a.private_log,
+        },
+        data_dir,
+        device,
+    )?;
+    let path = a.out.join("report.json");
+    write_atomic(
+        &path,
+        serde_json::to_string_pretty(&outcome.report)?.as_bytes(),
+    )
+    .with_context(|| format!("writing {}", path.display()))?;
+    println!("report: {}", path.display());
+    Ok(())
+}
+
+/// The private training set and the test set of a baseline, as dataset specs.
+pub struct Split<'a> {
+    /// Private training set.
+    pub train: &'a str,
+    /// Test set.
+    pub test: &'a str,
+}
+
+/// How a baseline runs: accountant, seed, output folder (its checkpoint; resumed when it holds
+/// one) and what the progress line shows.
+pub struct Run<'a> {
+    /// Accountant that calibrates σ and reports ε.
+    pub accountant: Accountant,
+    /// Seed (repeatable, NOT private noise) or `None` for OS-seeded noise.
+    pub seed: Option<u64>,
+    /// Output folder.
+    pub out: &'a Path,
+    /// Whether progress lines show the (non-private) training loss.
+    pub private_log: PrivateLog,
+}
+
+/// Trains the DP-SGD classifier on `split.train` (less `s.val` held-out images), tests it on
+/// `split.test`, and returns its report. Prints one summary line.
+pub fn train_baseline(
+    s: &ClassifierSettings,
+    split: &Split,
+    run: &Run,
+    data_dir: &Path,
+    device: Device,
+) -> Result<BaselineOutcome> {
+    let full = data::load(split.train, data_dir)?;
+    let test = data::load(split.test, data_dir)?;
+    let test = match data::convert::describe(
+        [test.channels, test.height, test.width],
+        [full.channels, full.height, full.width],
+    ) {
+        Some(what) => {
+            eprintln!("{}: {what}", split.test);
+            data::convert::convert(&test, [full.channels, full.height, full.width])
+        }
+        None => test,
+    };
     let model_cfg = NetSpec::for_data(
-        a.arch,
+        s.arch,
         full.channels,
         full.height,
         full.width,
         full.num_classes(),
     )?;
-    let (train, val) = if a.val > 0 {
-        split(&full, a.val, 0)?
+    let (train, val) = if s.val > 0 {
+        split_off(&full, s.val, 0)?
     } else {
         (
             full,
@@ -130,31 +224,31 @@ pub fn run(a: BaselineArgs, data_dir: &Path, device: Device) -> Result<()> {
         )
     };
     let cfg = TrainConfig {
-        epochs: a.epochs,
-        batch_size: a.batch,
-        physical_batch: a.physical_batch,
-        lr: a.lr,
-        momentum: a.momentum,
-        max_grad_norm: a.clip,
+        epochs: s.epochs,
+        batch_size: s.batch,
+        physical_batch: s.physical_batch,
+        lr: s.lr,
+        momentum: s.momentum,
+        max_grad_norm: s.clip,
         privacy: Some(PrivacyTarget {
-            epsilon: a.epsilon,
-            delta: a.delta,
-            accountant: a.accountant,
-            allow_large_delta: a.allow_large_delta,
+            epsilon: s.epsilon,
+            delta: s.delta,
+            accountant: run.accountant,
+            allow_large_delta: s.allow_large_delta,
         }),
-        seed: a.seed,
+        seed: run.seed,
         checkpoint_every: 200,
         checkpoint_seconds: dpsynth::train::checkpoint::DEFAULT_CHECKPOINT_SECONDS,
     };
     let bar = Progress::new(0, "steps");
     let mut last_eps = 0.0;
-    let trained = train_classifier(&train, model_cfg, &cfg, Some(&a.out), device, &mut |s| {
-        bar.set_length(s.total_steps);
-        bar.set_position(s.step);
-        if let Some(e) = s.epsilon {
+    let trained = train_classifier(&train, model_cfg, &cfg, Some(run.out), device, &mut |st| {
+        bar.set_length(st.total_steps);
+        bar.set_position(st.step);
+        if let Some(e) = st.epsilon {
             last_eps = e;
         }
-        bar.set_message(dp_step_message(s.loss, last_eps, a.private_log));
+        bar.set_message(dp_step_message(st.loss, last_eps, run.private_log));
     })?;
     bar.finish();
     let p = cfg.privacy.expect("baseline is private");
@@ -164,7 +258,8 @@ pub fn run(a: BaselineArgs, data_dir: &Path, device: Device) -> Result<()> {
         (!val.is_empty()).then(|| evaluate(trained.model.as_ref(), &val, device).accuracy);
     let report = serde_json::json!({
         "command": "baseline",
-        "data": name,
+        "private_train": split.train,
+        "test": split.test,
         "arch": model_cfg.arch().to_string(),
         "train_examples": train.len(),
         "validation_examples": val.len(),
@@ -185,9 +280,6 @@ pub fn run(a: BaselineArgs, data_dir: &Path, device: Device) -> Result<()> {
         "settings": cfg,
         "train_seconds_this_process": trained.train_seconds,
     });
-    let path = a.out.join("report.json");
-    write_atomic(&path, serde_json::to_string_pretty(&report)?.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))?;
     println!(
         "test accuracy {:.2}% (validation {}), epsilon {eps:.3} at delta {:e} ({}), sigma {:.3}, {} steps{}",
         100.0 * test_m.accuracy,
@@ -198,6 +290,9 @@ pub fn run(a: BaselineArgs, data_dir: &Path, device: Device) -> Result<()> {
         trained.state.step,
         if trained.secure_noise { "" } else { " (seeded: noise not secure)" }
     );
-    println!("report: {}", path.display());
-    Ok(())
+    Ok(BaselineOutcome {
+        report,
+        test_accuracy: test_m.accuracy,
+        epsilon: eps,
+    })
 }

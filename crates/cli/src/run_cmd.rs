@@ -18,12 +18,16 @@ use privacy::Accountant;
 use serde::Deserialize;
 use tch::Device;
 
+use crate::baseline_cmd::{self, train_baseline, ClassifierSettings, Split};
 use crate::finetune_cmd::{run_finetune, FinetuneArgs, TrainableArgs};
 use crate::sample_cmd::Sampler;
 
 /// The `[finetune] mode` that skips fine-tuning: the base is sampled as it is, no private
 /// training image is read, and nothing private is spent (a "base alone" cell).
 pub const BASE_MODE: &str = "base";
+
+/// The `mode` of a classifier cell's report: the DP-SGD classifier trained on the private data.
+pub const CLASSIFIER_MODE: &str = "dp-sgd-classifier";
 
 /// The embedded default config.
 pub const DEFAULT_CONFIG: &str = include_str!("../../../configs/run-default.toml");
@@ -46,6 +50,41 @@ struct RunConfig {
     finetune: Finetune,
     sample: Sample,
     evaluate: Evaluate,
+}
+
+/// A run config with a `[classifier]` table instead of `[finetune]`, `[sample]` and
+/// `[evaluate]`: the DP-SGD classifier trained directly on the private data, the baseline of a
+/// results table.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClassifierRunConfig {
+    out: PathBuf,
+    private: Private,
+    classifier: ClassifierSettings,
+}
+
+/// What a run config asks for.
+enum Job {
+    /// Fine-tune (or not: mode "base"), sample, evaluate.
+    Pipeline(Box<RunConfig>),
+    /// Train the DP-SGD classifier on the private data.
+    Classifier(ClassifierRunConfig),
+}
+
+/// Parses a run config: a `[classifier]` table makes it a classifier run.
+fn parse_job(text: &str, source: &str) -> Result<Job> {
+    let table: toml::Table =
+        toml::from_str(text).with_context(|| format!("{source}: invalid run config"))?;
+    Ok(if table.contains_key("classifier") {
+        Job::Classifier(
+            toml::from_str(text)
+                .with_context(|| format!("{source}: invalid run config ([classifier] run)"))?,
+        )
+    } else {
+        Job::Pipeline(Box::new(
+            toml::from_str(text).with_context(|| format!("{source}: invalid run config"))?,
+        ))
+    })
 }
 
 #[derive(Deserialize)]
@@ -147,38 +186,20 @@ fn source_commit() -> Option<String> {
     })
 }
 
-/// Runs `dpsynth run`.
-pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
-    let (text, source) = match &a.config {
-        Some(p) => (
-            std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?,
-            p.display().to_string(),
-        ),
-        None => (DEFAULT_CONFIG.to_string(), "embedded default".to_string()),
-    };
-    let cfg: RunConfig =
-        toml::from_str(&text).with_context(|| format!("{source}: invalid run config"))?;
-    anyhow::ensure!(
-        cfg.sample.eta == 0.0 || cfg.sample.sampler == Sampler::Ddim,
-        "{source}: [sample] eta applies to sampler = \"ddim\" only"
-    );
-    let out = a.out.clone().unwrap_or(cfg.out.clone());
+/// The run's output folder (`--out` or the config's), refused when it holds a finished run.
+fn output_folder(a: &RunArgs, configured: &Path) -> Result<PathBuf> {
+    let out = a.out.clone().unwrap_or(configured.to_path_buf());
     anyhow::ensure!(
         !out.join("report.json").exists(),
         "{}: holds a finished run; choose another --out",
         out.display()
     );
-    let start = Instant::now();
+    Ok(out)
+}
 
-    // 1. private data (fetched if it is a named dataset that is missing)
-    let f = &cfg.finetune;
-    let base_alone = f.mode == BASE_MODE;
-    let needed = if base_alone {
-        vec![&cfg.private.test]
-    } else {
-        vec![&cfg.private.train, &cfg.private.test]
-    };
-    for spec in needed {
+/// Fetches each named, fetchable dataset among `specs` that does not load yet.
+fn fetch_missing(specs: &[&String], data_dir: &Path) -> Result<()> {
+    for spec in specs {
         if let Some(name) = spec
             .split(':')
             .next()
@@ -189,6 +210,115 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// The fields every run report starts with: what ran, from which config and code.
+fn provenance(source: &str, text: &str) -> serde_json::Value {
+    serde_json::json!({
+        "command": "run",
+        "version": env!("CARGO_PKG_VERSION"),
+        "commit": source_commit(),
+        "config": source,
+        "config_text": text,
+        "threads": tch::get_num_threads(),
+    })
+}
+
+/// Runs a `[classifier]` config: the DP-SGD classifier on the private data (resumed from its
+/// checkpoint in OUT/classifier when there is one), with report.json and report.md.
+fn run_classifier(
+    cfg: ClassifierRunConfig,
+    a: &RunArgs,
+    text: &str,
+    source: &str,
+    data_dir: &Path,
+    device: Device,
+) -> Result<()> {
+    let out = output_folder(a, &cfg.out)?;
+    let start = Instant::now();
+    fetch_missing(&[&cfg.private.train, &cfg.private.test], data_dir)?;
+    eprintln!(
+        "== DP-SGD classifier on {}, epsilon {}",
+        cfg.private.train, cfg.classifier.epsilon
+    );
+    let outcome = train_baseline(
+        &cfg.classifier,
+        &Split {
+            train: &cfg.private.train,
+            test: &cfg.private.test,
+        },
+        &baseline_cmd::Run {
+            accountant: Accountant::Pld,
+            seed: None,
+            out: &out.join("classifier"),
+            private_log: crate::progress::PrivateLog::Off,
+        },
+        data_dir,
+        device,
+    )?;
+    let total_secs = start.elapsed().as_secs_f64();
+    let mut report = provenance(source, text);
+    let fields = report.as_object_mut().expect("an object");
+    if let serde_json::Value::Object(baseline) = outcome.report {
+        for (k, v) in baseline {
+            fields.entry(k).or_insert(v);
+        }
+    }
+    fields.insert("mode".into(), CLASSIFIER_MODE.into());
+    fields.insert("seconds".into(), serde_json::json!({ "total": total_secs }));
+    write_atomic(
+        &out.join("report.json"),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    let md = format!(
+        "# dpsynth run: DP-SGD classifier\n\n\
+         - config: {source}\n\
+         - private data: `{}`, tested on `{}`\n\
+         - privacy: epsilon = {:.3} at delta = {:e} (PLD accountant)\n\
+         - **test accuracy: {:.2}%**\n\
+         - time: {total_secs:.0} s on {} thread(s)\n",
+        cfg.private.train,
+        cfg.private.test,
+        outcome.epsilon,
+        cfg.classifier.delta,
+        100.0 * outcome.test_accuracy,
+        tch::get_num_threads(),
+    );
+    write_atomic(&out.join("report.md"), md.as_bytes())?;
+    println!("report: {}", out.join("report.md").display());
+    Ok(())
+}
+
+/// Runs `dpsynth run`.
+pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
+    let (text, source) = match &a.config {
+        Some(p) => (
+            std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?,
+            p.display().to_string(),
+        ),
+        None => (DEFAULT_CONFIG.to_string(), "embedded default".to_string()),
+    };
+    let cfg = match parse_job(&text, &source)? {
+        Job::Pipeline(cfg) => cfg,
+        Job::Classifier(cfg) => return run_classifier(cfg, &a, &text, &source, data_dir, device),
+    };
+    anyhow::ensure!(
+        cfg.sample.eta == 0.0 || cfg.sample.sampler == Sampler::Ddim,
+        "{source}: [sample] eta applies to sampler = \"ddim\" only"
+    );
+    let out = output_folder(&a, &cfg.out)?;
+    let start = Instant::now();
+
+    // 1. private data (fetched if it is a named dataset that is missing)
+    let f = &cfg.finetune;
+    let base_alone = f.mode == BASE_MODE;
+    let needed = if base_alone {
+        vec![&cfg.private.test]
+    } else {
+        vec![&cfg.private.train, &cfg.private.test]
+    };
+    fetch_missing(&needed, data_dir)?;
     let test = data::load(&cfg.private.test, data_dir)?;
 
     // 2. DP fine-tuning (none for the base alone)
@@ -297,12 +427,8 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
     let evaluate_secs = t0.elapsed().as_secs_f64();
     let total_secs = start.elapsed().as_secs_f64();
 
-    let report = serde_json::json!({
-        "command": "run",
-        "version": env!("CARGO_PKG_VERSION"),
-        "commit": source_commit(),
-        "config": source,
-        "config_text": text,
+    let mut report = provenance(&source, &text);
+    let fields = serde_json::json!({
         "private_train": cfg.private.train,
         "test": cfg.private.test,
         "mode": f.mode,
@@ -327,8 +453,10 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
         "downstream_best_epoch": r.best_epoch,
         "downstream_val_accuracy": r.val_accuracy,
         "seconds": {"finetune": finetune_secs, "sample": sample_secs, "evaluate": evaluate_secs, "total": total_secs},
-        "threads": tch::get_num_threads(),
     });
+    if let (Some(report), serde_json::Value::Object(fields)) = (report.as_object_mut(), fields) {
+        report.extend(fields);
+    }
     write_atomic(
         &out.join("report.json"),
         serde_json::to_string_pretty(&report)?.as_bytes(),
@@ -457,17 +585,21 @@ mod tests {
                 let name = format!("{data}/{}", cell.file_name().unwrap().to_string_lossy());
                 let text = std::fs::read_to_string(cell.join("config.toml"))
                     .unwrap_or_else(|e| panic!("{name}: {e}"));
-                let cfg: RunConfig =
-                    toml::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
-                if cfg.finetune.mode != BASE_MODE {
-                    cfg.finetune.mode.parse::<Mode>().unwrap();
-                }
-                assert!(
-                    repo.join(&cfg.finetune.base).join("config.json").is_file(),
-                    "{name}"
-                );
-                assert_eq!(cfg.private.train, format!("{data}:train"), "{name}");
-                assert_eq!(cfg.out, Path::new("out/results").join(&name), "{name}");
+                let (out, private) = match parse_job(&text, &name).unwrap() {
+                    Job::Pipeline(cfg) => {
+                        if cfg.finetune.mode != BASE_MODE {
+                            cfg.finetune.mode.parse::<Mode>().unwrap();
+                        }
+                        assert!(
+                            repo.join(&cfg.finetune.base).join("config.json").is_file(),
+                            "{name}"
+                        );
+                        (cfg.out, cfg.private)
+                    }
+                    Job::Classifier(cfg) => (cfg.out, cfg.private),
+                };
+                assert_eq!(private.train, format!("{data}:train"), "{name}");
+                assert_eq!(out, Path::new("out/results").join(&name), "{name}");
                 seen += 1;
             }
         }
