@@ -230,12 +230,12 @@ pub fn train_baseline(
         lr: s.lr,
         momentum: s.momentum,
         max_grad_norm: s.clip,
-        privacy: Some(PrivacyTarget {
+        privacy: PrivacyTarget {
             epsilon: s.epsilon,
             delta: s.delta,
             accountant: run.accountant,
             allow_large_delta: s.allow_large_delta,
-        }),
+        },
         seed: run.seed,
         checkpoint_every: 200,
         checkpoint_seconds: dpsynth::train::checkpoint::DEFAULT_CHECKPOINT_SECONDS,
@@ -251,7 +251,7 @@ pub fn train_baseline(
         bar.set_message(dp_step_message(st.loss, last_eps, run.private_log));
     })?;
     bar.finish();
-    let p = cfg.privacy.expect("baseline is private");
+    let p = cfg.privacy;
     let eps = trained.state.ledger.epsilon(p.accountant, p.delta)?;
     let test_m = evaluate(trained.model.as_ref(), &test, device);
     let val_acc =

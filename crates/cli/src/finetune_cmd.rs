@@ -179,7 +179,7 @@ pub fn run_finetune(a: &FinetuneArgs, data_dir: &Path, device: Device) -> Result
     let mut eps = 0.0;
     let base = &a.trainable.base;
     let done = finetune(base, &train, &cfg, &a.out, a.resume, device, &mut |s| {
-        bar.set_length(s.total);
+        bar.set_length(s.total_steps);
         bar.set_position(s.step);
         if let Some(e) = s.epsilon {
             eps = e;

@@ -58,12 +58,12 @@ fn cfg(epochs: usize) -> TrainConfig {
         lr: 0.1,
         momentum: 0.9,
         max_grad_norm: 1.0,
-        privacy: Some(PrivacyTarget {
+        privacy: PrivacyTarget {
             epsilon: 5.0,
             delta: 1e-5,
             accountant: Accountant::Pld,
             allow_large_delta: false,
-        }),
+        },
         seed: Some(1),
         checkpoint_every: 4,
         checkpoint_seconds: 0.0,

@@ -15,21 +15,20 @@
 //! refused. The fine-tuned model folder carries the private data's class names.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
-use privacy::{calibrate_noise, Accountant, Ledger};
+use privacy::Accountant;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Tensor};
 
 use super::class_table::{self, ClassInit, RowStart};
-use super::{checkpoint, shallow, shallow_named, sorted_by_name};
+pub use super::dp_loop::StepInfo;
+use super::dp_loop::{self, Checkpointing, DpConfig, DpSettings, DpState, MicroBatchLoss};
+use super::{checkpoint, sorted_by_name};
 use crate::data::Dataset;
-use crate::diffusion::loss::{draw, eps_loss_with, LossConfig};
-use crate::dp::engine::{DpSgd, DpSgdConfig};
+use crate::diffusion::loss::{draw, eps_loss_with, Draws, LossConfig};
+use crate::diffusion::schedule::NoiseSchedule;
 use crate::dp::optim::{Optimizer, OptimizerConfig};
-use crate::dp::rng::StreamPositions;
-use crate::dp::sampling::PoissonSampler;
 use crate::nn::adapter::{attach, AdapterConfig, AdapterKind};
 use crate::nn::unet::UNet;
 use crate::synth::{load_model_dir, save_extras, ModelDir, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
@@ -222,39 +221,26 @@ impl FinetuneConfig {
     }
 }
 
-/// Progress of one step.
-#[derive(Debug, Clone)]
-pub struct FinetuneStep {
-    /// Steps done.
-    pub step: u64,
-    /// Total steps.
-    pub total: u64,
-    /// Mean per-row loss of the step.
-    pub loss: f64,
-    /// ε spent so far, when computed (every ~2% of the run).
-    pub epsilon: Option<f64>,
-}
-
 /// Checkpointed state besides the tensors.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FinetuneState {
-    /// Steps done.
-    pub step: u64,
-    /// Planned steps.
-    pub total_steps: u64,
-    /// σ in use.
-    pub noise_multiplier: f64,
-    /// Poisson sampling rate q.
-    pub sample_rate: f64,
-    /// Every DP-SGD step so far, across resumes.
-    pub ledger: Ledger,
-    /// Training seconds summed over sessions.
-    pub seconds: f64,
-    /// The run's settings.
-    pub config: FinetuneConfig,
-    /// Where a seeded run's sampling and noise streams stopped (`None` when OS-seeded).
-    #[serde(default)]
-    pub streams: Option<StreamPositions>,
+pub type FinetuneState = DpState<FinetuneConfig>;
+
+impl DpConfig for FinetuneConfig {
+    fn dp(&self) -> DpSettings {
+        DpSettings {
+            epsilon: self.epsilon,
+            delta: self.delta,
+            accountant: self.accountant,
+            allow_large_delta: self.allow_large_delta,
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            physical_batch: self.physical_batch,
+            max_grad_norm: self.max_grad_norm,
+            rows_per_example: self.noise_multiplicity,
+            seed: self.seed,
+            checkpoint_every: self.checkpoint_every,
+            checkpoint_seconds: self.checkpoint_seconds,
+        }
+    }
 }
 
 /// What a finished fine-tuning run produced.
@@ -408,8 +394,33 @@ pub fn prepare(
     })
 }
 
-/// Fine-tunes the model in `base` on `train` with DP-SGD; writes `out/model` (a model folder),
-/// `out/checkpoint`, and returns the record.
+/// The diffusion model's per-example loss: the ε-prediction error of K (timestep, noise) draws
+/// per image, with class dropout to the null class.
+struct EpsLoss<'a> {
+    unet: &'a UNet,
+    schedule: &'a NoiseSchedule,
+    train: &'a Dataset,
+    cfg: LossConfig,
+    null: i64,
+    device: Device,
+}
+
+impl MicroBatchLoss for EpsLoss<'_> {
+    type Prepared = (Tensor, Draws);
+
+    fn prepare(&mut self, indices: &[usize]) -> Result<Self::Prepared> {
+        let (x0, y) = self.train.batch(indices, self.device);
+        let draws = draw(self.schedule, &x0, &y, &self.cfg, Some(self.null))?;
+        Ok((x0, draws))
+    }
+
+    fn losses(&self, (x0, draws): &Self::Prepared) -> Tensor {
+        eps_loss_with(self.unet, self.schedule, x0, draws)
+    }
+}
+
+/// Fine-tunes the model in `base` on `train` with DP-SGD (the loop of [`super::dp_loop`]);
+/// writes `out/model` (a model folder), `out/checkpoint`, and returns the record.
 pub fn finetune(
     base: &Path,
     train: &Dataset,
@@ -417,7 +428,7 @@ pub fn finetune(
     out: &Path,
     resume: bool,
     device: Device,
-    on_step: &mut dyn FnMut(&FinetuneStep),
+    on_step: &mut dyn FnMut(&StepInfo),
 ) -> Result<Finetuned> {
     cfg.validate()?;
     if let Some(seed) = cfg.seed {
@@ -425,12 +436,11 @@ pub fn finetune(
     }
     ensure!(!train.is_empty(), "the private training set is empty");
     super::ensure_meaningful_delta(cfg.delta, train.len(), cfg.allow_large_delta)?;
-    let ckpt = out.join("checkpoint");
-    ensure!(
-        !resume || checkpoint::exists(&ckpt),
-        "{}: no checkpoint to resume (--resume continues a run in the same --out)",
-        ckpt.display()
-    );
+    let checkpointing = Checkpointing {
+        dir: &out.join("checkpoint"),
+        resume,
+    };
+    checkpointing.check()?; // before loading the model: a wrong flag fails at once
     let t = prepare(base, cfg, Some(&train.class_names), device)?;
     let unet = &t.model.unet;
     let null = unet.null_class().context("the model has no null class")?;
@@ -449,135 +459,38 @@ pub fn finetune(
     } else {
         train
     };
-
-    let n = train.len();
-    let q = (cfg.batch_size as f64 / n as f64).min(1.0);
-    let total_steps = (cfg.epochs * n as f64 / cfg.batch_size as f64).ceil() as u64;
-    let sigma = calibrate_noise(cfg.accountant, cfg.epsilon, cfg.delta, q, total_steps)
-        .context("calibrating the noise multiplier")?;
-    // a resumed run continues with its checkpoint's calibration
-    let saved: Option<(FinetuneState, _)> = if checkpoint::exists(&ckpt) {
-        ensure!(
-            resume,
-            "{}: holds a checkpoint; pass --resume to continue it or choose another --out",
-            ckpt.display()
-        );
-        Some(checkpoint::load(&ckpt)?)
-    } else {
-        None
-    };
-    let sigma = match &saved {
-        Some((saved, _)) => {
-            checkpoint::ensure_same_settings(&saved.config, cfg, &ckpt)?;
-            checkpoint::ensure_same_noise(
-                (saved.noise_multiplier, saved.sample_rate),
-                (sigma, q),
-                &ckpt,
-            )?
-        }
-        None => sigma,
-    };
-    let tensors = t.tensors();
     let mut opt = t.optimizer(cfg)?;
-    let mut engine = DpSgd::new(
-        shallow(&tensors),
-        DpSgdConfig::new(cfg.max_grad_norm, sigma, q * n as f64),
-        cfg.seed,
+    let run = dp_loop::train(
+        cfg,
+        train.len(),
+        &t.trainable,
+        &mut opt,
+        &mut EpsLoss {
+            unet,
+            schedule: &t.model.schedule,
+            train,
+            cfg: LossConfig {
+                repeats: cfg.noise_multiplicity,
+                class_dropout: cfg.class_dropout,
+            },
+            null,
+            device,
+        },
+        Some(checkpointing),
+        on_step,
     )?;
-    let mut sampler = PoissonSampler::new(n, q, cfg.seed)?;
-    let mut state = FinetuneState {
-        step: 0,
-        total_steps,
-        noise_multiplier: sigma,
-        sample_rate: q,
-        ledger: Ledger::new(),
-        seconds: 0.0,
-        config: cfg.clone(),
-        streams: None,
-    };
-    if let Some((saved, by_name)) = saved {
-        checkpoint::restore(&t.trainable, &by_name, &ckpt)?;
-        opt.restore(&by_name, "opt.")?;
-        StreamPositions::restore(
-            saved.streams.as_ref(),
-            sampler.rng_mut(),
-            Some(engine.rng_mut()),
-        )
-        .with_context(|| format!("{}: cannot resume", ckpt.display()))?;
-        state.step = saved.step;
-        state.ledger = saved.ledger;
-        state.seconds = saved.seconds;
-    }
-    let loss_cfg = LossConfig {
-        repeats: cfg.noise_multiplicity,
-        class_dropout: cfg.class_dropout,
-    };
-    let schedule = &t.model.schedule;
-    let report_every = (total_steps / 50).max(1);
-    let start = Instant::now();
-    let mut checkpoints =
-        checkpoint::CheckpointSchedule::new(cfg.checkpoint_every, cfg.checkpoint_seconds);
-    let seconds_before = state.seconds;
-    while state.step < total_steps {
-        if let Some(seed) = cfg.seed {
-            // a function of the seed and the step, so a resumed seeded run repeats the
-            // uninterrupted one exactly
-            tch::manual_seed(step_seed(seed, state.step));
-        }
-        let batch = sampler.sample();
-        let mut loss_sum = 0.0;
-        let mut rows = 0usize;
-        for micro in batch.micro_batches(cfg.physical_batch)? {
-            let (x0, y) = train.batch(micro, device);
-            let draws = draw(schedule, &x0, &y, &loss_cfg, Some(null))?;
-            let mut l = 0.0;
-            engine.accumulate(cfg.noise_multiplicity, || {
-                let losses = eps_loss_with(unet, schedule, &x0, &draws);
-                l = losses.sum(tch::Kind::Float).double_value(&[]);
-                losses
-            })?;
-            loss_sum += l;
-            rows += micro.len() * cfg.noise_multiplicity as usize;
-        }
-        opt.step(&engine.finish_step()?)?;
-        state.ledger.record(q, sigma, 1);
-        state.step += 1;
-        state.seconds = seconds_before + start.elapsed().as_secs_f64();
-        let epsilon = (state.step.is_multiple_of(report_every) || state.step == total_steps)
-            .then(|| state.ledger.epsilon(cfg.accountant, cfg.delta))
-            .transpose()?;
-        on_step(&FinetuneStep {
-            step: state.step,
-            total: total_steps,
-            loss: loss_sum / rows.max(1) as f64,
-            epsilon,
-        });
-        if checkpoints.due(state.step, state.step == total_steps) {
-            let mut all = shallow_named(&t.trainable);
-            all.extend(opt.named_state("opt."));
-            state.streams = StreamPositions::of(sampler.rng(), Some(engine.rng()));
-            checkpoint::save(&ckpt, state.step, &state, &all)?;
-        }
-    }
     let model_dir = out.join("model");
     save_model(&t, &train.class_names, &model_dir)?;
-    let epsilon = state.ledger.epsilon(cfg.accountant, cfg.delta)?;
     Ok(Finetuned {
         model_dir,
-        epsilon,
-        trainable_parameters: tensors.iter().map(Tensor::numel).sum(),
+        epsilon: run.epsilon,
+        trainable_parameters: t.trainable.iter().map(|(_, v)| v.numel()).sum(),
         base_parameters: unet.vs.variables().values().map(Tensor::numel).sum(),
-        state,
-        secure_noise: engine.is_secure() && sampler.is_secure(),
+        state: run.state,
+        secure_noise: run.secure_noise,
         class_rows: t.class_rows.clone(),
         conversion,
     })
-}
-
-/// The libtorch seed of step `step` in a run seeded with `seed` (timesteps, diffusion noise and
-/// class dropout; the DP streams are ChaCha, see [`crate::dp::rng`]).
-fn step_seed(seed: u64, step: u64) -> i64 {
-    (seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64
 }
 
 /// Writes the fine-tuned model folder: the U-Net (base weights plus whatever was trained), the

@@ -5,6 +5,7 @@ pub mod class_table;
 pub mod classifier;
 pub mod clip_scan;
 pub mod downstream;
+pub mod dp_loop;
 pub mod finetune;
 pub mod plot;
 pub mod pretrain;
