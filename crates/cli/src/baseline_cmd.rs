@@ -137,19 +137,19 @@ pub fn run(a: BaselineArgs, data_dir: &Path, device: Device) -> Result<()> {
     }
     let train = a.train.unwrap_or_else(|| format!("{}:train", a.data));
     let test = a.test.unwrap_or_else(|| format!("{}:test", a.data));
+    let split = Split {
+        train: (&train, data::load(&train, data_dir)?),
+        test: (&test, data::load(&test, data_dir)?),
+    };
     let outcome = train_baseline(
         &a.settings,
-        &Split {
-            train: &train,
-            test: &test,
-        },
+        &split,
         &Run {
             accountant: a.accountant,
             seed: a.seed,
             out: &a.out,
             private_log: a.private_log,
         },
-        data_dir,
         device,
     )?;
     let path = a.out.join("report.json");
@@ -162,12 +162,12 @@ pub fn run(a: BaselineArgs, data_dir: &Path, device: Device) -> Result<()> {
     Ok(())
 }
 
-/// The private training set and the test set of a baseline, as dataset specs.
+/// The private training set and the test set of a baseline, each with its dataset spec.
 pub struct Split<'a> {
     /// Private training set.
-    pub train: &'a str,
+    pub train: (&'a str, Dataset),
     /// Test set.
-    pub test: &'a str,
+    pub test: (&'a str, Dataset),
 }
 
 /// How a baseline runs: accountant, seed, output folder (its checkpoint; resumed when it holds
@@ -189,20 +189,19 @@ pub fn train_baseline(
     s: &ClassifierSettings,
     split: &Split,
     run: &Run,
-    data_dir: &Path,
     device: Device,
 ) -> Result<BaselineOutcome> {
-    let full = data::load(split.train, data_dir)?;
-    let test = data::load(split.test, data_dir)?;
+    let (train_spec, full) = (split.train.0, &split.train.1);
+    let (test_spec, test) = (split.test.0, &split.test.1);
     let test = match data::convert::describe(
         [test.channels, test.height, test.width],
         [full.channels, full.height, full.width],
     ) {
         Some(what) => {
-            eprintln!("{}: {what}", split.test);
-            data::convert::convert(&test, [full.channels, full.height, full.width])
+            eprintln!("{test_spec}: {what}");
+            data::convert::convert(test, [full.channels, full.height, full.width])
         }
-        None => test,
+        None => test.clone(),
     };
     let model_cfg = NetSpec::for_data(
         s.arch,
@@ -212,10 +211,10 @@ pub fn train_baseline(
         full.num_classes(),
     )?;
     let (train, val) = if s.val > 0 {
-        split_off(&full, s.val, 0)?
+        split_off(full, s.val, 0)?
     } else {
         (
-            full,
+            full.clone(),
             Dataset {
                 images: vec![],
                 labels: vec![],
@@ -258,8 +257,8 @@ pub fn train_baseline(
         (!val.is_empty()).then(|| evaluate(trained.model.as_ref(), &val, device).accuracy);
     let report = serde_json::json!({
         "command": "baseline",
-        "private_train": split.train,
-        "test": split.test,
+        "private_train": train_spec,
+        "test": test_spec,
         "arch": model_cfg.arch().to_string(),
         "train_examples": train.len(),
         "validation_examples": val.len(),

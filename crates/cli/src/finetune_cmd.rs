@@ -128,8 +128,8 @@ pub struct FinetuneArgs {
 }
 
 impl FinetuneArgs {
-    /// The library settings these flags describe (reads the class-init table).
-    pub fn config(&self) -> Result<FinetuneConfig> {
+    /// The job these flags describe (reads the class-init table).
+    pub fn job(&self) -> Result<FinetuneJob> {
         let mut c = self.trainable.config(self.epsilon, self.delta);
         c.accountant = self.accountant;
         c.epochs = self.epochs;
@@ -144,12 +144,62 @@ impl FinetuneArgs {
         c.checkpoint_every = self.checkpoint_every;
         c.checkpoint_seconds = self.checkpoint_seconds;
         c.allow_large_delta = self.allow_large_delta;
-        c.class_init = self
-            .class_init
+        FinetuneJob::new(
+            self.trainable.base.clone(),
+            self.data.clone(),
+            c,
+            self.class_init.clone(),
+            self.out.clone(),
+        )
+        .map(|job| FinetuneJob {
+            resume: self.resume,
+            private_log: self.private_log,
+            ..job
+        })
+    }
+}
+
+/// One DP fine-tuning job, as `finetune` and `run` hand it to [`run_finetune`].
+pub struct FinetuneJob {
+    /// Base model folder.
+    pub base: PathBuf,
+    /// Private training data (dataset spec).
+    pub data: String,
+    /// The library settings (with the class-init table read in).
+    pub config: FinetuneConfig,
+    /// The file the class-init table came from, for messages.
+    pub class_init_file: Option<PathBuf>,
+    /// Output folder.
+    pub out: PathBuf,
+    /// Continue the checkpoint in `out`.
+    pub resume: bool,
+    /// Whether progress lines show the (non-private) training loss.
+    pub private_log: PrivateLog,
+}
+
+impl FinetuneJob {
+    /// A fresh job (no resume, private log off); reads the class-init table `class_init_file`
+    /// into the config.
+    pub fn new(
+        base: PathBuf,
+        data: String,
+        mut config: FinetuneConfig,
+        class_init_file: Option<PathBuf>,
+        out: PathBuf,
+    ) -> Result<Self> {
+        config.class_init = class_init_file
             .as_deref()
             .map(class_table::load_class_init)
             .transpose()?;
-        Ok(c)
+        Ok(Self {
+            base,
+            data,
+            config,
+            class_init_file,
+            out,
+            resume: false,
+            private_log: PrivateLog::Off,
+        })
     }
 }
 
@@ -167,18 +217,17 @@ pub const CLASS_ROWS_NOTE: &str = "class rows start from the base's rows of the 
      related public classes (class_init) or of the null class: this reads only the base and \
      public class names, so it costs no privacy";
 
-/// Runs the fine-tuning with a progress bar and writes report.json and grid.png; returns the
-/// record for callers (`run`).
-pub fn run_finetune(a: &FinetuneArgs, data_dir: &Path, device: Device) -> Result<Finetuned> {
-    let cfg = a.config()?;
-    let train = data::load(&a.data, data_dir)?;
-    if let Some(what) = conversion_of(&train, &a.trainable.base) {
+/// Runs the fine-tuning of `job` on `train` (the private set `job.data` names) with a progress
+/// bar and writes report.json and grid.png; returns the record for callers (`run`).
+pub fn run_finetune(a: &FinetuneJob, train: &data::Dataset, device: Device) -> Result<Finetuned> {
+    let cfg = &a.config;
+    if let Some(what) = conversion_of(train, &a.base) {
         eprintln!("{}: {what}", a.data);
     }
     let bar = Progress::new(0, "steps");
     let mut eps = 0.0;
-    let base = &a.trainable.base;
-    let done = finetune(base, &train, &cfg, &a.out, a.resume, device, &mut |s| {
+    let base = &a.base;
+    let done = finetune(base, train, cfg, &a.out, a.resume, device, &mut |s| {
         bar.set_length(s.total_steps);
         bar.set_position(s.step);
         if let Some(e) = s.epsilon {
@@ -186,7 +235,7 @@ pub fn run_finetune(a: &FinetuneArgs, data_dir: &Path, device: Device) -> Result
         }
         bar.set_message(dp_step_message(s.loss, eps, a.private_log));
     })
-    .with_context(|| match &a.class_init {
+    .with_context(|| match &a.class_init_file {
         Some(table) => format!(
             "fine-tuning {} on {} with class-init table {}",
             base.display(),
@@ -201,7 +250,7 @@ pub fn run_finetune(a: &FinetuneArgs, data_dir: &Path, device: Device) -> Result
     grid::write_grid(&grid_ds, 10, 2, &a.out.join("grid.png"))?;
     let report = serde_json::json!({
         "command": "finetune",
-        "base": a.trainable.base,
+        "base": a.base,
         "data": a.data,
         "mode": cfg.mode.to_string(),
         "trainable_parameters": done.trainable_parameters,
@@ -247,5 +296,7 @@ pub fn run_finetune(a: &FinetuneArgs, data_dir: &Path, device: Device) -> Result
 
 /// Runs `dpsynth finetune`.
 pub fn run(a: FinetuneArgs, data_dir: &Path, device: Device) -> Result<()> {
-    run_finetune(&a, data_dir, device).map(|_| ())
+    let job = a.job()?;
+    let train = data::load(&job.data, data_dir)?;
+    run_finetune(&job, &train, device).map(|_| ())
 }

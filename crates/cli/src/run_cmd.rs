@@ -13,13 +13,13 @@ use dpsynth::fsutil::write_atomic;
 use dpsynth::nn::arch::Arch;
 use dpsynth::synth::{generate, load_model_dir};
 use dpsynth::train::downstream::{train_and_test, DownstreamConfig};
-use dpsynth::train::finetune::Mode;
+use dpsynth::train::finetune::{FinetuneConfig, Mode};
 use privacy::Accountant;
 use serde::Deserialize;
 use tch::Device;
 
 use crate::baseline_cmd::{self, train_baseline, ClassifierSettings, Split};
-use crate::finetune_cmd::{run_finetune, FinetuneArgs, TrainableArgs};
+use crate::finetune_cmd::{run_finetune, FinetuneJob};
 use crate::sample_cmd::Sampler;
 
 /// The `[finetune] mode` that skips fine-tuning: the base is sampled as it is, no private
@@ -87,6 +87,34 @@ fn parse_job(text: &str, source: &str) -> Result<Job> {
     })
 }
 
+/// The `[finetune] mode` of a run config: a fine-tuning mode, or "base" (`None`: the base is
+/// sampled as it is).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+struct RunMode(Option<Mode>);
+
+impl TryFrom<String> for RunMode {
+    type Error = String;
+
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        if s == BASE_MODE {
+            return Ok(Self(None));
+        }
+        s.parse::<Mode>()
+            .map(|m| Self(Some(m)))
+            .map_err(|e| format!("{e}, or {BASE_MODE} (no fine-tuning)"))
+    }
+}
+
+impl std::fmt::Display for RunMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(m) => write!(f, "{m}"),
+            None => f.write_str(BASE_MODE),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Private {
@@ -98,7 +126,7 @@ struct Private {
 #[serde(deny_unknown_fields)]
 struct Finetune {
     base: PathBuf,
-    mode: String,
+    mode: RunMode,
     epsilon: f64,
     delta: f64,
     rank: i64,
@@ -197,20 +225,23 @@ fn output_folder(a: &RunArgs, configured: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// Fetches each named, fetchable dataset among `specs` that does not load yet.
-fn fetch_missing(specs: &[&String], data_dir: &Path) -> Result<()> {
-    for spec in specs {
-        if let Some(name) = spec
+/// Loads a dataset spec, fetching its dataset first when it is a named, fetchable one that
+/// does not load yet.
+fn load_or_fetch(spec: &str, data_dir: &Path) -> Result<data::Dataset> {
+    match data::load(spec, data_dir) {
+        Ok(ds) => Ok(ds),
+        Err(e) => match spec
             .split(':')
             .next()
             .filter(|n| fetch::FETCHABLE.contains(n))
         {
-            if data::load(spec, data_dir).is_err() {
+            Some(name) => {
                 fetch::fetch(name, data_dir, None)?;
+                Ok(data::load(spec, data_dir)?)
             }
-        }
+            None => Err(e.into()),
+        },
     }
-    Ok(())
 }
 
 /// The fields every run report starts with: what ran, from which config and code.
@@ -237,7 +268,8 @@ fn run_classifier(
 ) -> Result<()> {
     let out = output_folder(a, &cfg.out)?;
     let start = Instant::now();
-    fetch_missing(&[&cfg.private.train, &cfg.private.test], data_dir)?;
+    let train = load_or_fetch(&cfg.private.train, data_dir)?;
+    let test = load_or_fetch(&cfg.private.test, data_dir)?;
     eprintln!(
         "== DP-SGD classifier on {}, epsilon {}",
         cfg.private.train, cfg.classifier.epsilon
@@ -245,8 +277,8 @@ fn run_classifier(
     let outcome = train_baseline(
         &cfg.classifier,
         &Split {
-            train: &cfg.private.train,
-            test: &cfg.private.test,
+            train: (&cfg.private.train, train),
+            test: (&cfg.private.test, test),
         },
         &baseline_cmd::Run {
             accountant: Accountant::Pld,
@@ -254,7 +286,6 @@ fn run_classifier(
             out: &out.join("classifier"),
             private_log: crate::progress::PrivateLog::Off,
         },
-        data_dir,
         device,
     )?;
     let total_secs = start.elapsed().as_secs_f64();
@@ -312,54 +343,45 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
 
     // 1. private data (fetched if it is a named dataset that is missing)
     let f = &cfg.finetune;
-    let base_alone = f.mode == BASE_MODE;
-    let needed = if base_alone {
-        vec![&cfg.private.test]
+    let base_alone = f.mode.0.is_none();
+    let train = if base_alone {
+        None
     } else {
-        vec![&cfg.private.train, &cfg.private.test]
+        Some(load_or_fetch(&cfg.private.train, data_dir)?)
     };
-    fetch_missing(&needed, data_dir)?;
-    let test = data::load(&cfg.private.test, data_dir)?;
+    let test = load_or_fetch(&cfg.private.test, data_dir)?;
 
     // 2. DP fine-tuning (none for the base alone)
     let base = resolve(&f.base);
     let t0 = Instant::now();
-    let ft = if base_alone {
+    let ft = if let (Some(mode), Some(train)) = (f.mode.0, &train) {
+        eprintln!("== DP fine-tuning ({mode} mode, epsilon {})", f.epsilon);
+        let mut config = FinetuneConfig::new(mode, f.epsilon, f.delta);
+        config.adapter.rank = f.rank;
+        config.adapter.alpha = f.rank as f64;
+        config.epochs = f.epochs;
+        config.batch_size = f.batch;
+        config.physical_batch = f.physical_batch;
+        config.lr = f.lr;
+        config.class_lr = f.class_lr;
+        config.max_grad_norm = f.clip;
+        config.noise_multiplicity = f.noise_multiplicity;
+        config.allow_large_delta = f.allow_large_delta;
+        let job = FinetuneJob {
+            resume: out.join("finetune/checkpoint/checkpoint.json").exists(),
+            private_log: f.private_log,
+            ..FinetuneJob::new(
+                base.clone(),
+                cfg.private.train.clone(),
+                config,
+                f.class_init.as_deref().map(resolve),
+                out.join("finetune"),
+            )?
+        };
+        Some(run_finetune(&job, train, device)?)
+    } else {
         eprintln!("== no fine-tuning (mode \"{BASE_MODE}\"): sampling the base as it is");
         None
-    } else {
-        eprintln!("== DP fine-tuning ({} mode, epsilon {})", f.mode, f.epsilon);
-        let ft_args = FinetuneArgs {
-            trainable: TrainableArgs {
-                base: base.clone(),
-                mode: f.mode.parse::<Mode>()?,
-                rank: f.rank,
-                alpha: None,
-                adapt_attention: false,
-                adapt_time: false,
-                freeze_class_embedding: false,
-                noise_multiplicity: f.noise_multiplicity,
-            },
-            data: cfg.private.train.clone(),
-            epsilon: f.epsilon,
-            delta: f.delta,
-            batch: f.batch,
-            physical_batch: f.physical_batch,
-            epochs: f.epochs,
-            lr: f.lr,
-            class_lr: f.class_lr,
-            clip: Some(f.clip),
-            accountant: Accountant::Pld,
-            class_init: f.class_init.as_deref().map(resolve),
-            allow_large_delta: f.allow_large_delta,
-            private_log: f.private_log,
-            checkpoint_every: dpsynth::train::finetune::DEFAULT_CHECKPOINT_EVERY,
-            checkpoint_seconds: dpsynth::train::checkpoint::DEFAULT_CHECKPOINT_SECONDS,
-            seed: None,
-            out: out.join("finetune"),
-            resume: out.join("finetune/checkpoint/checkpoint.json").exists(),
-        };
-        Some(run_finetune(&ft_args, data_dir, device)?)
     };
     let finetune_secs = t0.elapsed().as_secs_f64();
 
@@ -431,7 +453,7 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
     let fields = serde_json::json!({
         "private_train": cfg.private.train,
         "test": cfg.private.test,
-        "mode": f.mode,
+        "mode": f.mode.to_string(),
         "epsilon_spent": ft.as_ref().map_or(0.0, |ft| ft.epsilon),
         "delta": f.delta,
         "accountant": "pld",
@@ -549,9 +571,6 @@ mod tests {
             }
             let cfg: RunConfig = toml::from_str(&std::fs::read_to_string(&path).unwrap())
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
-            if cfg.finetune.mode != BASE_MODE {
-                cfg.finetune.mode.parse::<Mode>().unwrap();
-            }
             assert_eq!(cfg.finetune.base, Path::new(base), "{name}");
             assert_eq!(cfg.private.train, format!("{data}:train"), "{name}");
             assert_eq!(cfg.private.test, format!("{data}:test"), "{name}");
@@ -587,9 +606,6 @@ mod tests {
                     .unwrap_or_else(|e| panic!("{name}: {e}"));
                 let (out, private) = match parse_job(&text, &name).unwrap() {
                     Job::Pipeline(cfg) => {
-                        if cfg.finetune.mode != BASE_MODE {
-                            cfg.finetune.mode.parse::<Mode>().unwrap();
-                        }
                         assert!(
                             repo.join(&cfg.finetune.base).join("config.json").is_file(),
                             "{name}"
