@@ -73,18 +73,19 @@ pub struct FinetuneArgs {
     /// Target δ.
     #[arg(long, default_value_t = 1e-5)]
     pub delta: f64,
-    /// Expected logical batch size.
-    #[arg(long, default_value_t = 1000)]
-    pub batch: usize,
-    /// Micro-batch size (memory bound).
-    #[arg(long, default_value_t = 250)]
-    pub physical_batch: usize,
-    /// Passes over the private data.
-    #[arg(long, default_value_t = 2.0)]
-    pub epochs: f64,
-    /// Adam learning rate.
-    #[arg(long, default_value_t = 2e-3)]
-    pub lr: f64,
+    /// Expected logical batch size [default: the library's, 1000].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Micro-batch size (memory bound) [default: the library's, 250].
+    #[arg(long)]
+    pub physical_batch: Option<usize>,
+    /// Passes over the private data [default: the library's, 1].
+    #[arg(long)]
+    pub epochs: Option<f64>,
+    /// Adam learning rate [default by mode, chosen on a public stand-in: 1e-2 loda, 2e-3 the
+    /// other modes; see docs/RESULTS.md].
+    #[arg(long)]
+    pub lr: Option<f64>,
     /// Adam learning rate of the class embedding (default: --lr). New classes start from the
     /// null class and need a larger step than the adapters to separate.
     #[arg(long)]
@@ -132,10 +133,10 @@ impl FinetuneArgs {
     pub fn job(&self) -> Result<FinetuneJob> {
         let mut c = self.trainable.config(self.epsilon, self.delta);
         c.accountant = self.accountant;
-        c.epochs = self.epochs;
-        c.batch_size = self.batch;
-        c.physical_batch = self.physical_batch;
-        c.lr = self.lr;
+        c.epochs = self.epochs.unwrap_or(c.epochs);
+        c.batch_size = self.batch.unwrap_or(c.batch_size);
+        c.physical_batch = self.physical_batch.unwrap_or(c.physical_batch);
+        c.lr = self.lr.unwrap_or(c.lr);
         c.class_lr = self.class_lr;
         if let Some(clip) = self.clip {
             c.max_grad_norm = clip;

@@ -22,7 +22,7 @@ use clap::{Parser, Subcommand};
 /// Differentially private synthetic image data: DP-SGD fine-tuning of diffusion models with
 /// low-dimensional adapters (LoDA).
 #[derive(Parser)]
-#[command(name = "dpsynth", version, about, long_about = None)]
+#[command(name = "dpsynth", version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("DPSYNTH_BUILD_COMMIT"), ")"), about, long_about = None)]
 struct Cli {
     /// Folder holding fetched datasets (mnist/, fashion-mnist/, cifar10/).
     #[arg(long, global = true, default_value = "data", env = "DPSYNTH_DATA")]
