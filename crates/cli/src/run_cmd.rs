@@ -10,6 +10,7 @@ use clap::Args;
 use dpsynth::data::{self, fetch, grid, imagefolder};
 use dpsynth::diffusion::sampler::SamplerConfig;
 use dpsynth::fsutil::write_atomic;
+use dpsynth::memorization;
 use dpsynth::nn::arch::Arch;
 use dpsynth::synth::{generate, load_model_dir};
 use dpsynth::train::downstream::{train_and_test, DownstreamConfig};
@@ -430,6 +431,24 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
         eprintln!("epoch {e}: held-out synthetic accuracy {:.2}%", 100.0 * acc)
     })?;
     let evaluate_secs = t0.elapsed().as_secs_f64();
+
+    // 5. memorization report (reads the private training set: for the data holder only)
+    let t0 = Instant::now();
+    let memorization = match &train {
+        Some(train) => {
+            eprintln!("== memorization report: nearest training and held-out images");
+            let train =
+                match data::convert::describe([train.channels, train.height, train.width], shape) {
+                    Some(_) => std::borrow::Cow::Owned(data::convert::convert(train, shape)),
+                    None => std::borrow::Cow::Borrowed(train),
+                };
+            let m = memorization::measure(&synthetic, &train, &test, 20, device)?;
+            memorization::write_pairs(&m, &synthetic, &train, 2, &out.join("memorization.png"))?;
+            Some(m)
+        }
+        None => None,
+    };
+    let memorization_secs = t0.elapsed().as_secs_f64();
     let total_secs = start.elapsed().as_secs_f64();
 
     let mut report = provenance(&source, &text);
@@ -457,7 +476,8 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
         "confusion": r.test.confusion,
         "downstream_best_epoch": r.best_epoch,
         "downstream_val_accuracy": r.val_accuracy,
-        "seconds": {"finetune": finetune_secs, "sample": sample_secs, "evaluate": evaluate_secs, "total": total_secs},
+        "memorization": memorization,
+        "seconds": {"finetune": finetune_secs, "sample": sample_secs, "evaluate": evaluate_secs, "memorization": memorization_secs, "total": total_secs},
     });
     if let (Some(report), serde_json::Value::Object(fields)) = (report.as_object_mut(), fields) {
         report.extend(fields);
@@ -486,6 +506,19 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
             f.base.display()
         ),
     };
+    let memorization_md = memorization.as_ref().map_or(String::new(), |m| {
+        format!(
+            "- memorization (for the data holder only: it reads the private training set): \
+             {:.1}% of synthetic images are nearer a training image than any held-out one (50% \
+             when nothing is copied); nearest training image at median {:.3}, minimum {:.3} \
+             (RMS pixel distance; held-out: {:.3}, {:.3}); closest pairs in memorization.png\n",
+            100.0 * m.closer_to_train,
+            m.to_train.p50,
+            m.to_train.min,
+            m.to_heldout.p50,
+            m.to_heldout.min
+        )
+    });
     let md = format!(
         "# dpsynth run\n\n\
          - config: {source}\n\
@@ -493,6 +526,7 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
          {training}\
          - synthetic images: {} ({}-{}, guidance {})\n\
          - **downstream test accuracy: {:.2}%** (epoch {} chosen on {} held-out synthetic images)\n\
+         {memorization_md}\
          - time: fine-tune {:.0} s, sample {:.0} s, evaluate {:.0} s, total {:.0} s on {} thread(s)\n\n\
          ![samples](grid.png)\n\n\
          Per-class accuracy: {}\n",

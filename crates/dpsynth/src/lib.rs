@@ -7,6 +7,7 @@ pub mod data;
 pub mod diffusion;
 pub mod dp;
 pub mod fsutil;
+pub mod memorization;
 pub mod metrics;
 pub mod nn;
 pub mod synth;
