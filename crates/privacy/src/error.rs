@@ -34,6 +34,9 @@ pub enum PrivacyError {
         /// The epsilon obtained with that noise multiplier.
         epsilon_at_max: f64,
     },
+    /// Audit inputs that do not fit together (counts, scores, guesses).
+    #[error("{0}")]
+    Audit(String),
     /// An internal numerical step failed (not expected for valid inputs).
     #[error("numerical failure: {0}")]
     Numerical(String),

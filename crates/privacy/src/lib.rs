@@ -9,12 +9,15 @@
 //! * [`Ledger`]: the steps taken so far, composable across batch-size changes
 //!   and resumed runs.
 //! * [`calibrate_noise`]: the smallest noise multiplier meeting a target ε.
+//! * [`audit`]: empirical lower bounds on ε from one training run (Steinke,
+//!   Nasr & Jagielski 2023).
 //!
 //! Pure Rust, no torch, so these tests run in seconds.
 
 #![warn(missing_docs)]
 
 mod accountant;
+pub mod audit;
 mod calibrate;
 mod error;
 mod ledger;
