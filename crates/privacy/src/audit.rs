@@ -27,7 +27,7 @@ pub fn p_value(m: u64, r: u64, v: u64, epsilon: f64, delta: f64) -> Result<f64, 
             "audit counts must satisfy correct ({v}) <= guesses ({r}) <= canaries ({m})"
         )));
     }
-    if !(epsilon >= 0.0 && epsilon.is_finite()) || !(0.0..=1.0).contains(&delta) {
+    if !(epsilon >= 0.0 && epsilon.is_finite() && (0.0..=1.0).contains(&delta)) {
         return Err(PrivacyError::Audit(format!(
             "audit hypothesis epsilon = {epsilon}, delta = {delta}: need epsilon >= 0 finite, \
              delta in [0, 1]"
