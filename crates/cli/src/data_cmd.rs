@@ -167,8 +167,8 @@ pub fn run(cmd: DataCommand, data_dir: &Path) -> Result<()> {
             );
         }
         DataCommand::Info { spec, json } => {
-            let parsed: data::DatasetSpec = spec.parse()?;
-            let ds = parsed.load(data_dir)?;
+            let parsed: data::DatasetSpec = data::subset::split_suffix(&spec)?.0.parse()?;
+            let ds = data::load(&spec, data_dir)?;
             let s = ds.summary();
             if json {
                 println!("{}", serde_json::to_string(&s)?);

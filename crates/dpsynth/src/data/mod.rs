@@ -21,6 +21,7 @@ pub mod photo_crops;
 pub mod photos;
 pub mod quickdraw;
 pub mod spec;
+pub mod subset;
 pub mod tiny_imagenet;
 pub mod walk;
 pub mod woff;

@@ -58,7 +58,8 @@ pub const SPEC_HELP: &str = "mnist:train|test, fashion-mnist:train|test, font-di
      handwriting-digits:train|test, \
      cifar10:train|test, dead-leaves:train|test, photo-crops:train|test, \
      tiny-imagenet:train|val|unlabeled, tiny-imagenet-proxy:CLASS_MAP, optdigits:all, \
-     quickdraw6:all, imagefolder:PATH";
+     quickdraw6:all, imagefolder:PATH; SPEC@N takes a class-balanced subset of N images (public \
+     seed)";
 
 impl std::str::FromStr for DatasetSpec {
     type Err = DataError;
@@ -235,7 +236,13 @@ impl DatasetSpec {
     }
 }
 
-/// Parses `spec` and loads it from `data_dir` in one call.
+/// Parses `spec` and loads it from `data_dir` in one call; a trailing `@N` takes a
+/// class-balanced subset of N images ([`super::subset`]).
 pub fn load(spec: &str, data_dir: &Path) -> Result<Dataset> {
-    spec.parse::<DatasetSpec>()?.load(data_dir)
+    let (base, size) = super::subset::split_suffix(spec)?;
+    let ds = base.parse::<DatasetSpec>()?.load(data_dir)?;
+    match size {
+        Some(n) => super::subset::balanced(&ds, n, spec),
+        None => Ok(ds),
+    }
 }
