@@ -1,5 +1,6 @@
 //! The `dpsynth` command-line tool: parses arguments and calls the library.
 
+mod audit_cmd;
 mod baseline_cmd;
 mod clip_scan_cmd;
 mod data_cmd;
@@ -68,6 +69,9 @@ enum Command {
     /// Measure per-example gradient norms of a fine-tuning setup on public images, to choose the
     /// clipping bound C (--clip) at no privacy cost.
     ClipScan(clip_scan_cmd::ClipScanArgs),
+    /// Audit a fine-tuning config: an empirical lower bound on epsilon from one training run
+    /// with canaries (Steinke, Nasr and Jagielski 2023), beside the accountant's epsilon.
+    Audit(audit_cmd::AuditArgs),
     /// The main job: DP fine-tuning on private data, sampling, and the downstream test, from one
     /// config (the embedded default: MNIST, the shipped base model, DP-LoDA at epsilon 10).
     Run(run_cmd::RunArgs),
@@ -103,6 +107,7 @@ fn main() -> ExitCode {
         Command::Sample(a) => device().and_then(|d| sample_cmd::run(a, d)),
         Command::Loss(a) => device().and_then(|d| loss_cmd::run(a, dir, d)),
         Command::ClipScan(a) => device().and_then(|d| clip_scan_cmd::run(a, dir, d)),
+        Command::Audit(a) => device().and_then(|d| audit_cmd::run(a, dir, d)),
         Command::Run(a) => device().and_then(|d| run_cmd::run(a, dir, d)),
         Command::Results(a) => results_cmd::run(a),
     };

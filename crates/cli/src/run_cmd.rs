@@ -45,10 +45,10 @@ pub struct RunArgs {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RunConfig {
-    out: PathBuf,
-    private: Private,
-    finetune: Finetune,
+pub(crate) struct RunConfig {
+    pub(crate) out: PathBuf,
+    pub(crate) private: Private,
+    pub(crate) finetune: Finetune,
     sample: Sample,
     evaluate: Evaluate,
 }
@@ -58,14 +58,14 @@ struct RunConfig {
 /// results table.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ClassifierRunConfig {
+pub(crate) struct ClassifierRunConfig {
     out: PathBuf,
     private: Private,
     classifier: ClassifierSettings,
 }
 
 /// What a run config asks for.
-enum Job {
+pub(crate) enum Job {
     /// Fine-tune (or not: mode "base"), sample, evaluate.
     Pipeline(Box<RunConfig>),
     /// Train the DP-SGD classifier on the private data.
@@ -73,7 +73,7 @@ enum Job {
 }
 
 /// Parses a run config: a `[classifier]` table makes it a classifier run.
-fn parse_job(text: &str, source: &str) -> Result<Job> {
+pub(crate) fn parse_job(text: &str, source: &str) -> Result<Job> {
     let table: toml::Table =
         toml::from_str(text).with_context(|| format!("{source}: invalid run config"))?;
     Ok(if table.contains_key("classifier") {
@@ -92,7 +92,7 @@ fn parse_job(text: &str, source: &str) -> Result<Job> {
 /// sampled as it is).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
-struct RunMode(Option<Mode>);
+pub(crate) struct RunMode(pub(crate) Option<Mode>);
 
 impl TryFrom<String> for RunMode {
     type Error = String;
@@ -118,18 +118,18 @@ impl std::fmt::Display for RunMode {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Private {
-    train: String,
-    test: String,
+pub(crate) struct Private {
+    pub(crate) train: String,
+    pub(crate) test: String,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Finetune {
-    base: PathBuf,
-    mode: RunMode,
-    epsilon: f64,
-    delta: f64,
+pub(crate) struct Finetune {
+    pub(crate) base: PathBuf,
+    pub(crate) mode: RunMode,
+    pub(crate) epsilon: f64,
+    pub(crate) delta: f64,
     rank: i64,
     epochs: f64,
     batch: usize,
@@ -179,7 +179,7 @@ struct Evaluate {
 
 /// A relative path from the config, tried against the working folder, then the repository the
 /// binary was built from (so `models/mnist-base` works from anywhere).
-fn resolve(p: &Path) -> PathBuf {
+pub(crate) fn resolve(p: &Path) -> PathBuf {
     if p.is_absolute() || p.exists() {
         return p.to_path_buf();
     }
@@ -198,8 +198,42 @@ fn source_commit() -> Option<&'static str> {
     Some(env!("DPSYNTH_BUILD_COMMIT")).filter(|c| !c.is_empty())
 }
 
+/// The fine-tuning job of a run config's `[finetune]` table (in `mode`, on `train`, into
+/// `out`, resuming the checkpoint there if there is one).
+pub(crate) fn finetune_job(
+    f: &Finetune,
+    mode: Mode,
+    base: PathBuf,
+    train: &str,
+    out: PathBuf,
+) -> Result<FinetuneJob> {
+    let mut config = FinetuneConfig::new(mode, f.epsilon, f.delta);
+    config.adapter.rank = f.rank;
+    config.adapter.alpha = f.rank as f64;
+    config.epochs = f.epochs;
+    config.batch_size = f.batch;
+    config.physical_batch = f.physical_batch;
+    config.lr = f.lr;
+    config.class_lr = f.class_lr;
+    config.max_grad_norm = f.clip;
+    config.noise_multiplicity = f.noise_multiplicity;
+    config.allow_large_delta = f.allow_large_delta;
+    let resume = out.join("checkpoint/checkpoint.json").exists();
+    Ok(FinetuneJob {
+        resume,
+        private_log: f.private_log,
+        ..FinetuneJob::new(
+            base,
+            train.to_string(),
+            config,
+            f.class_init.as_deref().map(resolve),
+            out,
+        )?
+    })
+}
+
 /// The run's output folder (`--out` or the config's), refused when it holds a finished run.
-fn output_folder(a: &RunArgs, configured: &Path) -> Result<PathBuf> {
+pub(crate) fn output_folder(a: &RunArgs, configured: &Path) -> Result<PathBuf> {
     let out = a.out.clone().unwrap_or(configured.to_path_buf());
     anyhow::ensure!(
         !out.join("report.json").exists(),
@@ -211,7 +245,7 @@ fn output_folder(a: &RunArgs, configured: &Path) -> Result<PathBuf> {
 
 /// Loads a dataset spec, fetching its dataset first when it is a named, fetchable one that
 /// does not load yet.
-fn load_or_fetch(spec: &str, data_dir: &Path) -> Result<data::Dataset> {
+pub(crate) fn load_or_fetch(spec: &str, data_dir: &Path) -> Result<data::Dataset> {
     match data::load(spec, data_dir) {
         Ok(ds) => Ok(ds),
         Err(e) => match spec
@@ -229,7 +263,7 @@ fn load_or_fetch(spec: &str, data_dir: &Path) -> Result<data::Dataset> {
 }
 
 /// The fields every run report starts with: what ran, from which config and code.
-fn provenance(source: &str, text: &str) -> serde_json::Value {
+pub(crate) fn provenance(source: &str, text: &str) -> serde_json::Value {
     serde_json::json!({
         "command": "run",
         "version": env!("CARGO_PKG_VERSION"),
@@ -340,28 +374,13 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
     let t0 = Instant::now();
     let ft = if let (Some(mode), Some(train)) = (f.mode.0, &train) {
         eprintln!("== DP fine-tuning ({mode} mode, epsilon {})", f.epsilon);
-        let mut config = FinetuneConfig::new(mode, f.epsilon, f.delta);
-        config.adapter.rank = f.rank;
-        config.adapter.alpha = f.rank as f64;
-        config.epochs = f.epochs;
-        config.batch_size = f.batch;
-        config.physical_batch = f.physical_batch;
-        config.lr = f.lr;
-        config.class_lr = f.class_lr;
-        config.max_grad_norm = f.clip;
-        config.noise_multiplicity = f.noise_multiplicity;
-        config.allow_large_delta = f.allow_large_delta;
-        let job = FinetuneJob {
-            resume: out.join("finetune/checkpoint/checkpoint.json").exists(),
-            private_log: f.private_log,
-            ..FinetuneJob::new(
-                base.clone(),
-                cfg.private.train.clone(),
-                config,
-                f.class_init.as_deref().map(resolve),
-                out.join("finetune"),
-            )?
-        };
+        let job = finetune_job(
+            f,
+            mode,
+            base.clone(),
+            &cfg.private.train,
+            out.join("finetune"),
+        )?;
         Some(run_finetune(&job, train, device)?)
     } else {
         eprintln!("== no fine-tuning (mode \"{BASE_MODE}\"): sampling the base as it is");

@@ -72,6 +72,7 @@ impl DpConfig for TrainConfig {
             delta: p.delta,
             accountant: p.accountant,
             allow_large_delta: p.allow_large_delta,
+            noise_multiplier: None,
             epochs: self.epochs as f64,
             batch_size: self.batch_size,
             physical_batch: self.physical_batch,

@@ -34,6 +34,8 @@ pub struct DpSettings {
     pub accountant: Accountant,
     /// Accept δ ≥ 1/n (experiments only: such a δ guarantees nothing).
     pub allow_large_delta: bool,
+    /// A fixed σ instead of the one ε calls for (audits and tests; 0: no privacy, ε = ∞).
+    pub noise_multiplier: Option<f64>,
     /// Passes over the private data (steps = epochs · N / batch, rounded up).
     pub epochs: f64,
     /// Expected logical batch size (q = batch / N).
@@ -101,9 +103,17 @@ impl Calibration {
         super::ensure_meaningful_delta(s.delta, n, s.allow_large_delta)?;
         let sample_rate = (s.batch_size as f64 / n as f64).min(1.0);
         let total_steps = (s.epochs * n as f64 / s.batch_size as f64).ceil() as u64;
-        let noise_multiplier =
-            calibrate_noise(s.accountant, s.epsilon, s.delta, sample_rate, total_steps)
-                .context("calibrating the noise multiplier")?;
+        let noise_multiplier = match s.noise_multiplier {
+            Some(sigma) => {
+                ensure!(
+                    sigma >= 0.0 && sigma.is_finite(),
+                    "noise_multiplier must be a non-negative number, got {sigma}"
+                );
+                sigma
+            }
+            None => calibrate_noise(s.accountant, s.epsilon, s.delta, sample_rate, total_steps)
+                .context("calibrating the noise multiplier")?,
+        };
         Ok(Self {
             sample_rate,
             total_steps,
@@ -186,6 +196,14 @@ impl Checkpointing<'_> {
         );
         Ok(())
     }
+}
+
+/// ε spent by `ledger`; ∞ for a run without noise (σ = 0), which no accountant bounds.
+fn spent(ledger: &Ledger, s: &DpSettings, sigma: f64) -> Result<f64> {
+    if sigma == 0.0 {
+        return Ok(f64::INFINITY);
+    }
+    Ok(ledger.epsilon(s.accountant, s.delta)?)
 }
 
 /// The libtorch seed of step `step` in a run seeded with `seed` (timesteps, diffusion noise,
@@ -280,7 +298,7 @@ pub fn train<C: DpConfig, L: MicroBatchLoss>(
         state.seconds = seconds_before + start.elapsed().as_secs_f64();
         let last = state.step == total;
         let epsilon = (state.step.is_multiple_of(report_every) || last)
-            .then(|| state.ledger.epsilon(s.accountant, s.delta))
+            .then(|| spent(&state.ledger, &s, sigma))
             .transpose()?;
         on_step(&StepInfo {
             step: state.step,
@@ -296,7 +314,7 @@ pub fn train<C: DpConfig, L: MicroBatchLoss>(
         }
     }
     Ok(DpRun {
-        epsilon: state.ledger.epsilon(s.accountant, s.delta)?,
+        epsilon: spent(&state.ledger, &s, sigma)?,
         state,
         secure_noise: engine.is_secure() && sampler.is_secure(),
         seconds_this_process: start.elapsed().as_secs_f64(),

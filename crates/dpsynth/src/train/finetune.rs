@@ -152,6 +152,10 @@ pub struct FinetuneConfig {
     /// Accept δ ≥ 1/n (experiments only: such a δ guarantees nothing).
     #[serde(default)]
     pub allow_large_delta: bool,
+    /// A fixed noise multiplier σ instead of the one the target ε calls for: privacy audits and
+    /// tests only. The run then reports the ε its σ spends (∞ at σ = 0: no privacy).
+    #[serde(default)]
+    pub noise_multiplier: Option<f64>,
     /// Seed: repeatable, but the privacy noise is then not cryptographically secure.
     pub seed: Option<u64>,
     /// Steps between checkpoints.
@@ -188,6 +192,7 @@ impl FinetuneConfig {
             class_dropout: 0.1,
             class_init: None,
             allow_large_delta: false,
+            noise_multiplier: None,
             seed: None,
             checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
             checkpoint_seconds: checkpoint::DEFAULT_CHECKPOINT_SECONDS,
@@ -241,6 +246,7 @@ impl DpConfig for FinetuneConfig {
             delta: self.delta,
             accountant: self.accountant,
             allow_large_delta: self.allow_large_delta,
+            noise_multiplier: self.noise_multiplier,
             epochs: self.epochs,
             batch_size: self.batch_size,
             physical_batch: self.physical_batch,

@@ -1,0 +1,211 @@
+//! `dpsynth audit`: an empirical lower bound on ε for a fine-tuning configuration, from one
+//! training run (Steinke, Nasr and Jagielski 2023; the statistics are `privacy::audit`).
+//!
+//! M canaries, a seeded (public) choice of private training images, are each kept in the
+//! training set with probability 1/2 (OS randomness) and left out otherwise. After one DP
+//! fine-tuning run with the config's settings, each canary's membership score is how much the
+//! fine-tuning lowered its ε-prediction loss (base loss − fine-tuned loss, on seeded draws every
+//! model shares; the base is scored with the null class when its classes are not the data's). The
+//! auditor guesses "in" for the highest scores and "out" for the lowest, and the bound is the
+//! largest ε those guesses reject at 95% confidence, next to the accountant's ε.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{ensure, Context, Result};
+use clap::Args;
+use dpsynth::data::Dataset;
+use dpsynth::diffusion::heldout::{heldout_loss, seeded_subset, Conditioning, HeldoutConfig};
+use dpsynth::fsutil::write_atomic;
+use dpsynth::synth::load_model_dir;
+use rand::Rng;
+use tch::Device;
+
+use crate::finetune_cmd::run_finetune;
+use crate::run_cmd::{self, Job};
+
+/// Seed of the canaries' choice among the training images (public: it depends on nothing
+/// private, only the set's size).
+const CANARY_SEED: u64 = 0xa0d1;
+/// Seed of the scoring draws, shared by the base and the fine-tuned model.
+const SCORE_SEED: u64 = 0;
+/// Confidence of the bound: 1 − SIGNIFICANCE.
+const SIGNIFICANCE: f64 = 0.05;
+
+#[derive(Args)]
+pub struct AuditArgs {
+    /// A run config (see configs/run-default.toml); its [private] train set and [finetune]
+    /// settings are audited.
+    #[arg(long)]
+    config: PathBuf,
+    /// Canaries M: training images each kept with probability 1/2.
+    #[arg(long, default_value_t = 1000)]
+    canaries: usize,
+    /// Timestep and noise draws per canary when scoring.
+    #[arg(long, default_value_t = 8)]
+    draws: i64,
+    /// A fixed noise multiplier instead of the one the config's ε calls for: 0 audits a run
+    /// without noise (no privacy), which the audit must catch.
+    #[arg(long)]
+    noise_multiplier: Option<f64>,
+    /// Output folder: finetune/ (the audited run) and audit.json.
+    #[arg(long, default_value = "out/audit")]
+    out: PathBuf,
+}
+
+/// The auditor's guess sizes (k "in", k "out"): tested together under one union bound.
+fn guess_sizes(m: usize) -> Vec<(usize, usize)> {
+    [10, 25, 50, 100, 250, 500]
+        .into_iter()
+        .filter(|&k| 2 * k <= m)
+        .flat_map(|k| [(k, k), (k, 0)])
+        .collect()
+}
+
+/// Per-canary ε-prediction loss of the model in `dir` on `canaries`, in canary order: with
+/// their own labels when the model's classes are the data's, else with the null class.
+fn losses(dir: &Path, canaries: &Dataset, draws: i64, device: Device) -> Result<Vec<f64>> {
+    let model = load_model_dir(dir, device)?;
+    let conditioning = if model.classes == canaries.class_names {
+        Conditioning::Labels
+    } else {
+        Conditioning::Null
+    };
+    let cfg = HeldoutConfig {
+        limit: canaries.len(),
+        draws,
+        seed: SCORE_SEED,
+        conditioning,
+        ..HeldoutConfig::default()
+    };
+    let r = heldout_loss(
+        &model.unet,
+        &model.schedule,
+        canaries,
+        &cfg,
+        device,
+        &mut |_| {},
+    )?;
+    let order = seeded_subset(canaries.len(), canaries.len(), SCORE_SEED);
+    let mut out = vec![0.0; canaries.len()];
+    for (k, &i) in order.iter().enumerate() {
+        out[i] = r.per_image[k];
+    }
+    Ok(out)
+}
+
+/// Runs `dpsynth audit`.
+pub fn run(a: AuditArgs, data_dir: &Path, device: Device) -> Result<()> {
+    let text = std::fs::read_to_string(&a.config)
+        .with_context(|| format!("{}: cannot read", a.config.display()))?;
+    let source = a.config.display().to_string();
+    let Job::Pipeline(cfg) = run_cmd::parse_job(&text, &source)? else {
+        anyhow::bail!("{source}: a [classifier] config: audit audits DP fine-tuning");
+    };
+    let f = &cfg.finetune;
+    let mode = f.mode.0.with_context(|| {
+        format!("{source}: mode \"base\" trains nothing, so there is nothing to audit")
+    })?;
+    ensure!(
+        !a.out.join("audit.json").exists(),
+        "{}: holds a finished audit; choose another --out",
+        a.out.display()
+    );
+    let start = Instant::now();
+    let train = run_cmd::load_or_fetch(&cfg.private.train, data_dir)?;
+    let m = a.canaries;
+    ensure!(
+        m >= 20 && m <= train.len() / 2,
+        "--canaries {m}: need at least 20 and at most half the {} training images",
+        train.len()
+    );
+    let canary_idx = seeded_subset(train.len(), m, CANARY_SEED);
+    let mut rng = rand::rngs::OsRng;
+    let included: Vec<bool> = (0..m).map(|_| rng.gen_bool(0.5)).collect();
+    let mut left_out = vec![false; train.len()];
+    for (&i, &kept) in canary_idx.iter().zip(&included) {
+        left_out[i] = !kept;
+    }
+    let kept: Vec<usize> = (0..train.len()).filter(|&i| !left_out[i]).collect();
+    let audited = train.subset(&kept);
+    let canaries = train.subset(&canary_idx);
+    eprintln!(
+        "== audit: {m} canaries, {} kept; DP fine-tuning on {} images",
+        included.iter().filter(|&&b| b).count(),
+        audited.len()
+    );
+
+    let base = run_cmd::resolve(&f.base);
+    let mut job = run_cmd::finetune_job(
+        f,
+        mode,
+        base.clone(),
+        &cfg.private.train,
+        a.out.join("finetune"),
+    )?;
+    job.config.noise_multiplier = a.noise_multiplier;
+    let done = run_finetune(&job, &audited, device)?;
+
+    eprintln!("== scoring the canaries");
+    let tuned = losses(&done.model_dir, &canaries, a.draws, device)?;
+    let before = losses(&base, &canaries, a.draws, device)?;
+    let scores: Vec<f64> = before.iter().zip(&tuned).map(|(b, t)| b - t).collect();
+    let result = privacy::audit::audit(&scores, &included, &guess_sizes(m), f.delta, SIGNIFICANCE)?;
+    let mean = |member: bool| {
+        let v: Vec<f64> = scores
+            .iter()
+            .zip(&included)
+            .filter(|(_, &b)| b == member)
+            .map(|(s, _)| *s)
+            .collect();
+        v.iter().sum::<f64>() / v.len().max(1) as f64
+    };
+    let accountant = if done.epsilon.is_finite() {
+        format!("{:.3}", done.epsilon)
+    } else {
+        "infinite (no noise)".to_string()
+    };
+    let mut report = run_cmd::provenance(&source, &text);
+    if let Some(fields) = report.as_object_mut() {
+        fields.insert("command".into(), "audit".into());
+        fields.extend(
+            serde_json::json!({
+                "mode": mode.to_string(),
+                "private_train": cfg.private.train,
+                "canaries": m,
+                "canaries_kept": included.iter().filter(|&&b| b).count(),
+                "score": "base loss - fine-tuned loss (the base with the null class when its classes are not the data's)",
+                "score_draws": a.draws,
+                "mean_score_members": mean(true),
+                "mean_score_non_members": mean(false),
+                "guess_sizes": guess_sizes(m),
+                "confidence": 1.0 - SIGNIFICANCE,
+                "epsilon_lower_bound": result.epsilon,
+                "best_guess": result,
+                "accountant_epsilon": done.epsilon,
+                "delta": f.delta,
+                "noise_multiplier": done.state.noise_multiplier,
+                "steps": done.state.step,
+                "seconds": start.elapsed().as_secs_f64(),
+                "note": "the canaries are private training images: this report is for the data holder",
+            })
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+        );
+    }
+    let path = a.out.join("audit.json");
+    write_atomic(&path, serde_json::to_string_pretty(&report)?.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "audit: epsilon >= {:.3} at {:.0}% confidence ({} of {} guesses right, {m} canaries); \
+         the accountant's epsilon: {accountant} at delta {:e}; report: {}",
+        result.epsilon,
+        100.0 * (1.0 - SIGNIFICANCE),
+        result.correct,
+        result.guesses,
+        f.delta,
+        path.display()
+    );
+    Ok(())
+}
