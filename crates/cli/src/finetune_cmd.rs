@@ -82,8 +82,8 @@ pub struct FinetuneArgs {
     /// Passes over the private data [default: the library's, 1].
     #[arg(long)]
     pub epochs: Option<f64>,
-    /// Adam learning rate [default by mode, chosen on a public stand-in: 1e-2 loda, 2e-3 the
-    /// other modes; see docs/RESULTS.md].
+    /// Adam learning rate [default by mode: 3e-2 loda, chosen on a public stand-in task; 2e-3
+    /// the other modes, not tuned; see docs/RESULTS.md].
     #[arg(long)]
     pub lr: Option<f64>,
     /// Adam learning rate of the class embedding (default: --lr). New classes start from the
