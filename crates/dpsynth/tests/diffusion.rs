@@ -4,10 +4,9 @@
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
+use dpsynth::diffusion::ddim::ddim_step;
 use dpsynth::diffusion::loss::{eps_loss, per_example, LossConfig};
-use dpsynth::diffusion::sampler::{
-    ddim_step, sample, timesteps, SamplerConfig, SamplerKind, Spacing,
-};
+use dpsynth::diffusion::sampler::{sample, timesteps, SamplerConfig, SamplerKind, Spacing};
 use dpsynth::diffusion::{EpsModel, NoiseSchedule};
 use dpsynth::nn::unet::UNet;
 use serde_json::Value;

@@ -7,6 +7,7 @@
 
 use tch::Tensor;
 
+use super::sampler::Step;
 use super::NoiseSchedule;
 
 /// `(α_t, σ_t)` of the VP process at timestep `t`; `t < 0` is the clean end (α = 1, σ = 0).
@@ -62,4 +63,22 @@ pub fn dpm_step(
     };
     state.previous = Some((x0.shallow_clone(), lambda_s));
     (out, x0)
+}
+
+impl Step for DpmState {
+    fn stochastic(&self) -> bool {
+        false
+    }
+
+    fn step(
+        &mut self,
+        schedule: &NoiseSchedule,
+        x: &Tensor,
+        eps: &Tensor,
+        t: (i64, i64),
+        clip_sample: bool,
+        _noise: Option<&Tensor>,
+    ) -> Tensor {
+        dpm_step(schedule, x, eps, t, clip_sample, self).0
+    }
 }

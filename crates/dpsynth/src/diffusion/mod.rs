@@ -1,7 +1,9 @@
-//! Diffusion math: noise schedules, the ε-prediction training loss, DDPM/DDIM samplers with
-//! classifier-free guidance, an exponential moving average of weights, and the held-out loss
+//! Diffusion math: noise schedules, the ε-prediction training loss, the samplers (one file per
+//! update rule: `ddpm`, `ddim`, `dpm_solver`; the guided loop in `sampler`), an exponential moving average of weights, and the held-out loss
 //! that scores a model on public or test images.
 
+pub mod ddim;
+pub mod ddpm;
 pub mod dpm_solver;
 pub mod ema;
 pub mod heldout;

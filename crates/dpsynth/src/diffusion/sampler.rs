@@ -1,5 +1,6 @@
-//! DDPM (ancestral), DDIM and DPM-Solver++ (2M, in `super::dpm_solver`) samplers with
-//! classifier-free guidance.
+//! The sampling loop with classifier-free guidance, shared by the samplers: DDPM (ancestral,
+//! `super::ddpm`), DDIM (`super::ddim`) and DPM-Solver++ (2M, `super::dpm_solver`), each an
+//! update rule behind [`Step`].
 //!
 //! All walk a decreasing list of timesteps (all `T` of them, or `num_steps` spaced "leading" or
 //! "trailing" as in diffusers), predicting ε with guidance
@@ -12,7 +13,9 @@ use anyhow::{bail, ensure, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use super::dpm_solver::{dpm_step, DpmState};
+use super::ddim::Ddim;
+use super::ddpm::Ddpm;
+use super::dpm_solver::DpmState;
 use super::noise::ImageNoise;
 use super::{EpsModel, NoiseSchedule};
 
@@ -140,62 +143,45 @@ pub fn timesteps(
     Ok(ts)
 }
 
+/// A sampler's update rule: from `x_t` and the model's (guided) ε at `t` to `x_{t_prev}`. Each
+/// sampler is one file implementing it ([`super::ddpm`], [`super::ddim`],
+/// [`super::dpm_solver`]) and one [`SamplerKind`] variant; the loop in [`sample`] is shared.
+pub trait Step {
+    /// Whether the rule adds fresh noise at every step but the last (then `noise` is given).
+    fn stochastic(&self) -> bool;
+
+    /// One update from `t` to `t_prev` (`t_prev < 0`: the clean image). `noise` is standard
+    /// normal, of `x`'s shape, when [`Step::stochastic`] and `t_prev >= 0`.
+    fn step(
+        &mut self,
+        schedule: &NoiseSchedule,
+        x: &Tensor,
+        eps: &Tensor,
+        t: (i64, i64),
+        clip_sample: bool,
+        noise: Option<&Tensor>,
+    ) -> Tensor;
+}
+
+impl SamplerKind {
+    /// A fresh update rule of this kind (multistep rules keep state between steps).
+    pub fn stepper(self) -> Box<dyn Step> {
+        match self {
+            Self::Ddpm => Box::new(Ddpm),
+            Self::Ddim { eta } => Box::new(Ddim { eta }),
+            Self::DpmSolver => Box::new(DpmState::default()),
+        }
+    }
+}
+
 /// Predicted clean image `x̂0 = (x_t − √(1−ᾱ_t) ε) / √ᾱ_t`, optionally clipped to [-1, 1].
-fn predict_x0(x: &Tensor, eps: &Tensor, alpha_bar: f64, clip: bool) -> Tensor {
+pub(crate) fn predict_x0(x: &Tensor, eps: &Tensor, alpha_bar: f64, clip: bool) -> Tensor {
     let x0 = (x - eps * (1.0 - alpha_bar).sqrt()) / alpha_bar.sqrt();
     if clip {
         x0.clamp(-1.0, 1.0)
     } else {
         x0
     }
-}
-
-/// One DDIM update from `t` to `t_prev` (`t_prev < 0` means the clean image): returns
-/// `(x_{t_prev}, x̂0)`. `noise` (standard normal, shape of `x`) is used only when `eta > 0`.
-pub fn ddim_step(
-    schedule: &NoiseSchedule,
-    x: &Tensor,
-    eps: &Tensor,
-    (t, t_prev): (i64, i64),
-    eta: f64,
-    clip_sample: bool,
-    noise: Option<&Tensor>,
-) -> (Tensor, Tensor) {
-    let (ab, ab_prev) = (schedule.alpha_bar(t), schedule.alpha_bar(t_prev));
-    let x0 = predict_x0(x, eps, ab, clip_sample);
-    let variance = (1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev);
-    let std = eta * variance.max(0.0).sqrt();
-    let dir = eps * (1.0 - ab_prev - std * std).max(0.0).sqrt();
-    let mut out = &x0 * ab_prev.sqrt() + dir;
-    if let (true, Some(z)) = (std > 0.0, noise) {
-        out += z * std;
-    }
-    (out, x0)
-}
-
-/// One DDPM ancestral update from `t` to `t_prev` (`t_prev < 0` means the clean image):
-/// returns `(x_{t_prev}, x̂0)`. `noise` is added with the posterior ("fixed small") variance
-/// unless `t_prev < 0`.
-pub fn ddpm_step(
-    schedule: &NoiseSchedule,
-    x: &Tensor,
-    eps: &Tensor,
-    (t, t_prev): (i64, i64),
-    clip_sample: bool,
-    noise: Option<&Tensor>,
-) -> (Tensor, Tensor) {
-    let (ab, ab_prev) = (schedule.alpha_bar(t), schedule.alpha_bar(t_prev));
-    let alpha = ab / ab_prev;
-    let beta = 1.0 - alpha;
-    let x0 = predict_x0(x, eps, ab, clip_sample);
-    let c0 = ab_prev.sqrt() * beta / (1.0 - ab);
-    let ct = alpha.sqrt() * (1.0 - ab_prev) / (1.0 - ab);
-    let mut out = &x0 * c0 + x * ct;
-    if let (true, Some(z)) = (t_prev >= 0, noise) {
-        let variance = ((1.0 - ab_prev) / (1.0 - ab) * beta).max(1e-20);
-        out += z * variance.sqrt();
-    }
-    (out, x0)
 }
 
 /// Guided ε for a batch: one forward over `[x; x]` with `[labels; null]` when guiding.
@@ -277,11 +263,6 @@ pub fn sample_with_progress(
             cfg.guidance_scale
         );
     }
-    let stochastic = match cfg.kind {
-        SamplerKind::Ddpm => true,
-        SamplerKind::Ddim { eta } => eta > 0.0,
-        SamplerKind::DpmSolver => false,
-    };
     if let Some(null) = null {
         if let Some(bad) = labels.iter().find(|&&l| l < 0 || l > null) {
             bail!("class label {bad} is outside 0..={null} (the last is the null class)");
@@ -297,32 +278,12 @@ pub fn sample_with_progress(
         model.check_input(&x, &t0, &y)?;
         let images = tch::no_grad(|| {
             let mut x = x;
-            let mut dpm = DpmState::default();
+            let mut rule = cfg.kind.stepper();
             for (i, &t) in ts.iter().enumerate() {
                 let t_prev = ts.get(i + 1).copied().unwrap_or(-1);
                 let eps = guided_eps(model, &x, t, &y, cfg.guidance_scale, null);
-                let z = (stochastic && t_prev >= 0).then(|| noise.next(device));
-                x = match cfg.kind {
-                    SamplerKind::Ddpm => {
-                        ddpm_step(schedule, &x, &eps, (t, t_prev), cfg.clip_sample, z.as_ref()).0
-                    }
-                    SamplerKind::Ddim { eta } => {
-                        ddim_step(
-                            schedule,
-                            &x,
-                            &eps,
-                            (t, t_prev),
-                            eta,
-                            cfg.clip_sample,
-                            z.as_ref(),
-                        )
-                        .0
-                    }
-                    SamplerKind::DpmSolver => {
-                        let step = (t, t_prev);
-                        dpm_step(schedule, &x, &eps, step, cfg.clip_sample, &mut dpm).0
-                    }
-                };
+                let z = (rule.stochastic() && t_prev >= 0).then(|| noise.next(device));
+                x = rule.step(schedule, &x, &eps, (t, t_prev), cfg.clip_sample, z.as_ref());
             }
             x.clamp(-1.0, 1.0).to_device(Device::Cpu)
         });
