@@ -6,6 +6,7 @@ mod clip_scan_cmd;
 mod data_cmd;
 mod device;
 mod evaluate_cmd;
+mod export_cmd;
 mod finetune_cmd;
 mod loss_cmd;
 mod pretrain_cmd;
@@ -72,6 +73,9 @@ enum Command {
     /// Audit a fine-tuning config: an empirical lower bound on epsilon from one training run
     /// with canaries (Steinke, Nasr and Jagielski 2023), beside the accountant's epsilon.
     Audit(audit_cmd::AuditArgs),
+    /// Export a LoRA fine-tuned model folder as plain diffusers UNet2DModel weights (adapters
+    /// merged into the base).
+    Export(export_cmd::ExportArgs),
     /// The main job: DP fine-tuning on private data, sampling, and the downstream test, from one
     /// config (the embedded default: MNIST, the shipped base model, DP-LoDA at epsilon 10).
     Run(run_cmd::RunArgs),
@@ -108,6 +112,7 @@ fn main() -> ExitCode {
         Command::Loss(a) => device().and_then(|d| loss_cmd::run(a, dir, d)),
         Command::ClipScan(a) => device().and_then(|d| clip_scan_cmd::run(a, dir, d)),
         Command::Audit(a) => device().and_then(|d| audit_cmd::run(a, dir, d)),
+        Command::Export(a) => device().and_then(|d| export_cmd::run(a, d)),
         Command::Run(a) => device().and_then(|d| run_cmd::run(a, dir, d)),
         Command::Results(a) => results_cmd::run(a),
     };

@@ -5,7 +5,7 @@
 use dpsynth::diffusion::loss::{eps_loss_with, Draws};
 use dpsynth::diffusion::NoiseSchedule;
 use dpsynth::dp::engine::{DpSgd, DpSgdConfig};
-use dpsynth::nn::adapter::{attach, AdapterConfig, AdapterKind};
+use dpsynth::nn::adapter::{attach, merge_lora, AdapterConfig, AdapterKind};
 use dpsynth::nn::unet::{UNet, UNetConfig};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -132,4 +132,45 @@ fn loda_per_example_norms_match_brute_force() {
 #[test]
 fn lora_per_example_norms_match_brute_force() {
     check_norms(AdapterKind::Lora);
+}
+
+/// LoRA folded into the base weights computes what the adapted model did (float64; the merged
+/// convolution sums the same products in another order, so agreement is to rounding, 1e-10 on
+/// outputs of order 1), and the U-Net is left without adapters.
+#[test]
+fn merged_lora_computes_what_the_adapters_did() {
+    let (mut unet, store, n) = adapted(AdapterKind::Lora);
+    perturb(&store);
+    let (x, labels, d) = draws(3, 2);
+    let before = unet.forward(&x, &d.t, &labels);
+    assert_eq!(merge_lora(&mut unet).unwrap(), n);
+    drop(store); // the adapters' weights are no longer used
+    let after = unet.forward(&x, &d.t, &labels);
+    let diff = f64::try_from((&before - &after).abs().max()).unwrap();
+    let scale = f64::try_from(before.abs().max()).unwrap();
+    assert!(
+        diff <= 1e-10 * scale.max(1.0),
+        "merged model differs by {diff}"
+    );
+    let mut adapters = 0;
+    unet.for_each_adaptable(&mut |_, layer| {
+        adapters += usize::from(match layer {
+            dpsynth::nn::unet::LayerMut::Conv(c) => c.adapter.is_some(),
+            dpsynth::nn::unet::LayerMut::Linear(l) => l.adapter.is_some(),
+        })
+    });
+    assert_eq!(adapters, 0);
+}
+
+/// LoDA is not linear in its input: merging is refused and changes nothing.
+#[test]
+fn loda_is_not_merged() {
+    let (mut unet, store, _) = adapted(AdapterKind::Loda);
+    perturb(&store);
+    let (x, labels, d) = draws(3, 2);
+    let before = unet.forward(&x, &d.t, &labels);
+    let err = merge_lora(&mut unet).unwrap_err().to_string();
+    assert!(err.contains("LoDA"), "{err}");
+    let after = unet.forward(&x, &d.t, &labels);
+    assert!(before.equal(&after), "a refused merge changed the model");
 }

@@ -27,6 +27,12 @@ fn default_init(fan_in: i64) -> nn::Init {
 pub trait Adapter: std::fmt::Debug {
     /// The adapter's contribution for input `x`, shaped like the base layer's output.
     fn delta(&self, x: &Tensor) -> Tensor;
+
+    /// The change to the base layer's weight that this adapter amounts to, when it is linear
+    /// in the input (LoRA); `None` when it is not (LoDA), so it cannot be merged.
+    fn merged_weight(&self) -> Option<Tensor> {
+        None
+    }
 }
 
 /// The parameter-path name of a layer (`down_blocks.0.resnets.0.conv1`), from its `nn::Path`.

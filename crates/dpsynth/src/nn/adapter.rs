@@ -108,17 +108,27 @@ impl AdapterConfig {
 pub trait AdapterLayer: std::fmt::Debug {
     /// Applies the layer.
     fn apply(&self, x: &Tensor) -> Tensor;
+    /// Its weight (output dimension first).
+    fn weight(&self) -> &Tensor;
 }
 
 impl AdapterLayer for Conv2d {
     fn apply(&self, x: &Tensor) -> Tensor {
         self.forward(x)
     }
+
+    fn weight(&self) -> &Tensor {
+        &self.weight
+    }
 }
 
 impl AdapterLayer for Linear {
     fn apply(&self, x: &Tensor) -> Tensor {
         self.forward(x)
+    }
+
+    fn weight(&self) -> &Tensor {
+        &self.weight
     }
 }
 
@@ -182,6 +192,55 @@ impl<L: AdapterLayer> Adapter for LowRank<L> {
         };
         self.b.apply(&g) * self.scale
     }
+
+    /// LoRA: `(α / r) · B A`, as a weight of the base layer's shape (`B` is 1 × 1, so for a conv
+    /// the product composes `A`'s kernel with `B`'s channel mix at the same stride and padding).
+    fn merged_weight(&self) -> Option<Tensor> {
+        if self.d.is_some() {
+            return None;
+        }
+        let (a, b) = (self.a.weight(), self.b.weight());
+        let mut shape = a.size();
+        shape[0] = b.size()[0];
+        let product = b.flatten(1, -1).matmul(&a.flatten(1, -1));
+        Some(product.view(shape.as_slice()) * self.scale)
+    }
+}
+
+/// Merges every LoRA adapter of `unet` into its layer's weight and removes it, so that the U-Net
+/// is a plain `UNet2DModel` that computes what the adapted one did. Fails, changing nothing,
+/// when an adapter is not linear (LoDA). Returns how many layers were merged.
+pub fn merge_lora(unet: &mut UNet) -> anyhow::Result<usize> {
+    let mut merged = Vec::new();
+    let mut unmergeable = 0;
+    unet.for_each_adaptable(&mut |_, layer| {
+        let (weight, adapter) = match layer {
+            LayerMut::Conv(c) => (&c.weight, &c.adapter),
+            LayerMut::Linear(l) => (&l.weight, &l.adapter),
+        };
+        if let Some(adapter) = adapter {
+            match adapter.merged_weight() {
+                Some(delta) => merged.push((weight.shallow_clone(), delta)),
+                None => unmergeable += 1,
+            }
+        }
+    });
+    anyhow::ensure!(
+        unmergeable == 0,
+        "{unmergeable} adapters are LoDA: their update is not linear in the input, so it \
+         cannot be folded into the base weights"
+    );
+    tch::no_grad(|| {
+        for (weight, delta) in &merged {
+            let mut w = weight.shallow_clone();
+            let _ = w.f_add_(delta);
+        }
+    });
+    unet.for_each_adaptable(&mut |_, layer| match layer {
+        LayerMut::Conv(c) => c.adapter = None,
+        LayerMut::Linear(l) => l.adapter = None,
+    });
+    Ok(merged.len())
 }
 
 /// Attaches adapters to `unet` where `cfg` says, with parameters in `store` (named after each
