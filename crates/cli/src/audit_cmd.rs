@@ -1,8 +1,9 @@
 //! `dpsynth audit`: an empirical lower bound on ε for a fine-tuning configuration, from one
 //! training run (Steinke, Nasr and Jagielski 2023; the statistics are `privacy::audit`).
 //!
-//! M canaries, a seeded (public) choice of private training images, are each kept in the
-//! training set with probability 1/2 (OS randomness) and left out otherwise. After one DP
+//! M canaries, a seeded (public) choice of private training images with their pixels inverted
+//! (far from the rest of the data, the worst case a guarantee must cover), are each added to
+//! the training set with probability 1/2 (OS randomness); the chosen originals are left out. After one DP
 //! fine-tuning run with the config's settings, each canary's membership score is how much the
 //! fine-tuning lowered its ε-prediction loss (base loss − fine-tuned loss, on seeded draws every
 //! model shares; the base is scored with the null class when its classes are not the data's). The
@@ -38,7 +39,7 @@ pub struct AuditArgs {
     /// settings are audited.
     #[arg(long)]
     config: PathBuf,
-    /// Canaries M: training images each kept with probability 1/2.
+    /// Canaries M: inverted training images, each added with probability 1/2.
     #[arg(long, default_value_t = 1000)]
     canaries: usize,
     /// Timestep and noise draws per canary when scoring.
@@ -122,13 +123,19 @@ pub fn run(a: AuditArgs, data_dir: &Path, device: Device) -> Result<()> {
     let canary_idx = seeded_subset(train.len(), m, CANARY_SEED);
     let mut rng = rand::rngs::OsRng;
     let included: Vec<bool> = (0..m).map(|_| rng.gen_bool(0.5)).collect();
-    let mut left_out = vec![false; train.len()];
-    for (&i, &kept) in canary_idx.iter().zip(&included) {
-        left_out[i] = !kept;
+    // canaries are the chosen images inverted (255 - x): far from the rest of the data, so one
+    // canary's own gradient is what moves its loss (the worst case a guarantee must cover);
+    // the chosen originals are left out of the run
+    let mut canaries = train.subset(&canary_idx);
+    canaries.images.iter_mut().for_each(|p| *p = 255 - *p);
+    let mut is_canary = vec![false; train.len()];
+    canary_idx.iter().for_each(|&i| is_canary[i] = true);
+    let rest: Vec<usize> = (0..train.len()).filter(|&i| !is_canary[i]).collect();
+    let mut audited = train.subset(&rest);
+    for (k, _) in included.iter().enumerate().filter(|(_, &kept)| kept) {
+        audited.images.extend_from_slice(canaries.image(k));
+        audited.labels.push(canaries.labels[k]);
     }
-    let kept: Vec<usize> = (0..train.len()).filter(|&i| !left_out[i]).collect();
-    let audited = train.subset(&kept);
-    let canaries = train.subset(&canary_idx);
     eprintln!(
         "== audit: {m} canaries, {} kept; DP fine-tuning on {} images",
         included.iter().filter(|&&b| b).count(),

@@ -93,26 +93,86 @@ fn read_dataset(dir: &Path) -> Result<BTreeMap<String, Setting>> {
     Ok(settings)
 }
 
-/// The markdown table of one dataset's settings.
+/// `mean ± sd` of a setting's accuracies, in percent (no spread for a single run).
+fn summary(s: &Setting) -> String {
+    let n = s.accuracies.len() as f64;
+    let mean = s.accuracies.iter().sum::<f64>() / n;
+    let spread = if s.accuracies.len() > 1 {
+        let var = s.accuracies.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        format!(" ± {:.2}", 100.0 * var.sqrt())
+    } else {
+        String::new()
+    };
+    format!("{:.2}%{spread}", 100.0 * mean)
+}
+
+/// The headline table: settings named `METHOD-epsE` (and their repeats) as one row per method
+/// and one column per ε, each cell `mean ± sd (runs)`; `None` when no setting is so named.
+fn headline(settings: &BTreeMap<String, Setting>) -> Option<String> {
+    let mut cells: BTreeMap<&str, BTreeMap<u64, String>> = BTreeMap::new();
+    let mut epsilons: Vec<u64> = Vec::new();
+    for (name, s) in settings {
+        let Some((method, eps)) = name.rsplit_once("-eps") else {
+            continue;
+        };
+        let Ok(eps) = eps.parse::<u64>() else {
+            continue;
+        };
+        epsilons.push(eps);
+        let runs = s.accuracies.len();
+        cells.entry(method).or_default().insert(
+            eps,
+            format!(
+                "{} ({runs} run{})",
+                summary(s),
+                if runs == 1 { "" } else { "s" }
+            ),
+        );
+    }
+    if cells.is_empty() {
+        return None;
+    }
+    epsilons.sort_unstable();
+    epsilons.dedup();
+    let mut out = String::from("| method |");
+    for e in &epsilons {
+        out += &format!(" ε = {e} |");
+    }
+    out += "\n|---|";
+    out += &"---|".repeat(epsilons.len());
+    out += "\n";
+    for (method, row) in &cells {
+        out += &format!("| {method} |");
+        for e in &epsilons {
+            out += &format!(" {} |", row.get(e).map_or("not run", String::as_str));
+        }
+        out += "\n";
+    }
+    Some(out)
+}
+
+/// The markdown tables of one dataset's settings: the headline (method × ε) when there is one,
+/// then every setting.
 fn table(settings: &BTreeMap<String, Setting>) -> String {
+    let all = settings_table(settings);
+    match headline(settings) {
+        Some(h) => format!("{h}\nAll settings:\n\n{all}"),
+        None => all,
+    }
+}
+
+/// The markdown table of every setting.
+fn settings_table(settings: &BTreeMap<String, Setting>) -> String {
     let mut out = String::from(
         "| setting | tested on | ε spent | runs | accuracy (mean ± sd) |\n|---|---|---|---|---|\n",
     );
     for (name, s) in settings {
-        let n = s.accuracies.len() as f64;
-        let mean = s.accuracies.iter().sum::<f64>() / n;
-        let spread = if s.accuracies.len() > 1 {
-            let var = s.accuracies.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0);
-            format!(" ± {:.2}", 100.0 * var.sqrt())
-        } else {
-            String::new()
-        };
         let eps = s.epsilon.map_or("none".to_string(), |e| format!("{e:.2}"));
         out += &format!(
-            "| {name} | `{}` | {eps} | {} | {:.2}%{spread} |\n",
+            "| {name} | `{}` | {eps} | {} | {} |\n",
             s.test,
             s.accuracies.len(),
-            100.0 * mean
+            summary(s)
         );
     }
     out
@@ -222,6 +282,11 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("<!-- /results:mnist -->\nend\n"), "{text}");
+        // the headline: one row per method, one column per epsilon
+        assert!(
+            text.contains("| method | ε = 10 |\n|---|---|\n| loda | 92.00% ± 2.00 (3 runs) |"),
+            "{text}"
+        );
         run(args(true)).unwrap();
         cell(&results, "loda-eps10-s3", 0.95);
         let err = run(args(true)).unwrap_err().to_string();
