@@ -90,9 +90,10 @@ pub struct FinetuneArgs {
     /// null class and need a larger step than the adapters to separate.
     #[arg(long)]
     pub class_lr: Option<f64>,
-    /// Per-example clipping norm C (default by mode: 0.003 loda and lora, 0.001 attention, 0.1
-    /// full, 1 scratch, measured on the shipped bases). For another base, measure the norms with
-    /// `dpsynth clip-scan` on public images first: a C far above them adds noise and no signal.
+    /// Per-example clipping norm C (default by mode: 0.003 loda and lora, 0.0005 attention, 0.03
+    /// full, 1 scratch, measured on the shipped MNIST base). For another base, measure the norms
+    /// with `dpsynth clip-scan` on public images first: a C far above them adds noise and no
+    /// signal.
     #[arg(long)]
     pub clip: Option<f64>,
     /// Accountant: pld (default) or rdp.

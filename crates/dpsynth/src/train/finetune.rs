@@ -50,15 +50,16 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// The default clipping bound C: where `dpsynth clip-scan` found the most signal per unit of
-    /// noise on the shipped bases (docs/RESULTS.md; loda and lora within 2% of the best on both,
-    /// attention measured on MNIST only). Per-example gradient norms depend on the model and the
-    /// data, so scan another base before trusting these.
+    /// The default clipping bound C: the largest bound within about 2% of the most signal per
+    /// unit of noise that `dpsynth clip-scan` found on the shipped MNIST base with public
+    /// handwriting-like digits (docs/RESULTS.md, "Public pretraining data"); scratch keeps 1,
+    /// where a random-init U-Net's norms lie. Per-example gradient norms depend on the model and
+    /// the data, so scan another base before trusting these.
     pub fn default_clip(self) -> f64 {
         match self {
             Self::Loda | Self::Lora => 0.003,
-            Self::Attention => 0.001,
-            Self::Full => 0.1,
+            Self::Attention => 0.0005,
+            Self::Full => 0.03,
             Self::Scratch => 1.0,
         }
     }
