@@ -144,7 +144,7 @@ pub fn run(a: BaselineArgs, data_dir: &Path, device: Device) -> Result<()> {
     };
     let outcome = train_baseline(
         &a.settings,
-        &split,
+        split,
         &Run {
             accountant: a.accountant,
             seed: a.seed,
@@ -188,22 +188,17 @@ pub struct Run<'a> {
 /// `split.test`, and returns its report. Prints one summary line.
 pub fn train_baseline(
     s: &ClassifierSettings,
-    split: &Split,
+    split: Split,
     run: &Run,
     device: Device,
 ) -> Result<BaselineOutcome> {
-    let (train_spec, full) = (split.train.0, &split.train.1);
-    let (test_spec, test) = (split.test.0, &split.test.1);
-    let test = match data::convert::describe(
-        [test.channels, test.height, test.width],
-        [full.channels, full.height, full.width],
-    ) {
-        Some(what) => {
-            eprintln!("{test_spec}: {what}");
-            data::convert::convert(test, [full.channels, full.height, full.width])
-        }
-        None => test.clone(),
-    };
+    let (train_spec, full) = split.train;
+    let (test_spec, test) = split.test;
+    let (test, conversion) =
+        data::convert::to_shape(&test, [full.channels, full.height, full.width]);
+    if let Some(what) = conversion {
+        eprintln!("{test_spec}: {what}");
+    }
     let model_cfg = NetSpec::for_data(
         s.arch,
         full.channels,
@@ -212,16 +207,10 @@ pub fn train_baseline(
         full.num_classes(),
     )?;
     let (train, val) = if s.val > 0 {
-        split_off(full, s.val, 0)?
+        split_off(&full, s.val, 0)?
     } else {
-        (
-            full.clone(),
-            Dataset {
-                images: vec![],
-                labels: vec![],
-                ..test.clone()
-            },
-        )
+        let none = full.subset(&[]);
+        (full, none)
     };
     let cfg = TrainConfig {
         epochs: s.epochs,

@@ -294,7 +294,7 @@ fn run_classifier(
     );
     let outcome = train_baseline(
         &cfg.classifier,
-        &Split {
+        Split {
             train: (&cfg.private.train, train),
             test: (&cfg.private.test, test),
         },
@@ -438,14 +438,10 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
     };
     // real test images of another shape are converted as the private ones were
     let shape = [synthetic.channels, synthetic.height, synthetic.width];
-    let test_conversion = data::convert::describe([test.channels, test.height, test.width], shape);
-    let test = match &test_conversion {
-        Some(what) => {
-            eprintln!("{}: {what}", cfg.private.test);
-            data::convert::convert(&test, shape)
-        }
-        None => test,
-    };
+    let (test, test_conversion) = data::convert::to_shape(&test, shape);
+    if let Some(what) = &test_conversion {
+        eprintln!("{}: {what}", cfg.private.test);
+    }
     let r = train_and_test(&synthetic, &test, &dcfg, device, &mut |e, acc| {
         eprintln!("epoch {e}: held-out synthetic accuracy {:.2}%", 100.0 * acc)
     })?;
@@ -456,11 +452,7 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
     let memorization = match &train {
         Some(train) => {
             eprintln!("== memorization report: nearest training and held-out images");
-            let train =
-                match data::convert::describe([train.channels, train.height, train.width], shape) {
-                    Some(_) => std::borrow::Cow::Owned(data::convert::convert(train, shape)),
-                    None => std::borrow::Cow::Borrowed(train),
-                };
+            let (train, _) = data::convert::to_shape(train, shape);
             let m = memorization::measure(&synthetic, &train, &test, 20, device)?;
             memorization::write_pairs(&m, &synthetic, &train, 2, &out.join("memorization.png"))?;
             Some(m)

@@ -3,6 +3,8 @@
 //! the whole image: a triangle filter whose support grows with the downscaling factor, so a
 //! shrink averages areas instead of skipping pixels).
 
+use std::borrow::Cow;
+
 use image::imageops::FilterType;
 
 use super::dataset::Dataset;
@@ -26,6 +28,15 @@ pub fn describe(from: [usize; 3], to: [usize; 3]) -> Option<String> {
             }
         )
     })
+}
+
+/// `ds` in `shape` (`[C, H, W]`): borrowed when it has it, else converted, with what the
+/// conversion did for a log line ([`describe`]).
+pub fn to_shape(ds: &Dataset, shape: [usize; 3]) -> (Cow<'_, Dataset>, Option<String>) {
+    match describe([ds.channels, ds.height, ds.width], shape) {
+        Some(what) => (Cow::Owned(convert(ds, shape)), Some(what)),
+        None => (Cow::Borrowed(ds), None),
+    }
 }
 
 /// `ds` with `channels` (1 or 3) channels of `height`×`width` pixels; labels and classes kept.
