@@ -11,14 +11,13 @@ use std::path::Path;
 
 use anyhow::{ensure, Result};
 use image::{imageops::FilterType, GenericImage, Rgb, RgbImage};
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
+use crate::data::grid::write_png;
 use crate::data::imagefolder::to_image;
 use crate::data::Dataset;
+use crate::diffusion::heldout::seeded_subset;
 
 /// What every memorization report says about itself.
 pub const NOTE: &str = "reads the private training set: this section and memorization.png are \
@@ -134,13 +133,10 @@ pub fn measure(
         "memorization report: an empty set"
     );
     let m = train.len().min(heldout.len());
-    let subset = |n: usize, seed: u64| {
-        let mut idx: Vec<usize> = (0..n).collect();
-        idx.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
-        idx.truncate(m);
-        idx
-    };
-    let (train_idx, heldout_idx) = (subset(train.len(), 0), subset(heldout.len(), 1));
+    let (train_idx, heldout_idx) = (
+        seeded_subset(train.len(), m, 0),
+        seeded_subset(heldout.len(), m, 1),
+    );
     let all: Vec<usize> = (0..synthetic.len()).collect();
     let s = flat(synthetic, &all, device);
     let (to_train, nearest_train) = nearest(&s, &flat(train, &train_idx, device));
@@ -207,13 +203,7 @@ pub fn write_pairs(
             )?;
         }
     }
-    let mut bytes = Vec::new();
-    out.write_to(
-        &mut std::io::Cursor::new(&mut bytes),
-        image::ImageFormat::Png,
-    )?;
-    crate::fsutil::write_atomic(path, &bytes)?;
-    Ok(())
+    Ok(write_png(&out, path)?)
 }
 
 #[cfg(test)]

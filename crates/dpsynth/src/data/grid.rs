@@ -39,7 +39,11 @@ pub fn grid(ds: &Dataset, per_row: usize, scale: u32) -> RgbImage {
 
 /// Writes [`grid`] as a PNG at `path`, atomically (temp file, then rename).
 pub fn write_grid(ds: &Dataset, per_row: usize, scale: u32, path: &Path) -> Result<()> {
-    let img = grid(ds, per_row, scale);
+    write_png(&grid(ds, per_row, scale), path)
+}
+
+/// Writes `img` as a PNG at `path`, atomically (temp file, then rename).
+pub fn write_png(img: &RgbImage, path: &Path) -> Result<()> {
     let mut bytes = Vec::new();
     img.write_to(
         &mut std::io::Cursor::new(&mut bytes),
