@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use privacy::Accountant;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Tensor};
@@ -129,8 +129,7 @@ pub fn train_classifier(
     device: Device,
     on_step: &mut dyn FnMut(&StepInfo),
 ) -> Result<Trained> {
-    ensure!(!train.is_empty(), "the training set is empty");
-    ensure!(cfg.epochs > 0, "--epochs must be at least 1");
+    cfg.dp().check(train.len())?;
     if let Some(seed) = cfg.seed {
         tch::manual_seed(seed as i64);
     }

@@ -84,9 +84,11 @@ pub struct Calibration {
     pub noise_multiplier: f64,
 }
 
-impl Calibration {
-    /// Checks the settings against `n` private examples and calibrates σ.
-    pub fn new(s: &DpSettings, n: usize) -> Result<Self> {
+impl DpSettings {
+    /// Checks the settings against `n` private examples (so a task can fail before it loads
+    /// its model; [`Calibration::new`] checks them too).
+    pub fn check(&self, n: usize) -> Result<()> {
+        let s = self;
         ensure!(n > 0, "the private training set is empty");
         ensure!(
             s.epochs > 0.0 && s.epochs.is_finite(),
@@ -100,7 +102,14 @@ impl Calibration {
             "--noise-multiplicity must be at least 1, got {}",
             s.rows_per_example
         );
-        super::ensure_meaningful_delta(s.delta, n, s.allow_large_delta)?;
+        super::ensure_meaningful_delta(s.delta, n, s.allow_large_delta)
+    }
+}
+
+impl Calibration {
+    /// Checks the settings against `n` private examples and calibrates σ.
+    pub fn new(s: &DpSettings, n: usize) -> Result<Self> {
+        s.check(n)?;
         let sample_rate = (s.batch_size as f64 / n as f64).min(1.0);
         let total_steps = (s.epochs * n as f64 / s.batch_size as f64).ceil() as u64;
         let noise_multiplier = match s.noise_multiplier {

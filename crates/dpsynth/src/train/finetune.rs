@@ -200,22 +200,8 @@ impl FinetuneConfig {
         }
     }
 
+    /// Checks what the DP loop does not ([`DpSettings::check`] covers the rest).
     fn validate(&self) -> Result<()> {
-        ensure!(
-            self.epochs > 0.0,
-            "--epochs must be positive, got {}",
-            self.epochs
-        );
-        ensure!(self.batch_size > 0, "--batch must be at least 1");
-        ensure!(
-            self.physical_batch > 0,
-            "--physical-batch must be at least 1"
-        );
-        ensure!(
-            self.noise_multiplicity >= 1,
-            "--noise-multiplicity must be at least 1, got {}",
-            self.noise_multiplicity
-        );
         ensure!(
             self.lr > 0.0 && self.lr.is_finite(),
             "--lr must be positive"
@@ -451,8 +437,7 @@ pub fn finetune(
     if let Some(seed) = cfg.seed {
         tch::manual_seed(seed as i64);
     }
-    ensure!(!train.is_empty(), "the private training set is empty");
-    super::ensure_meaningful_delta(cfg.delta, train.len(), cfg.allow_large_delta)?;
+    cfg.dp().check(train.len())?; // before loading the model
     let checkpointing = Checkpointing {
         dir: &out.join("checkpoint"),
         resume,
@@ -467,15 +452,8 @@ pub fn finetune(
     // images of another shape are converted to the model's, image by image (a fixed public
     // transform, so it changes nothing in the privacy analysis)
     let shape = [c as usize, h as usize, w as usize];
-    let conversion =
-        crate::data::convert::describe([train.channels, train.height, train.width], shape);
-    let converted;
-    let train = if conversion.is_some() {
-        converted = crate::data::convert::convert(train, shape);
-        &converted
-    } else {
-        train
-    };
+    let (train, conversion) = crate::data::convert::to_shape(train, shape);
+    let train: &Dataset = &train;
     let mut opt = t.optimizer(cfg)?;
     let run = dp_loop::train(
         cfg,
