@@ -1,14 +1,18 @@
 //! `dpsynth audit`: an empirical lower bound on ε for a fine-tuning configuration, from one
 //! training run (Steinke, Nasr and Jagielski 2023; the statistics are `privacy::audit`).
 //!
-//! M canaries, a seeded (public) choice of private training images with their pixels inverted
-//! (far from the rest of the data, the worst case a guarantee must cover), are each added to
-//! the training set with probability 1/2 (OS randomness); the chosen originals are left out. After one DP
-//! fine-tuning run with the config's settings, each canary's membership score is how much the
-//! fine-tuning lowered its ε-prediction loss (base loss − fine-tuned loss, on seeded draws every
-//! model shares; the base is scored with the null class when its classes are not the data's). The
-//! auditor guesses "in" for the highest scores and "out" for the lowest, and the bound is the
-//! largest ε those guesses reject at 95% confidence, next to the accountant's ε.
+//! Two canary sets in one run, each giving its own bound:
+//! - M input canaries, a seeded (public) choice of private training images with their pixels
+//!   inverted (far from the rest of the data), each added to the training set with probability
+//!   1/2 (OS randomness; the chosen originals are left out). A canary's score is how much the
+//!   fine-tuning lowered its ε-prediction loss (base loss − fine-tuned loss, on seeded draws
+//!   every model shares; the base is scored with the null class when its classes are not the
+//!   data's). This measures what the model leaks; one run sees little, so the bound is loose.
+//! - G gradient canaries (`dpsynth::train::gradient_canaries`), planted in the same run's DP
+//!   loop: a white-box audit of its sampling, noise, calibration and accounting.
+//!
+//! The auditor guesses "in" for the highest scores and "out" for the lowest, and each bound is
+//! the largest ε those guesses reject at 95% confidence, next to the accountant's ε.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -42,6 +46,10 @@ pub struct AuditArgs {
     /// Canaries M: inverted training images, each added with probability 1/2.
     #[arg(long, default_value_t = 1000)]
     canaries: usize,
+    /// Gradient canaries planted in the same run (0: none): a white-box audit of its sampling,
+    /// noise, calibration and accounting.
+    #[arg(long, default_value_t = 1000)]
+    gradient_canaries: usize,
     /// Timestep and noise draws per canary when scoring.
     #[arg(long, default_value_t = 8)]
     draws: i64,
@@ -52,15 +60,6 @@ pub struct AuditArgs {
     /// Output folder: finetune/ (the audited run) and audit.json.
     #[arg(long, default_value = "out/audit")]
     out: PathBuf,
-}
-
-/// The auditor's guess sizes (k "in", k "out"): tested together under one union bound.
-fn guess_sizes(m: usize) -> Vec<(usize, usize)> {
-    [10, 25, 50, 100, 250, 500]
-        .into_iter()
-        .filter(|&k| 2 * k <= m)
-        .flat_map(|k| [(k, k), (k, 0)])
-        .collect()
 }
 
 /// Per-canary ε-prediction loss of the model in `dir` on `canaries`, in canary order: with
@@ -93,6 +92,33 @@ fn losses(dir: &Path, canaries: &Dataset, draws: i64, device: Device) -> Result<
         out[i] = r.per_image[k];
     }
     Ok(out)
+}
+
+/// The audit of one canary set: its bound and a JSON summary (canaries, members, mean scores).
+fn summarize(
+    scores: &[f64],
+    included: &[bool],
+    delta: f64,
+) -> Result<(privacy::audit::AuditResult, serde_json::Value)> {
+    let guesses = privacy::audit::standard_guesses(scores.len());
+    let result = privacy::audit::audit(scores, included, &guesses, delta, SIGNIFICANCE)?;
+    let mean = |member: bool| {
+        let v: Vec<f64> = (scores.iter().zip(included))
+            .filter(|(_, &b)| b == member)
+            .map(|(s, _)| *s)
+            .collect();
+        v.iter().sum::<f64>() / v.len().max(1) as f64
+    };
+    let json = serde_json::json!({
+        "canaries": scores.len(),
+        "members": included.iter().filter(|&&b| b).count(),
+        "mean_score_members": mean(true),
+        "mean_score_non_members": mean(false),
+        "guess_sizes": guesses,
+        "epsilon_lower_bound": result.epsilon,
+        "best_guess": result,
+    });
+    Ok((result, json))
 }
 
 /// Runs `dpsynth audit`.
@@ -151,22 +177,19 @@ pub fn run(a: AuditArgs, data_dir: &Path, device: Device) -> Result<()> {
         a.out.join("finetune"),
     )?;
     job.config.noise_multiplier = a.noise_multiplier;
+    job.config.gradient_canaries = a.gradient_canaries;
     let done = run_finetune(&job, &audited, device)?;
 
     eprintln!("== scoring the canaries");
     let tuned = losses(&done.model_dir, &canaries, a.draws, device)?;
     let before = losses(&base, &canaries, a.draws, device)?;
     let scores: Vec<f64> = before.iter().zip(&tuned).map(|(b, t)| b - t).collect();
-    let result = privacy::audit::audit(&scores, &included, &guess_sizes(m), f.delta, SIGNIFICANCE)?;
-    let mean = |member: bool| {
-        let v: Vec<f64> = scores
-            .iter()
-            .zip(&included)
-            .filter(|(_, &b)| b == member)
-            .map(|(s, _)| *s)
-            .collect();
-        v.iter().sum::<f64>() / v.len().max(1) as f64
-    };
+    let (input, input_json) = summarize(&scores, &included, f.delta)?;
+    let planted = done
+        .canaries
+        .as_ref()
+        .map(|c| summarize(&c.scores, &c.included, f.delta))
+        .transpose()?;
     let accountant = if done.epsilon.is_finite() {
         format!("{:.3}", done.epsilon)
     } else {
@@ -179,22 +202,25 @@ pub fn run(a: AuditArgs, data_dir: &Path, device: Device) -> Result<()> {
             serde_json::json!({
                 "mode": mode.to_string(),
                 "private_train": cfg.private.train,
-                "canaries": m,
-                "canaries_kept": included.iter().filter(|&&b| b).count(),
-                "score": "base loss - fine-tuned loss (the base with the null class when its classes are not the data's)",
-                "score_draws": a.draws,
-                "mean_score_members": mean(true),
-                "mean_score_non_members": mean(false),
-                "guess_sizes": guess_sizes(m),
+                "input_canaries": {
+                    "what": "inverted training images, black box: how much the fine-tuned model's loss tells membership",
+                    "score": "base loss - fine-tuned loss (the base with the null class when its classes are not the data's)",
+                    "score_draws": a.draws,
+                    "result": input_json,
+                },
+                "gradient_canaries": planted.as_ref().map(|(_, j)| serde_json::json!({
+                    "what": "gradients of norm C on coordinates no loss touches, white box: the run's sampling, noise, calibration and accounting",
+                    "score": "sum over steps of the released noisy gradient sum on the canary's coordinate",
+                    "result": j,
+                })),
                 "confidence": 1.0 - SIGNIFICANCE,
-                "epsilon_lower_bound": result.epsilon,
-                "best_guess": result,
                 "accountant_epsilon": done.epsilon,
                 "delta": f.delta,
                 "noise_multiplier": done.state.noise_multiplier,
+                "sample_rate": done.state.sample_rate,
                 "steps": done.state.step,
                 "seconds": start.elapsed().as_secs_f64(),
-                "note": "the canaries are private training images: this report is for the data holder",
+                "note": "the input canaries are private training images: this report is for the data holder",
             })
             .as_object()
             .cloned()
@@ -204,13 +230,22 @@ pub fn run(a: AuditArgs, data_dir: &Path, device: Device) -> Result<()> {
     let path = a.out.join("audit.json");
     write_atomic(&path, serde_json::to_string_pretty(&report)?.as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;
+    let line = |what: &str, r: &privacy::audit::AuditResult| {
+        println!(
+            "audit ({what}): epsilon >= {:.3} at {:.0}% confidence ({} of {} guesses right, {} canaries)",
+            r.epsilon,
+            100.0 * (1.0 - SIGNIFICANCE),
+            r.correct,
+            r.guesses,
+            r.canaries
+        );
+    };
+    line("input canaries", &input);
+    if let Some((r, _)) = &planted {
+        line("gradient canaries", r);
+    }
     println!(
-        "audit: epsilon >= {:.3} at {:.0}% confidence ({} of {} guesses right, {m} canaries); \
-         the accountant's epsilon: {accountant} at delta {:e}; report: {}",
-        result.epsilon,
-        100.0 * (1.0 - SIGNIFICANCE),
-        result.correct,
-        result.guesses,
+        "the accountant's epsilon: {accountant} at delta {:e}; report: {}",
         f.delta,
         path.display()
     );

@@ -130,16 +130,24 @@ pub(crate) struct Finetune {
     pub(crate) mode: RunMode,
     pub(crate) epsilon: f64,
     pub(crate) delta: f64,
-    rank: i64,
-    epochs: f64,
-    batch: usize,
-    physical_batch: usize,
-    lr: f64,
+    // the rest default to the library's values for the mode (`FinetuneConfig::new`)
+    #[serde(default)]
+    rank: Option<i64>,
+    #[serde(default)]
+    epochs: Option<f64>,
+    #[serde(default)]
+    batch: Option<usize>,
+    #[serde(default)]
+    physical_batch: Option<usize>,
+    #[serde(default)]
+    lr: Option<f64>,
     /// Learning rate of the class embedding (default: lr).
     #[serde(default)]
     class_lr: Option<f64>,
-    clip: f64,
-    noise_multiplicity: i64,
+    #[serde(default)]
+    clip: Option<f64>,
+    #[serde(default)]
+    noise_multiplicity: Option<i64>,
     /// Class-init table file (see `finetune --class-init`): private classes the base does not
     /// have start from the mean row of related public classes.
     #[serde(default)]
@@ -208,15 +216,17 @@ pub(crate) fn finetune_job(
     out: PathBuf,
 ) -> Result<FinetuneJob> {
     let mut config = FinetuneConfig::new(mode, f.epsilon, f.delta);
-    config.adapter.rank = f.rank;
-    config.adapter.alpha = f.rank as f64;
-    config.epochs = f.epochs;
-    config.batch_size = f.batch;
-    config.physical_batch = f.physical_batch;
-    config.lr = f.lr;
+    if let Some(rank) = f.rank {
+        config.adapter.rank = rank;
+        config.adapter.alpha = rank as f64;
+    }
+    config.epochs = f.epochs.unwrap_or(config.epochs);
+    config.batch_size = f.batch.unwrap_or(config.batch_size);
+    config.physical_batch = f.physical_batch.unwrap_or(config.physical_batch);
+    config.lr = f.lr.unwrap_or(config.lr);
     config.class_lr = f.class_lr;
-    config.max_grad_norm = f.clip;
-    config.noise_multiplicity = f.noise_multiplicity;
+    config.max_grad_norm = f.clip.unwrap_or(config.max_grad_norm);
+    config.noise_multiplicity = f.noise_multiplicity.unwrap_or(config.noise_multiplicity);
     config.allow_large_delta = f.allow_large_delta;
     let resume = out.join("checkpoint/checkpoint.json").exists();
     Ok(FinetuneJob {
@@ -589,16 +599,16 @@ mod tests {
         assert_eq!(
             (f.lr, f.epochs, f.clip, f.batch, f.physical_batch),
             (
-                lib.lr,
-                lib.epochs,
-                lib.max_grad_norm,
-                lib.batch_size,
-                lib.physical_batch
+                Some(lib.lr),
+                Some(lib.epochs),
+                Some(lib.max_grad_norm),
+                Some(lib.batch_size),
+                Some(lib.physical_batch)
             )
         );
         assert_eq!(
             (f.rank, f.noise_multiplicity),
-            (lib.adapter.rank, lib.noise_multiplicity)
+            (Some(lib.adapter.rank), Some(lib.noise_multiplicity))
         );
     }
 

@@ -475,6 +475,33 @@ fn frozen_layers_record_nothing_and_get_no_grad() {
     }
 }
 
+/// Examples given as gradients (gradient canaries) are clipped per example like recorded ones,
+/// and only their parameter gets their sum.
+#[test]
+fn direct_gradients_are_clipped_per_example_and_summed() {
+    let vs = f64_store();
+    let a = vs.root().var("a", &[3], tch::nn::Init::Const(0.0));
+    let b = vs.root().var("b", &[2, 2], tch::nn::Init::Const(0.0));
+    let mut dp = engine(vec![a, b], 1.0, 0.0, 1.0, Some(0));
+    // norms 5 (clipped to 1) and 0.5 (untouched)
+    let rows = Tensor::from_slice(&[3.0, 4.0, 0.0, 0.0, 0.3, 0.4]).view([2, 3]);
+    dp.accumulate_direct(0, &rows).unwrap();
+    assert_eq!(dp.pending_examples(), 2);
+    let g = dp.finish_step().unwrap();
+    let want = Tensor::from_slice(&[0.6, 0.8 + 0.3, 0.4]);
+    // the clip factor C / (norm + CLIP_EPS) moves the result by about 1e-6 relative
+    assert!(g[0].allclose(&want, 1e-5, 1e-8, false), "{g:?}");
+    assert_eq!(
+        g[1].abs().max().double_value(&[]),
+        0.0,
+        "the other parameter got nothing"
+    );
+    let wrong = Tensor::zeros([2, 4], (Kind::Double, Device::Cpu));
+    let err = dp.accumulate_direct(0, &wrong).unwrap_err().to_string();
+    assert!(err.contains("do not match parameter 0"), "{err}");
+    assert!(dp.accumulate_direct(2, &rows).is_err(), "no parameter 2");
+}
+
 #[test]
 fn engine_rejects_bad_input() {
     let vs = f64_store();

@@ -83,6 +83,18 @@ pub fn epsilon_lower_bound(
     Ok(lo)
 }
 
+/// The guess sizes (k+, k−) an auditor of `m` canaries tries, tested together under one union
+/// bound by [`audit`]: k ∈ {10, 25, 50, 100, 250, 500} with 2k ≤ m, each both as k "in" and k
+/// "out" guesses and as k "in" guesses alone (when non-members and members never sampled tie
+/// at the bottom, the "in" guesses alone are the informative ones).
+pub fn standard_guesses(m: usize) -> Vec<(usize, usize)> {
+    [10, 25, 50, 100, 250, 500]
+        .into_iter()
+        .filter(|&k| 2 * k <= m)
+        .flat_map(|k| [(k, k), (k, 0)])
+        .collect()
+}
+
 /// The auditor's guesses from membership scores (higher: more likely a member), and the bound
 /// they give. For each (k+, k−) in `guesses`, it guesses "in" for the k+ highest scores and
 /// "out" for the k− lowest; the best bound over the list is reported at confidence

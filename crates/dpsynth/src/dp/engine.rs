@@ -247,6 +247,45 @@ impl DpSgd {
         })
     }
 
+    /// Adds examples whose gradients are given directly instead of through a recorded forward:
+    /// row `i` of `per_example` (`[B, ...]`, the shape of parameter `idx` after the first
+    /// dimension) is example `i`'s gradient with respect to parameter `idx`, and zero for every
+    /// other parameter. Each row is clipped to C and the clipped sum accumulated, as
+    /// [`DpSgd::accumulate`] does for recorded layers. Audits plant gradient canaries with it.
+    pub fn accumulate_direct(&mut self, idx: usize, per_example: &Tensor) -> Result<()> {
+        let param = self.params.get(idx).with_context(|| {
+            format!("no parameter {idx} (the engine has {})", self.params.len())
+        })?;
+        let size = per_example.size();
+        ensure!(
+            size.len() == param.dim() + 1 && size[1..] == param.size()[..],
+            "direct gradients of shape {size:?} do not match parameter {idx} of shape {:?}",
+            param.size()
+        );
+        let examples = size[0];
+        if examples == 0 {
+            return Ok(());
+        }
+        let _no_grad = tch::no_grad_guard();
+        let rows = per_example
+            .f_to_kind(Kind::Double)?
+            .f_reshape([examples, -1])?;
+        let c = clip_factors(
+            &rows.square().f_sum_dim_intlist(1, false, Kind::Double)?,
+            self.cfg.max_grad_norm,
+        );
+        let sum = (rows * c.unsqueeze(1))
+            .f_sum_dim_intlist(0, false, Kind::Double)?
+            .f_reshape(param.size())?
+            .f_to_kind(param.kind())?;
+        self.acc[idx] = Some(match self.acc[idx].take() {
+            Some(a) => a + sum,
+            None => sum,
+        });
+        self.pending_examples += examples;
+        Ok(())
+    }
+
     /// Maps each entry's trainable weight/bias to its parameter index, checking that every
     /// recorded output has `rows` rows, no parameter is recorded twice and none is unknown.
     fn match_entries(&self, entries: &[Entry], rows: i64) -> Result<Vec<Targets>> {

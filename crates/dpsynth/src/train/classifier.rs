@@ -81,6 +81,7 @@ impl DpConfig for TrainConfig {
             seed: self.seed,
             checkpoint_every: self.checkpoint_every,
             checkpoint_seconds: self.checkpoint_seconds,
+            gradient_canaries: 0,
         }
     }
 }

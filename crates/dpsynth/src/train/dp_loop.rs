@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+use super::gradient_canaries::{CanaryScores, GradientCanaries};
 use super::{checkpoint, shallow, shallow_named};
 use crate::dp::engine::{DpSgd, DpSgdConfig};
 use crate::dp::optim::Optimizer;
@@ -52,6 +53,8 @@ pub struct DpSettings {
     pub checkpoint_every: u64,
     /// Longest training time between checkpoints, in seconds (0: by step count only).
     pub checkpoint_seconds: f64,
+    /// Gradient canaries planted for a white-box audit (0: none; see [`GradientCanaries`]).
+    pub gradient_canaries: usize,
 }
 
 /// A task's configuration: saved in its checkpoints (a resume must present the same one) and
@@ -178,6 +181,8 @@ pub struct DpRun<C> {
     pub secure_noise: bool,
     /// Wall-clock seconds spent training in this process.
     pub seconds_this_process: f64,
+    /// The gradient canaries' membership and scores, when the run planted some.
+    pub canaries: Option<CanaryScores>,
 }
 
 /// Where a run checkpoints, and whether it continues the checkpoint there.
@@ -270,8 +275,18 @@ pub fn train<C: DpConfig, L: MicroBatchLoss>(
         saved = Some(prev.streams);
     }
     let (q, sigma) = (state.sample_rate, state.noise_multiplier);
+    ensure!(
+        s.gradient_canaries == 0 || saved.is_none(),
+        "a run with gradient canaries cannot resume: its canaries' scores are not checkpointed"
+    );
+    let device = tensors.first().map_or(tch::Device::Cpu, Tensor::device);
+    let mut canaries = (s.gradient_canaries > 0)
+        .then(|| GradientCanaries::new(s.gradient_canaries, q, s.seed, device))
+        .transpose()?;
+    let mut engine_params = shallow(&tensors);
+    engine_params.extend(canaries.as_ref().map(GradientCanaries::tensor));
     let mut engine = DpSgd::new(
-        shallow(&tensors),
+        engine_params,
         DpSgdConfig::new(s.max_grad_norm, sigma, q * n as f64),
         s.seed,
     )?;
@@ -301,7 +316,17 @@ pub fn train<C: DpConfig, L: MicroBatchLoss>(
                 losses
             })?;
         }
-        optimizer.step(&engine.finish_step()?)?;
+        if let Some(c) = canaries.as_mut() {
+            c.plant(&mut engine, tensors.len(), s.max_grad_norm)?;
+        }
+        let mut grads = engine.finish_step()?;
+        if let Some(c) = canaries.as_mut() {
+            let released = grads
+                .pop()
+                .context("the engine returned no canary gradient")?;
+            c.observe(&released, q * n as f64);
+        }
+        optimizer.step(&grads)?;
         state.ledger.record(q, sigma, 1);
         state.step += 1;
         state.seconds = seconds_before + start.elapsed().as_secs_f64();
@@ -327,5 +352,6 @@ pub fn train<C: DpConfig, L: MicroBatchLoss>(
         state,
         secure_noise: engine.is_secure() && sampler.is_secure(),
         seconds_this_process: start.elapsed().as_secs_f64(),
+        canaries: canaries.map(GradientCanaries::finish).transpose()?,
     })
 }

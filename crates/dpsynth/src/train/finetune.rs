@@ -24,6 +24,7 @@ use tch::{nn, Device, Tensor};
 use super::class_table::{self, ClassInit, RowStart};
 pub use super::dp_loop::StepInfo;
 use super::dp_loop::{self, Checkpointing, DpConfig, DpSettings, DpState, MicroBatchLoss};
+use super::gradient_canaries::CanaryScores;
 use super::{checkpoint, sorted_by_name};
 use crate::data::Dataset;
 use crate::diffusion::loss::{draw, eps_loss_with, Draws, LossConfig};
@@ -157,6 +158,10 @@ pub struct FinetuneConfig {
     /// tests only. The run then reports the ε its σ spends (∞ at σ = 0: no privacy).
     #[serde(default)]
     pub noise_multiplier: Option<f64>,
+    /// Gradient canaries planted for a white-box audit of the run's mechanism (`dpsynth audit`;
+    /// 0: none). They touch no model weight.
+    #[serde(default)]
+    pub gradient_canaries: usize,
     /// Seed: repeatable, but the privacy noise is then not cryptographically secure.
     pub seed: Option<u64>,
     /// Steps between checkpoints.
@@ -194,6 +199,7 @@ impl FinetuneConfig {
             class_init: None,
             allow_large_delta: false,
             noise_multiplier: None,
+            gradient_canaries: 0,
             seed: None,
             checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
             checkpoint_seconds: checkpoint::DEFAULT_CHECKPOINT_SECONDS,
@@ -242,6 +248,7 @@ impl DpConfig for FinetuneConfig {
             seed: self.seed,
             checkpoint_every: self.checkpoint_every,
             checkpoint_seconds: self.checkpoint_seconds,
+            gradient_canaries: self.gradient_canaries,
         }
     }
 }
@@ -265,6 +272,8 @@ pub struct Finetuned {
     pub class_rows: Option<Vec<RowStart>>,
     /// How the private images were converted to the model's shape (`None`: they had it).
     pub conversion: Option<String>,
+    /// The gradient canaries' membership and scores, when the run planted some.
+    pub canaries: Option<CanaryScores>,
 }
 
 /// The model being fine-tuned: U-Net, optional adapter store, and the named trainable tensors.
@@ -485,6 +494,7 @@ pub fn finetune(
         secure_noise: run.secure_noise,
         class_rows: t.class_rows.clone(),
         conversion,
+        canaries: run.canaries,
     })
 }
 

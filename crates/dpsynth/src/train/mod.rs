@@ -7,6 +7,7 @@ pub mod clip_scan;
 pub mod downstream;
 pub mod dp_loop;
 pub mod finetune;
+pub mod gradient_canaries;
 pub mod plot;
 pub mod pretrain;
 
