@@ -463,7 +463,8 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
         Some(train) => {
             eprintln!("== memorization report: nearest training and held-out images");
             let (train, _) = data::convert::to_shape(train, shape);
-            let m = memorization::measure(&synthetic, &train, &test, 20, device)?;
+            let net = Some(r.model.as_ref());
+            let m = memorization::measure(&synthetic, &train, &test, 20, net, device)?;
             memorization::write_pairs(&m, &synthetic, &train, 2, &out.join("memorization.png"))?;
             Some(m)
         }
@@ -528,16 +529,25 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
         ),
     };
     let memorization_md = memorization.as_ref().map_or(String::new(), |m| {
+        let space = |d: &memorization::Distances, what: &str| {
+            format!(
+                "{:.1}% of synthetic images are nearer a training image than any held-out one \
+                 in {what} (nearest training image at median {:.3}, minimum {:.3}; held-out: \
+                 {:.3}, {:.3})",
+                100.0 * d.closer_to_train,
+                d.to_train.p50,
+                d.to_train.min,
+                d.to_heldout.p50,
+                d.to_heldout.min
+            )
+        };
+        let features = m.features.as_ref().map_or(String::new(), |d| {
+            format!("; {}", space(d, "the downstream classifier's features"))
+        });
         format!(
-            "- memorization (for the data holder only: it reads the private training set): \
-             {:.1}% of synthetic images are nearer a training image than any held-out one (50% \
-             when nothing is copied); nearest training image at median {:.3}, minimum {:.3} \
-             (RMS pixel distance; held-out: {:.3}, {:.3}); closest pairs in memorization.png\n",
-            100.0 * m.closer_to_train,
-            m.to_train.p50,
-            m.to_train.min,
-            m.to_heldout.p50,
-            m.to_heldout.min
+            "- memorization (for the data holder only: it reads the private training set; 50% \
+             when nothing is copied): {}{features}; closest pairs in memorization.png\n",
+            space(&m.pixels, "pixels (RMS distance)")
         )
     });
     let md = format!(

@@ -1,11 +1,13 @@
 //! How close synthetic images come to the private training images: the memorization report.
 //!
 //! For each synthetic image, the distance to its nearest private training image and to its
-//! nearest held-out real image (RMS pixel difference on the 0..1 scale). The training images
-//! are a seeded subset of the held-out set's size, so that a model that has not memorised its
-//! training set puts each synthetic image nearer a training image about half the time; a
-//! fraction well above one half, or near-zero distances, point to copies. The report reads the
-//! private training set: it is for the data holder, not for sharing with the synthetic data.
+//! nearest held-out real image, in two spaces: pixels (RMS difference on the 0..1 scale) and
+//! the downstream classifier's penultimate features (RMS difference), where two renderings of
+//! one digit are near even when their pixels are not. The training images are a seeded subset
+//! of the held-out set's size, so that a model that has not memorised its training set puts
+//! each synthetic image nearer a training image about half the time; a fraction well above one
+//! half, or near-zero distances, point to copies. The report reads the private training set: it
+//! is for the data holder, not for sharing with the synthetic data.
 
 use std::path::Path;
 
@@ -18,6 +20,7 @@ use crate::data::grid::write_png;
 use crate::data::imagefolder::to_image;
 use crate::data::Dataset;
 use crate::diffusion::heldout::seeded_subset;
+use crate::nn::classifier::ImageClassifier;
 
 /// What every memorization report says about itself.
 pub const NOTE: &str = "reads the private training set: this section and memorization.png are \
@@ -64,6 +67,17 @@ pub struct Pair {
     pub distance: f64,
 }
 
+/// Nearest-neighbour distances in one space.
+#[derive(Debug, Clone, Serialize)]
+pub struct Distances {
+    /// Each synthetic image's distance to its nearest training image.
+    pub to_train: Quantiles,
+    /// Each synthetic image's distance to its nearest held-out image.
+    pub to_heldout: Quantiles,
+    /// Fraction of synthetic images nearer a training image than any held-out image.
+    pub closer_to_train: f64,
+}
+
 /// The memorization report of one synthetic set.
 #[derive(Debug, Clone, Serialize)]
 pub struct Memorization {
@@ -71,13 +85,12 @@ pub struct Memorization {
     pub synthetic_images: usize,
     /// Images in each reference set (training subset and held-out set).
     pub reference_images: usize,
-    /// Each synthetic image's distance to its nearest training image.
-    pub to_train: Quantiles,
-    /// Each synthetic image's distance to its nearest held-out image.
-    pub to_heldout: Quantiles,
-    /// Fraction of synthetic images nearer a training image than any held-out image.
-    pub closer_to_train: f64,
-    /// The closest synthetic-training pairs, nearest first.
+    /// In pixel space (RMS pixel difference, 0..1 scale).
+    #[serde(flatten)]
+    pub pixels: Distances,
+    /// In the downstream classifier's feature space (RMS feature difference), when measured.
+    pub features: Option<Distances>,
+    /// The closest synthetic-training pairs in pixel space, nearest first.
     pub closest: Vec<Pair>,
     /// What the report reads and who it is for.
     pub note: &'static str,
@@ -111,13 +124,46 @@ fn nearest(queries: &Tensor, refs: &Tensor) -> (Vec<f32>, Vec<usize>) {
     (dist, index)
 }
 
-/// Measures how close `synthetic` comes to `train` against `heldout` (all of one shape). The
-/// larger reference set is cut to the smaller's size by a seeded (public) subset.
+/// The features of `ds`'s images `indices` under `net`, `[N, F]`, in batches without gradients.
+fn embed(net: &dyn ImageClassifier, ds: &Dataset, indices: &[usize], device: Device) -> Tensor {
+    let _guard = tch::no_grad_guard();
+    let parts: Vec<Tensor> = indices
+        .chunks(500)
+        .map(|chunk| {
+            net.features(&ds.batch(chunk, device).0)
+                .to_kind(Kind::Float)
+        })
+        .collect();
+    Tensor::cat(&parts, 0)
+}
+
+/// Distances of each synthetic row to the nearest training and held-out rows, and the index
+/// (into the training rows) of the nearest training row.
+fn distances(s: &Tensor, train: &Tensor, heldout: &Tensor) -> (Distances, Vec<f32>, Vec<usize>) {
+    let (to_train, nearest_train) = nearest(s, train);
+    let (to_heldout, _) = nearest(s, heldout);
+    let closer = to_train
+        .iter()
+        .zip(&to_heldout)
+        .filter(|(t, h)| t < h)
+        .count();
+    let d = Distances {
+        to_train: Quantiles::of(&to_train),
+        to_heldout: Quantiles::of(&to_heldout),
+        closer_to_train: closer as f64 / to_train.len() as f64,
+    };
+    (d, to_train, nearest_train)
+}
+
+/// Measures how close `synthetic` comes to `train` against `heldout` (all of one shape), in
+/// pixel space and, when `net` is given, in its feature space. The larger reference set is cut
+/// to the smaller's size by a seeded (public) subset.
 pub fn measure(
     synthetic: &Dataset,
     train: &Dataset,
     heldout: &Dataset,
     pairs: usize,
+    net: Option<&dyn ImageClassifier>,
     device: Device,
 ) -> Result<Memorization> {
     let shape = |d: &Dataset| [d.channels, d.height, d.width];
@@ -138,14 +184,19 @@ pub fn measure(
         seeded_subset(heldout.len(), m, 1),
     );
     let all: Vec<usize> = (0..synthetic.len()).collect();
-    let s = flat(synthetic, &all, device);
-    let (to_train, nearest_train) = nearest(&s, &flat(train, &train_idx, device));
-    let (to_heldout, _) = nearest(&s, &flat(heldout, &heldout_idx, device));
-    let closer = to_train
-        .iter()
-        .zip(&to_heldout)
-        .filter(|(t, h)| t < h)
-        .count();
+    let (pixels, to_train, nearest_train) = distances(
+        &flat(synthetic, &all, device),
+        &flat(train, &train_idx, device),
+        &flat(heldout, &heldout_idx, device),
+    );
+    let features = net.map(|net| {
+        distances(
+            &embed(net, synthetic, &all, device),
+            &embed(net, train, &train_idx, device),
+            &embed(net, heldout, &heldout_idx, device),
+        )
+        .0
+    });
     let mut order: Vec<usize> = (0..synthetic.len()).collect();
     order.sort_by(|&a, &b| to_train[a].total_cmp(&to_train[b]));
     let closest = order
@@ -160,9 +211,8 @@ pub fn measure(
     Ok(Memorization {
         synthetic_images: synthetic.len(),
         reference_images: m,
-        to_train: Quantiles::of(&to_train),
-        to_heldout: Quantiles::of(&to_heldout),
-        closer_to_train: closer as f64 / synthetic.len() as f64,
+        pixels,
+        features,
         closest,
         note: NOTE,
     })
@@ -230,17 +280,60 @@ mod tests {
         let heldout = set(vec![51, 51, 51, 51, 204, 204, 204, 204]);
         // a copy of training image 1, and an image nearer the held-out image 0
         let synthetic = set(vec![255, 255, 255, 255, 40, 40, 40, 40]);
-        let r = measure(&synthetic, &train, &heldout, 1, Device::Cpu).unwrap();
+        let r = measure(&synthetic, &train, &heldout, 1, None, Device::Cpu).unwrap();
         assert_eq!(r.reference_images, 2);
         // exact: every pixel of the copy equals its training image, so the distance is 0 up to
         // float rounding of |q|^2 + |r|^2 - 2 q.r (well under 1e-3 on this scale)
-        assert!(r.to_train.min < 1e-3, "{:?}", r.to_train);
+        assert!(r.pixels.to_train.min < 1e-3, "{:?}", r.pixels.to_train);
         assert_eq!(r.closest[0].synthetic, 0);
         assert_eq!(r.closest[0].train, 1);
-        assert!((r.closer_to_train - 0.5).abs() < 1e-12);
+        assert!((r.pixels.closer_to_train - 0.5).abs() < 1e-12);
         // image 1 (40) against training image 0 (0): 40/255; against held-out 0 (51): 11/255
-        assert!((r.to_train.mean - 20.0 / 255.0).abs() < 1e-3);
-        assert!((r.to_heldout.min - 11.0 / 255.0).abs() < 1e-3);
+        assert!((r.pixels.to_train.mean - 20.0 / 255.0).abs() < 1e-3);
+        assert!((r.pixels.to_heldout.min - 11.0 / 255.0).abs() < 1e-3);
+    }
+
+    /// Features that ignore where pixels are: the image's mean.
+    #[derive(Debug)]
+    struct MeanPixel;
+
+    impl ImageClassifier for MeanPixel {
+        fn forward(&self, x: &Tensor) -> Tensor {
+            self.features(x)
+        }
+        fn features(&self, x: &Tensor) -> Tensor {
+            x.flatten(1, -1).mean_dim(1, true, Kind::Float)
+        }
+    }
+
+    /// A rearranged copy of a training image is far from it in pixels and at distance 0 in a
+    /// feature space blind to arrangement: the two spaces are measured separately.
+    #[test]
+    fn feature_space_distances_use_the_network() {
+        let train = set(vec![0, 255, 0, 255, 0, 0, 0, 0]);
+        let heldout = set(vec![100, 100, 100, 100, 200, 200, 200, 200]);
+        let synthetic = set(vec![255, 0, 255, 0]);
+        let r = measure(
+            &synthetic,
+            &train,
+            &heldout,
+            1,
+            Some(&MeanPixel),
+            Device::Cpu,
+        )
+        .unwrap();
+        let f = r.features.expect("features measured");
+        // pixels: the nearest training image is the black one (RMS √½ = 0.707; every pixel of
+        // the rearranged copy differs by 255), the held-out 100s are nearer (RMS 0.511)
+        assert!(
+            (r.pixels.to_train.min - 0.5f64.sqrt()).abs() < 1e-3,
+            "{:?}",
+            r.pixels
+        );
+        assert_eq!(r.pixels.closer_to_train, 0.0);
+        // features: equal means, so distance 0 (up to float rounding) and nearer training
+        assert!(f.to_train.min < 1e-3, "{f:?}");
+        assert_eq!(f.closer_to_train, 1.0);
     }
 
     #[test]
@@ -254,6 +347,6 @@ mod tests {
             vec!["a".into()],
         )
         .unwrap();
-        assert!(measure(&a, &a, &b, 1, Device::Cpu).is_err());
+        assert!(measure(&a, &a, &b, 1, None, Device::Cpu).is_err());
     }
 }

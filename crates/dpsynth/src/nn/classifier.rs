@@ -135,6 +135,11 @@ impl Classifier {
 
     /// Logits `[N, classes]` for images `[N, C, S, S]`.
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        self.fc2.forward(&self.features(x))
+    }
+
+    /// The penultimate features `[N, hidden]` that the last layer maps to logits.
+    pub fn features(&self, x: &Tensor) -> Tensor {
         let pool = |x: Tensor| x.max_pool2d([2, 2], [1, 1], [0, 0], [1, 1], false);
         let mut h = self.conv1.forward(x);
         if let Some(gn) = &self.gn1 {
@@ -146,8 +151,7 @@ impl Classifier {
             h = gn.forward(&h);
         }
         h = pool(self.act(h)).flatten(1, -1);
-        let h = self.act(self.fc1.forward(&h));
-        self.fc2.forward(&h)
+        self.act(self.fc1.forward(&h))
     }
 }
 
@@ -156,11 +160,16 @@ impl Classifier {
 pub trait ImageClassifier: std::fmt::Debug {
     /// Logits `[N, classes]`.
     fn forward(&self, x: &Tensor) -> Tensor;
+    /// The penultimate features `[N, F]` that the last (linear) layer maps to logits.
+    fn features(&self, x: &Tensor) -> Tensor;
 }
 
 impl ImageClassifier for Classifier {
     fn forward(&self, x: &Tensor) -> Tensor {
         Classifier::forward(self, x)
+    }
+    fn features(&self, x: &Tensor) -> Tensor {
+        Classifier::features(self, x)
     }
 }
 

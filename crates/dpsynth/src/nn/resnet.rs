@@ -171,16 +171,23 @@ impl ImageClassifier for ResNet {
     fn forward(&self, x: &Tensor) -> Tensor {
         ResNet::forward(self, x)
     }
+    fn features(&self, x: &Tensor) -> Tensor {
+        ResNet::features(self, x)
+    }
 }
 
 impl ResNet {
     /// Logits `[N, classes]` for images `[N, C, H, W]` (any size of at least 4 × 4).
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        self.fc.forward(&self.features(x))
+    }
+
+    /// The pooled features `[N, channels]` that the last layer maps to logits.
+    pub fn features(&self, x: &Tensor) -> Tensor {
         let mut h = self.stem.forward(x).relu();
         for b in &self.blocks {
             h = b.forward(&h);
         }
-        self.fc
-            .forward(&h.mean_dim(&[2i64, 3][..], false, None::<Kind>))
+        h.mean_dim(&[2i64, 3][..], false, None::<Kind>)
     }
 }

@@ -6,6 +6,8 @@
 //! with the standard CIFAR recipe (random crop with 4-pixel padding and horizontal flip, cosine
 //! learning-rate decay to zero over the run, weight decay 5e-4).
 
+use std::sync::Arc;
+
 use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
@@ -17,6 +19,7 @@ use crate::dp::optim::{Optimizer, OptimizerConfig};
 use crate::metrics::Metrics;
 use crate::nn::arch::{Arch, NetSpec};
 use crate::nn::classifier::cross_entropy_per_example;
+use crate::nn::classifier::ImageClassifier;
 
 /// Padding of the random crop of the ResNet recipe.
 const CROP_PAD: i64 = 4;
@@ -72,6 +75,9 @@ pub struct DownstreamResult {
     pub val_examples: usize,
     /// The network trained (`cnn` or `resnet`).
     pub arch: Arch,
+    /// The trained network, with the chosen epoch's weights.
+    #[serde(skip)]
+    pub model: Arc<dyn ImageClassifier>,
 }
 
 /// Trains on `synthetic` (minus a held-out part) and tests on `real_test`.
@@ -197,5 +203,6 @@ pub fn train_and_test(
         train_examples: train.len(),
         val_examples: val.len(),
         arch: spec.arch(),
+        model: Arc::from(model),
     })
 }
