@@ -4,8 +4,10 @@
 //! `report.json` (any command's report with a `test_accuracy`). Repeats of one setting are cells
 //! named `<setting>-s1`, `<setting>-s2`, ...; the table shows their mean and standard deviation.
 //! The table of a dataset is written between the lines `<!-- results:DATASET -->` and
-//! `<!-- /results:DATASET -->` of the document; `--check` fails when the document and the
-//! reports disagree, so no figure in the tables can drift from its report.
+//! `<!-- /results:DATASET -->` of the document. Cells holding a `dpsynth audit` report instead
+//! (`"command": "audit"`) make a second table, between `<!-- audits:DATASET -->` and
+//! `<!-- /audits:DATASET -->`. `--check` fails when the document and the reports disagree, so
+//! no figure in the tables can drift from its report.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -41,8 +43,50 @@ fn setting_name(cell: &str) -> &str {
     }
 }
 
-fn read_dataset(dir: &Path) -> Result<BTreeMap<String, Setting>> {
+/// One audit cell's row: the accountant's ε beside the two canary sets' lower bounds.
+fn audit_row(name: &str, report: &serde_json::Value, path: &Path) -> Result<String> {
+    let bound = |set: &str| -> Result<String> {
+        let r = &report[set]["result"];
+        if r.is_null() {
+            return Ok("not planted".to_string());
+        }
+        let eps = r["epsilon_lower_bound"]
+            .as_f64()
+            .with_context(|| format!("{}: no {set} bound", path.display()))?;
+        let best = &r["best_guess"];
+        Ok(format!(
+            "{eps:.2} ({} of {} right, {} canaries)",
+            best["correct"], best["guesses"], r["canaries"]
+        ))
+    };
+    let accountant = report["accountant_epsilon"]
+        .as_f64()
+        .map_or("∞ (no noise)".to_string(), |e| format!("{e:.2}"));
+    let sigma = report["noise_multiplier"]
+        .as_f64()
+        .with_context(|| format!("{}: no noise_multiplier", path.display()))?;
+    Ok(format!(
+        "| {name} | {accountant} | {sigma:.3} | {} | {} | {} |\n",
+        report["steps"],
+        bound("input_canaries")?,
+        bound("gradient_canaries")?
+    ))
+}
+
+/// The audit table of a dataset's audit rows.
+fn audit_table(rows: &[String]) -> String {
+    let mut out = String::from(
+        "| audit | accountant's ε | σ | steps | ε lower bound, input canaries | ε lower bound, \
+         gradient canaries |\n|---|---|---|---|---|---|\n",
+    );
+    rows.iter().for_each(|r| out += r);
+    out
+}
+
+/// A dataset's settings (accuracy cells) and its audit rows.
+fn read_dataset(dir: &Path) -> Result<(BTreeMap<String, Setting>, Vec<String>)> {
     let mut settings: BTreeMap<String, Setting> = BTreeMap::new();
+    let mut audits = Vec::new();
     let mut cells: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("{}: cannot list", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -58,6 +102,15 @@ fn read_dataset(dir: &Path) -> Result<BTreeMap<String, Setting>> {
             &std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?,
         )
         .with_context(|| format!("{}: not JSON", path.display()))?;
+        let name = cell
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        if report["command"] == "audit" {
+            audits.push(audit_row(&name, &report, &path)?);
+            continue;
+        }
         let accuracy = report["test_accuracy"]
             .as_f64()
             .with_context(|| format!("{}: no test_accuracy", path.display()))?;
@@ -70,11 +123,6 @@ fn read_dataset(dir: &Path) -> Result<BTreeMap<String, Setting>> {
             Some(crate::run_cmd::BASE_MODE) => None,
             _ => report["epsilon_spent"].as_f64(),
         };
-        let name = cell
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
         let s = settings
             .entry(setting_name(&name).to_string())
             .or_insert(Setting {
@@ -90,7 +138,7 @@ fn read_dataset(dir: &Path) -> Result<BTreeMap<String, Setting>> {
         );
         s.accuracies.push(accuracy);
     }
-    Ok(settings)
+    Ok((settings, audits))
 }
 
 /// `mean ± sd` of a setting's accuracies, in percent (no spread for a single run).
@@ -178,11 +226,17 @@ fn settings_table(settings: &BTreeMap<String, Setting>) -> String {
     out
 }
 
-/// `doc` with the marked table of `dataset` replaced by `body`.
-fn replace_marked(doc: &str, dataset: &str, body: &str, doc_path: &Path) -> Result<String> {
+/// `doc` with the table marked `kind:dataset` (`results` or `audits`) replaced by `body`.
+fn replace_marked(
+    doc: &str,
+    kind: &str,
+    dataset: &str,
+    body: &str,
+    doc_path: &Path,
+) -> Result<String> {
     let (open, close) = (
-        format!("<!-- results:{dataset} -->\n"),
-        format!("<!-- /results:{dataset} -->"),
+        format!("<!-- {kind}:{dataset} -->\n"),
+        format!("<!-- /{kind}:{dataset} -->"),
     );
     let (Some(a), Some(b)) = (doc.find(&open), doc.find(&close)) else {
         bail!(
@@ -216,8 +270,11 @@ pub fn run(a: ResultsArgs) -> Result<()> {
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        let settings = read_dataset(dir)?;
-        new = replace_marked(&new, &name, &table(&settings), &a.doc)?;
+        let (settings, audits) = read_dataset(dir)?;
+        new = replace_marked(&new, "results", &name, &table(&settings), &a.doc)?;
+        if !audits.is_empty() {
+            new = replace_marked(&new, "audits", &name, &audit_table(&audits), &a.doc)?;
+        }
     }
     if a.check {
         ensure!(
@@ -295,7 +352,7 @@ mod tests {
 
     #[test]
     fn a_missing_marker_is_named() {
-        let err = replace_marked("# R\n", "cifar10", "", Path::new("R.md"))
+        let err = replace_marked("# R\n", "results", "cifar10", "", Path::new("R.md"))
             .unwrap_err()
             .to_string();
         assert!(
@@ -306,6 +363,51 @@ mod tests {
         assert_eq!(
             setting_name("base-alone-fonts-optdigits"),
             "base-alone-fonts-optdigits"
+        );
+    }
+
+    /// An audit report makes a row of the audit table, not of the accuracy tables.
+    #[test]
+    fn audit_cells_make_the_audit_table() {
+        let tmp = tempfile::tempdir().unwrap();
+        let results = tmp.path().join("results/mnist");
+        cell(&results, "loda-eps10-s1", 0.90);
+        std::fs::create_dir_all(results.join("audit-sigma0")).unwrap();
+        let bound = |eps: f64| {
+            serde_json::json!({"canaries": 1000, "epsilon_lower_bound": eps,
+                "best_guess": {"correct": 250, "guesses": 250}})
+        };
+        let report = serde_json::json!({"command": "audit", "accountant_epsilon": null,
+            "noise_multiplier": 0.0, "steps": 60,
+            "input_canaries": {"result": bound(0.0)},
+            "gradient_canaries": {"result": bound(3.69)}});
+        std::fs::write(results.join("audit-sigma0/report.json"), report.to_string()).unwrap();
+        let doc = tmp.path().join("R.md");
+        let marks = "<!-- results:mnist -->\n<!-- /results:mnist -->\n";
+        std::fs::write(&doc, marks).unwrap();
+        let args = ResultsArgs {
+            dir: tmp.path().join("results"),
+            doc: doc.clone(),
+            check: false,
+        };
+        let err = run(args).unwrap_err().to_string();
+        assert!(err.contains("<!-- audits:mnist -->"), "{err}");
+        let marks = format!("{marks}<!-- audits:mnist -->\n<!-- /audits:mnist -->\n");
+        std::fs::write(&doc, marks).unwrap();
+        let args = ResultsArgs {
+            dir: tmp.path().join("results"),
+            doc: doc.clone(),
+            check: false,
+        };
+        run(args).unwrap();
+        let text = std::fs::read_to_string(&doc).unwrap();
+        assert!(
+            text.contains("| audit-sigma0 | ∞ (no noise) | 0.000 | 60 | 0.00 (250 of 250 right, 1000 canaries) | 3.69 (250 of 250 right, 1000 canaries) |"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("| audit-sigma0 | `"),
+            "not an accuracy row: {text}"
         );
     }
 }
