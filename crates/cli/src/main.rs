@@ -73,8 +73,9 @@ enum Command {
     /// Audit a fine-tuning config: an empirical lower bound on epsilon from one training run
     /// with canaries (Steinke, Nasr and Jagielski 2023), beside the accountant's epsilon.
     Audit(audit_cmd::AuditArgs),
-    /// Export a LoRA fine-tuned model folder as plain diffusers UNet2DModel weights (adapters
-    /// merged into the base).
+    /// Export a fine-tuned model folder for diffusers: LoRA merged into plain UNet2DModel
+    /// weights, or (LoDA, LoRA with --unmerged) the base UNet2DModel plus the adapters, which
+    /// python/dpsynth_loader.py attaches.
     Export(export_cmd::ExportArgs),
     /// The main job: DP fine-tuning on private data, sampling, and the downstream test, from one
     /// config (the embedded default: MNIST, the shipped base model, DP-LoDA at epsilon 10).

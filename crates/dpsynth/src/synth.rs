@@ -3,7 +3,9 @@
 //!
 //! Besides diffusers' `config.json` and `diffusion_pytorch_model.safetensors`, a folder holds
 //! `scheduler_config.json` (diffusers' scheduler keys `beta_schedule`, `beta_start`, `beta_end`,
-//! `num_train_timesteps`) and `classes.json` (a JSON array of class names, dpsynth's own).
+//! `num_train_timesteps`) and `classes.json` (a JSON array of class names, dpsynth's own). A
+//! folder fine-tuned with adapters adds `adapter_config.json` and `adapter_model.safetensors`
+//! (their format is documented with `dpsynth export`, which keeps them for LoDA).
 
 use std::path::Path;
 
@@ -105,6 +107,31 @@ pub fn save_extras(dir: &Path, scheduler: &SchedulerConfig, classes: &[String]) 
     ] {
         let p = dir.join(file);
         write_atomic(&p, json.as_bytes()).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// Writes a model folder: the U-Net (`config.json`, `diffusion_pytorch_model.safetensors`), its
+/// scheduler and class names, and with `adapters` their weights (`adapter_model.safetensors`)
+/// and config (`adapter_config.json`, listing the adapted layers). Each file atomically.
+pub fn save_model_dir(
+    dir: &Path,
+    unet: &UNet,
+    scheduler: &SchedulerConfig,
+    classes: &[String],
+    adapters: Option<(&crate::nn::adapter::AdapterConfig, &tch::nn::VarStore)>,
+) -> Result<()> {
+    unet.save(dir)?;
+    save_extras(dir, scheduler, classes)?;
+    if let Some((acfg, store)) = adapters {
+        crate::nn::unet::weights::save_safetensors(store, &dir.join(ADAPTER_WEIGHTS))?;
+        let acfg = crate::nn::adapter::AdapterConfig {
+            layers: crate::nn::adapter::layer_names(store),
+            ..acfg.clone()
+        };
+        let p = dir.join(ADAPTER_CONFIG);
+        write_atomic(&p, serde_json::to_string_pretty(&acfg)?.as_bytes())
+            .with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(())
 }

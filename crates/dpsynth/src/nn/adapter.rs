@@ -68,6 +68,12 @@ pub struct AdapterConfig {
     pub attention: bool,
     /// Adapt the time-embedding MLP and the per-block time projections.
     pub time_embedding: bool,
+    /// The adapted layers by module name (`down_blocks.0.resnets.0.conv1`, ...), sorted: what
+    /// the three switches above select in this U-Net, written with a model folder
+    /// ([`crate::synth::save_model_dir`]) so that loaders outside dpsynth need not re-derive
+    /// the placement. Checked by [`attach`] when present; empty (and not written) otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<String>,
 }
 
 impl AdapterConfig {
@@ -81,6 +87,7 @@ impl AdapterConfig {
             resnet_convs: true,
             attention: false,
             time_embedding: false,
+            layers: Vec::new(),
         }
     }
 
@@ -244,9 +251,41 @@ pub fn merge_lora(unet: &mut UNet) -> anyhow::Result<usize> {
 }
 
 /// Attaches adapters to `unet` where `cfg` says, with parameters in `store` (named after each
-/// layer: `adapter.{layer}.A.weight`, ...). Returns how many layers got one.
+/// layer: `adapter.{layer}.A.weight`, ...). Returns how many layers got one. A `cfg` that lists
+/// its layers must list exactly those its switches select (else an error names the difference).
 pub fn attach(unet: &mut UNet, store: &nn::VarStore, cfg: &AdapterConfig) -> anyhow::Result<usize> {
     cfg.validate()?;
+    let count = attach_unchecked(unet, store, cfg);
+    if !cfg.layers.is_empty() {
+        let attached = layer_names(store);
+        let mut listed = cfg.layers.clone();
+        listed.sort();
+        let missing: Vec<&String> = listed.iter().filter(|l| !attached.contains(l)).collect();
+        let unlisted: Vec<&String> = attached.iter().filter(|l| !listed.contains(l)).collect();
+        anyhow::ensure!(
+            missing.is_empty() && unlisted.is_empty(),
+            "adapter layers do not match the placement switches: listed but not selected \
+             {missing:?}, selected but not listed {unlisted:?}"
+        );
+    }
+    Ok(count)
+}
+
+/// The layers that carry an adapter in `store` (those with an `adapter.{layer}.A.weight`),
+/// sorted by name.
+pub fn layer_names(store: &nn::VarStore) -> Vec<String> {
+    let mut names: Vec<String> = store
+        .variables()
+        .keys()
+        .filter_map(|k| k.strip_prefix("adapter.")?.strip_suffix(".A.weight"))
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    names
+}
+
+/// [`attach`] without the checks.
+fn attach_unchecked(unet: &mut UNet, store: &nn::VarStore, cfg: &AdapterConfig) -> usize {
     let root = store.root();
     let mut count = 0;
     unet.for_each_adaptable(&mut |site, layer| {
@@ -270,7 +309,7 @@ pub fn attach(unet: &mut UNet, store: &nn::VarStore, cfg: &AdapterConfig) -> any
             }
         }
     });
-    Ok(count)
+    count
 }
 
 /// The path `{layer}.adapter` in the adapter store (`nn::Path::sub` takes one component at a time).

@@ -32,7 +32,7 @@ use crate::diffusion::schedule::NoiseSchedule;
 use crate::dp::optim::{Optimizer, OptimizerConfig};
 use crate::nn::adapter::{attach, AdapterConfig, AdapterKind};
 use crate::nn::unet::UNet;
-use crate::synth::{load_model_dir, save_extras, ModelDir, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
+use crate::synth::{load_model_dir, save_model_dir, ModelDir};
 
 /// What is trained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -502,13 +502,11 @@ pub fn finetune(
 /// scheduler and the private data's class names, and for adapter modes the adapter config and
 /// weights.
 fn save_model(t: &Trainee, classes: &[String], dir: &Path) -> Result<()> {
-    t.model.unet.save(dir)?;
-    save_extras(dir, &t.model.scheduler, classes)?;
-    if let (Some(store), Some(acfg)) = (&t.adapters, &t.model.adapter) {
-        crate::nn::unet::weights::save_safetensors(store, &dir.join(ADAPTER_WEIGHTS))?;
-        let p = dir.join(ADAPTER_CONFIG);
-        crate::fsutil::write_atomic(&p, serde_json::to_string_pretty(acfg)?.as_bytes())
-            .with_context(|| format!("writing {}", p.display()))?;
-    }
-    Ok(())
+    save_model_dir(
+        dir,
+        &t.model.unet,
+        &t.model.scheduler,
+        classes,
+        t.model.adapter.as_ref().zip(t.adapters.as_ref()),
+    )
 }
