@@ -8,7 +8,7 @@ use crate::loss_cmd::ensure_images_fit;
 use crate::progress::Progress;
 use anyhow::{ensure, Context, Result};
 use clap::Args;
-use dpsynth::data::{self, spec::SPEC_HELP};
+use dpsynth::data::{self, catalog::spec_help};
 use dpsynth::train::clip_scan::{clip_pass, ClipScanConfig};
 use dpsynth::train::finetune::prepare;
 use tch::{Device, Tensor};
@@ -18,7 +18,7 @@ pub struct ClipScanArgs {
     #[command(flatten)]
     pub trainable: TrainableArgs,
     #[arg(long, help = format!("Public images of the private data's kind (never the private \
-        training set: a C chosen from it is outside the DP guarantee): {SPEC_HELP}"))]
+        training set: a C chosen from it is outside the DP guarantee): {}", spec_help()))]
     pub data: String,
     /// Images measured: a seeded random subset of this size.
     #[arg(long, default_value_t = 500)]

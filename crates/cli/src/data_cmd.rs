@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::Subcommand;
-use dpsynth::data::{self, dead_leaves, fetch, font_digits, grid, photo_crops, spec::SPEC_HELP};
+use dpsynth::data::acquire::{self, dead_leaves, font_digits, photo_crops};
+use dpsynth::data::catalog::{self, spec_help};
+use dpsynth::data::{self, grid};
 
 #[derive(Subcommand)]
 pub enum DataCommand {
@@ -40,8 +42,7 @@ pub enum DataCommand {
     /// scikit-learn wheel (`pip download`), sha256-checked; read as optdigits:all, normalised to
     /// 28x28 as MNIST was. The public stand-in for real handwriting.
     Fetch {
-        /// Dataset name: mnist, fashion-mnist, cifar10, tiny-imagenet, optdigits, fonts,
-        /// handwriting-fonts or photos.
+        #[arg(help = format!("Dataset name: {}", catalog::names(catalog::Acquire::Fetch)))]
         name: String,
         /// Data folder (overrides the global --data-dir).
         #[arg(long)]
@@ -77,7 +78,7 @@ pub enum DataCommand {
     /// "image" (pretrain them with labels = "null"), and read as `NAME:train|test`. Every
     /// generator is repeatable with --seed; an existing output folder is an error.
     Generate {
-        /// What to generate: font-digits, handwriting-digits, dead-leaves or photo-crops.
+        #[arg(help = format!("What to generate: {}", catalog::names(catalog::Acquire::Generate)))]
         name: String,
         /// Training images [default: 60000 for the digit sets, 50000 otherwise].
         #[arg(long)]
@@ -91,7 +92,7 @@ pub enum DataCommand {
     },
     /// Print count, shape, per-class counts, and pixel mean and std of a dataset.
     Info {
-        #[arg(help = format!("Dataset spec: {SPEC_HELP}"))]
+        #[arg(help = format!("Dataset spec: {}", spec_help()))]
         spec: String,
         /// Print one JSON object instead of text.
         #[arg(long)]
@@ -99,7 +100,7 @@ pub enum DataCommand {
     },
     /// Write a PNG grid with one row per class.
     Grid {
-        #[arg(help = format!("Dataset spec: {SPEC_HELP}"))]
+        #[arg(help = format!("Dataset spec: {}", spec_help()))]
         spec: String,
         /// Output PNG path.
         #[arg(long, default_value = "grid.png")]
@@ -118,12 +119,12 @@ pub fn run(cmd: DataCommand, data_dir: &Path) -> Result<()> {
     match cmd {
         DataCommand::Fetch { name, dir, from } => {
             let dir = dir.as_deref().unwrap_or(data_dir);
-            match fetch::fetch(&name, dir, from.as_deref())? {
-                fetch::Outcome::AlreadyPresent(p) => {
+            match acquire::fetch(&name, dir, from.as_deref())? {
+                acquire::Outcome::AlreadyPresent(p) => {
                     println!("{name}: already present in {} (verified)", p.display())
                 }
-                fetch::Outcome::Fetched(p) => println!("{name}: fetched into {}", p.display()),
-                fetch::Outcome::FetchedPartly { path, failed } => {
+                acquire::Outcome::Fetched(p) => println!("{name}: fetched into {}", p.display()),
+                acquire::Outcome::FetchedPartly { path, failed } => {
                     println!("{name}: fetched into {}", path.display());
                     for f in failed {
                         eprintln!("warning: {name}: source skipped: {f}");
@@ -156,8 +157,8 @@ pub fn run(cmd: DataCommand, data_dir: &Path) -> Result<()> {
                     photo_crops::write_dataset(&photos, data_dir, train, test, seed)?
                 }
                 other => anyhow::bail!(
-                    "unknown generator '{other}': expected font-digits, handwriting-digits, \
-                     dead-leaves or photo-crops"
+                    "unknown generator '{other}': expected one of {}",
+                    catalog::names(catalog::Acquire::Generate)
                 ),
             };
             println!(

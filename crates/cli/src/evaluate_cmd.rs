@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use dpsynth::data::{self, spec::SPEC_HELP};
+use dpsynth::data::{self, catalog::spec_help};
 use dpsynth::fsutil::write_atomic;
 use dpsynth::nn::arch::Arch;
 use dpsynth::train::downstream::{train_and_test, DownstreamConfig, DownstreamResult};
@@ -12,9 +12,9 @@ use tch::Device;
 
 #[derive(Args, Clone)]
 pub struct EvaluateArgs {
-    #[arg(long, help = format!("Training data, usually synthetic: {SPEC_HELP}"))]
+    #[arg(long, help = format!("Training data, usually synthetic: {}", spec_help()))]
     pub train: String,
-    #[arg(long, default_value = "mnist:test", help = format!("Real test data: {SPEC_HELP}"))]
+    #[arg(long, default_value = "mnist:test", help = format!("Real test data: {}", spec_help()))]
     pub test: String,
     /// Epochs.
     #[arg(long, default_value_t = 15)]

@@ -6,7 +6,7 @@ use crate::progress::Progress;
 use anyhow::{ensure, Context, Result};
 use clap::{Args, ValueEnum};
 use dpsynth::data::Dataset;
-use dpsynth::data::{self, spec::SPEC_HELP};
+use dpsynth::data::{self, catalog::spec_help};
 use dpsynth::diffusion::heldout::{heldout_loss, paired_difference, Conditioning, HeldoutConfig};
 use dpsynth::fsutil::write_atomic;
 use dpsynth::nn::unet::UNet;
@@ -28,7 +28,7 @@ pub struct LossArgs {
     #[arg(long)]
     pub model: PathBuf,
     #[arg(long, help = format!("Public or test images to score (never the private training \
-        set: a loss measured on it is outside the DP guarantee): {SPEC_HELP}"))]
+        set: a loss measured on it is outside the DP guarantee): {}", spec_help()))]
     pub data: String,
     /// Images scored: a seeded random subset of this size.
     #[arg(long, default_value_t = 1000)]

@@ -7,7 +7,7 @@ use std::time::Instant;
 use crate::progress::Progress;
 use anyhow::{Context, Result};
 use clap::Args;
-use dpsynth::data::{self, fetch, grid, imagefolder};
+use dpsynth::data::{self, acquire, catalog, grid, imagefolder};
 use dpsynth::diffusion::sampler::SamplerConfig;
 use dpsynth::fsutil::write_atomic;
 use dpsynth::memorization;
@@ -261,10 +261,10 @@ pub(crate) fn load_or_fetch(spec: &str, data_dir: &Path) -> Result<data::Dataset
         Err(e) => match spec
             .split(':')
             .next()
-            .filter(|n| fetch::FETCHABLE.contains(n))
+            .filter(|n| catalog::entry(n).is_some_and(|e| e.acquire == catalog::Acquire::Fetch))
         {
             Some(name) => {
-                fetch::fetch(name, data_dir, None)?;
+                acquire::fetch(name, data_dir, None)?;
                 Ok(data::load(spec, data_dir)?)
             }
             None => Err(e.into()),

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use dpsynth::data::{self, cifar, fetch, grid, idx, imagefolder, DataError, Dataset};
+use dpsynth::data::{self, acquire, cifar, grid, idx, imagefolder, DataError, Dataset};
 
 fn write(path: &Path, bytes: &[u8]) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -312,7 +312,7 @@ fn cifar_fetch_from_binary_folder_is_idempotent_and_atomic() {
     // a source with no CIFAR-10 in it fails and leaves no folder behind
     let empty = dir.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
-    assert!(fetch::fetch("cifar10", &data_dir, Some(&empty)).is_err());
+    assert!(acquire::fetch("cifar10", &data_dir, Some(&empty)).is_err());
     assert!(!data_dir.join("cifar10").exists());
     let leftovers: Vec<_> = std::fs::read_dir(&data_dir).unwrap().collect();
     assert!(
@@ -320,10 +320,10 @@ fn cifar_fetch_from_binary_folder_is_idempotent_and_atomic() {
         "staging folder left behind: {leftovers:?}"
     );
 
-    let first = fetch::fetch("cifar10", &data_dir, Some(dir.path())).unwrap();
-    assert!(matches!(first, fetch::Outcome::Fetched(_)));
-    let second = fetch::fetch("cifar10", &data_dir, Some(dir.path())).unwrap();
-    assert!(matches!(second, fetch::Outcome::AlreadyPresent(_)));
+    let first = acquire::fetch("cifar10", &data_dir, Some(dir.path())).unwrap();
+    assert!(matches!(first, acquire::Outcome::Fetched(_)));
+    let second = acquire::fetch("cifar10", &data_dir, Some(dir.path())).unwrap();
+    assert!(matches!(second, acquire::Outcome::AlreadyPresent(_)));
     let train = data::load("cifar10:train", &data_dir).unwrap();
     assert_eq!(train.len(), 5);
     assert_eq!(train.class_counts()[2], 5);
@@ -351,7 +351,7 @@ fn cifar_fetch_from_tarball() {
         .unwrap();
     builder.into_inner().unwrap().finish().unwrap();
     let data_dir = dir.path().join("data");
-    fetch::fetch("cifar10", &data_dir, Some(&tgz)).unwrap();
+    acquire::fetch("cifar10", &data_dir, Some(&tgz)).unwrap();
     let test = data::load("cifar10:test", &data_dir).unwrap();
     assert_eq!(test.labels, vec![7]);
 }
@@ -359,7 +359,7 @@ fn cifar_fetch_from_tarball() {
 #[test]
 fn fetch_rejects_unknown_names() {
     let dir = tempfile::tempdir().unwrap();
-    let msg = err_text(fetch::fetch("imagenet", dir.path(), None).unwrap_err());
+    let msg = err_text(acquire::fetch("imagenet", dir.path(), None).unwrap_err());
     assert!(msg.contains("unknown dataset"), "{msg}");
 }
 
@@ -367,14 +367,14 @@ fn fetch_rejects_unknown_names() {
 fn mnist_folder_with_a_bad_checksum_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let m = dir.path().join("mnist");
-    for (f, _) in fetch::MNIST_MD5 {
+    for (f, _) in acquire::MNIST_MD5 {
         write(&m.join(f), b"not mnist");
     }
-    let msg = err_text(fetch::fetch("mnist", dir.path(), None).unwrap_err());
+    let msg = err_text(acquire::fetch("mnist", dir.path(), None).unwrap_err());
     assert!(msg.contains("does not match the official"), "{msg}");
     // the data is left as it was, for the user to inspect
     assert_eq!(
-        std::fs::read(m.join(fetch::MNIST_MD5[0].0)).unwrap(),
+        std::fs::read(m.join(acquire::MNIST_MD5[0].0)).unwrap(),
         b"not mnist"
     );
 }

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use dpsynth::data::font_digits::{generate, load_fonts, SIZE};
+use dpsynth::data::acquire::font_digits::{generate, load_fonts, SIZE};
 
 fn fonts_dir() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/fonts"))

@@ -10,7 +10,9 @@ use std::path::Path;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use dpsynth::data::{cifar, class_map, idx, imagefolder, optdigits, tiny_imagenet, woff, Dataset};
+use dpsynth::data::{
+    acquire::woff, cifar, class_map, idx, imagefolder, optdigits, tiny_imagenet, Dataset,
+};
 use dpsynth::nn::unet::{UNet, UNetConfig};
 use dpsynth::train::pretrain::PretrainConfig;
 

@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use dpsynth::data::photo_crops::{self, load_photos, Photo};
-use dpsynth::data::{self, dead_leaves, DatasetSpec, Split};
+use dpsynth::data::acquire::photo_crops::{self, load_photos, Photo};
+use dpsynth::data::{self, acquire::dead_leaves, DatasetSpec, Split};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use dpsynth::data::{self, fetch, tiny_imagenet};
+use dpsynth::data::{self, acquire, tiny_imagenet};
 
 fn jpg(path: &Path, rgb: [u8; 3]) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -52,11 +52,11 @@ fn fetch_from_a_folder_reads_every_split_with_wordnet_names() {
     let src = dir.path().join("tinyimagenet32");
     tiny_tree(&src);
     let data_dir = dir.path().join("data");
-    let first = fetch::fetch(tiny_imagenet::NAME, &data_dir, Some(&src)).unwrap();
-    assert!(matches!(first, fetch::Outcome::Fetched(_)), "{first:?}");
-    let again = fetch::fetch(tiny_imagenet::NAME, &data_dir, Some(&src)).unwrap();
+    let first = acquire::fetch(tiny_imagenet::NAME, &data_dir, Some(&src)).unwrap();
+    assert!(matches!(first, acquire::Outcome::Fetched(_)), "{first:?}");
+    let again = acquire::fetch(tiny_imagenet::NAME, &data_dir, Some(&src)).unwrap();
     assert!(
-        matches!(again, fetch::Outcome::AlreadyPresent(_)),
+        matches!(again, acquire::Outcome::AlreadyPresent(_)),
         "{again:?}"
     );
 
@@ -84,7 +84,7 @@ fn fetch_from_an_archive_unpacks_its_folder() {
     let tgz = dir.path().join("my-copy.tar.gz");
     tar_gz(&src, "tinyimagenet32", &tgz);
     let data_dir = dir.path().join("data");
-    fetch::fetch(tiny_imagenet::NAME, &data_dir, Some(&tgz)).unwrap();
+    acquire::fetch(tiny_imagenet::NAME, &data_dir, Some(&tgz)).unwrap();
     assert_eq!(
         data::load("tiny-imagenet:train", &data_dir).unwrap().len(),
         6
@@ -97,14 +97,14 @@ fn a_tampered_shared_archive_is_refused_and_leaves_nothing() {
     let src = dir.path().join("tree");
     tiny_tree(&src);
     // a well-formed archive under the shared archive's name: its sha256 is not the published one
-    let tgz = dir.path().join(tiny_imagenet::ARCHIVE);
+    let tgz = dir.path().join(acquire::tiny_imagenet::ARCHIVE);
     tar_gz(&src, "tinyimagenet32", &tgz);
     let data_dir = dir.path().join("data");
-    let msg = fetch::fetch(tiny_imagenet::NAME, &data_dir, Some(&tgz))
+    let msg = acquire::fetch(tiny_imagenet::NAME, &data_dir, Some(&tgz))
         .unwrap_err()
         .to_string();
     assert!(msg.contains("sha256"), "{msg}");
-    assert!(msg.contains(tiny_imagenet::ARCHIVE), "{msg}");
+    assert!(msg.contains(acquire::tiny_imagenet::ARCHIVE), "{msg}");
     assert!(!data_dir.join(tiny_imagenet::NAME).exists());
     // nor does a staging folder stay behind
     let left: Vec<_> = std::fs::read_dir(&data_dir)
@@ -120,7 +120,7 @@ fn an_incomplete_tree_is_refused_naming_what_is_missing() {
     tiny_tree(&src);
     std::fs::remove_dir_all(src.join("val/n002")).unwrap();
     let data_dir = dir.path().join("data");
-    let msg = fetch::fetch(tiny_imagenet::NAME, &data_dir, Some(&src))
+    let msg = acquire::fetch(tiny_imagenet::NAME, &data_dir, Some(&src))
         .unwrap_err()
         .to_string();
     assert!(msg.contains("n002"), "{msg}");
@@ -154,7 +154,7 @@ fn the_proxy_relabels_val_images_by_a_class_map() {
     let src = dir.path().join("tinyimagenet32");
     tiny_tree(&src);
     let data_dir = dir.path().join("data");
-    fetch::fetch(tiny_imagenet::NAME, &data_dir, Some(&src)).unwrap();
+    acquire::fetch(tiny_imagenet::NAME, &data_dir, Some(&src)).unwrap();
     let map = dir.path().join("map.toml");
     std::fs::write(
         &map,

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 use ab_glyph::{Font, FontRef};
-use dpsynth::data::woff;
+use dpsynth::data::acquire::woff;
 
 fn fixture() -> Vec<u8> {
     let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/fonts"));

@@ -11,16 +11,15 @@
 
 use std::path::Path;
 
+use super::acquire::font_digits::{place, Canvas, IDENTITY};
 use super::dataset::Dataset;
 use super::error::{DataError, Result};
-use super::fetch::{self, Outcome};
-use super::font_digits::{place, Canvas, IDENTITY};
 
 /// The dataset's name in specs (`optdigits:all`) and in `data fetch`.
 pub const NAME: &str = "optdigits";
 
 /// The CSV in `DATA/optdigits/`.
-const CSV: &str = "digits.csv";
+pub(crate) const CSV: &str = "digits.csv";
 
 /// sha256 of the uncompressed CSV (the same bytes in scikit-learn 0.x to 1.9).
 pub const CSV_SHA256: &str = "6ebb3d2fee246a4e99363262ddf8a00a3c41bee6014c373ed9d9216ba7f651b8";
@@ -31,30 +30,6 @@ const BOX_PX: f32 = 20.0;
 /// The licence, for `data info` and docs.
 pub const LICENCE: &str = "UCI optical recognition of handwritten digits, as shipped in \
      scikit-learn (BSD-3-Clause); cite Alpaydin and Kaynak (1998)";
-
-/// Fetches the CSV from the scikit-learn wheel (`pip download`) into `data_dir/optdigits`.
-pub fn fetch(data_dir: &Path) -> Result<Outcome> {
-    let target = data_dir.join(NAME);
-    if target.exists() {
-        fetch::check_sha256(&target.join(CSV), CSV_SHA256)?;
-        return Ok(Outcome::AlreadyPresent(target));
-    }
-    let stage = fetch::staging(&target)?;
-    let work = tempfile::tempdir().map_err(|e| DataError::io(std::env::temp_dir(), e))?;
-    let (root, version) = fetch::pip_wheel(NAME, "scikit-learn", work.path())?;
-    let gz = root.join("sklearn/datasets/data/digits.csv.gz");
-    let bytes = super::idx::read_maybe_gz(&gz)?;
-    let csv = stage.path().join(CSV);
-    std::fs::write(&csv, &bytes).map_err(|e| DataError::io(&csv, e))?;
-    fetch::check_sha256(&csv, CSV_SHA256)?;
-    let source = stage.path().join("SOURCE.md");
-    let note = format!(
-        "digits.csv: sklearn/datasets/data/digits.csv.gz of the scikit-learn {version} wheel \
-         (PyPI), uncompressed.\n\nLicence: {LICENCE}.\n"
-    );
-    std::fs::write(&source, note).map_err(|e| DataError::io(&source, e))?;
-    fetch::commit_staging(stage, &target)
-}
 
 /// Parses the CSV: 64 counts 0-16 and a label 0-9 per line.
 pub fn parse(path: &Path, text: &str) -> Result<(Vec<[u8; 64]>, Vec<u8>)> {
@@ -103,10 +78,7 @@ pub fn normalise(counts: &[u8; 64]) -> Vec<u8> {
 pub fn load(data_dir: &Path) -> Result<Dataset> {
     let path = data_dir.join(NAME).join(CSV);
     if !path.is_file() {
-        return Err(DataError::format(
-            &path,
-            format!("not found: run `dpsynth data fetch {NAME}` first (or pass --data-dir)"),
-        ));
+        return Err(super::catalog::not_found(&path, NAME));
     }
     let text = std::fs::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;
     let (images, labels) = parse(&path, &text)?;

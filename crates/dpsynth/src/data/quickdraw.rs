@@ -7,7 +7,7 @@ use std::path::Path;
 
 use super::dataset::Dataset;
 use super::error::{DataError, Result};
-use super::{fetch, idx};
+use super::idx;
 
 /// The dataset's name in specs (`quickdraw6:all`) and in `data fetch`.
 pub const NAME: &str = "quickdraw6";
@@ -15,24 +15,12 @@ pub const NAME: &str = "quickdraw6";
 /// The licence, for `data info` and docs.
 pub const LICENCE: &str = "Quick, Draw! dataset by Google, CC BY 4.0";
 
-const ARCHIVE: fetch::SharedArchive<'static> = fetch::SharedArchive {
-    name: NAME,
-    file: "quickdraw6-idx.tar.gz",
-    sha256: "cfd4dfe82ed1dcd949443ba1be12f3b110b2f3afc4257edaeadf0a9cfd8f6b89",
-    root: "quickdraw6",
-};
-
 const IMAGES: &str = "images-idx3-ubyte";
 const LABELS: &str = "labels-idx1-ubyte";
 const CLASSES: &str = "classes.txt";
 
-/// Fetches the doodles from `source` or the shared archive (sha256-checked) into
-/// `data_dir/quickdraw6`.
-pub fn fetch(data_dir: &Path, source: Option<&Path>) -> Result<fetch::Outcome> {
-    fetch::fetch_shared_archive(&ARCHIVE, data_dir, source, |dir| read(dir).map(|_| ()))
-}
-
-fn read(dir: &Path) -> Result<Dataset> {
+/// Reads the dataset folder `dir`.
+pub(crate) fn read(dir: &Path) -> Result<Dataset> {
     let classes_path = dir.join(CLASSES);
     let names: Vec<String> = std::fs::read_to_string(&classes_path)
         .map_err(|e| DataError::io(&classes_path, e))?
@@ -51,10 +39,7 @@ fn read(dir: &Path) -> Result<Dataset> {
 pub fn load(data_dir: &Path) -> Result<Dataset> {
     let dir = data_dir.join(NAME);
     if !dir.is_dir() {
-        return Err(DataError::format(
-            &dir,
-            format!("not found: run `dpsynth data fetch {NAME}` first (or pass --data-dir)"),
-        ));
+        return Err(super::catalog::not_found(&dir, NAME));
     }
     read(&dir)
 }

@@ -4,12 +4,12 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use super::acquire::{dead_leaves, font_digits, generated, photo_crops};
+use super::catalog;
 use super::dataset::Dataset;
 use super::error::{DataError, Result};
 use super::tiny_imagenet::{self, TinySplit};
-use super::{
-    cifar, dead_leaves, font_digits, generated, idx, imagefolder, optdigits, photo_crops, quickdraw,
-};
+use super::{cifar, idx, imagefolder, optdigits, quickdraw};
 
 /// Train or test split of a named dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,21 +53,16 @@ pub enum DatasetSpec {
     ImageFolder(PathBuf),
 }
 
-/// The spec forms accepted, for help texts and error messages.
-pub const SPEC_HELP: &str = "mnist:train|test, fashion-mnist:train|test, font-digits:train|test, \
-     handwriting-digits:train|test, \
-     cifar10:train|test, dead-leaves:train|test, photo-crops:train|test, \
-     tiny-imagenet:train|val|unlabeled, tiny-imagenet-proxy:CLASS_MAP, optdigits:all, \
-     quickdraw6:all, imagefolder:PATH; SPEC@N takes a class-balanced subset of N images (public \
-     seed)";
-
 impl std::str::FromStr for DatasetSpec {
     type Err = DataError;
 
     fn from_str(s: &str) -> Result<Self> {
-        let (name, arg) = s
-            .split_once(':')
-            .ok_or_else(|| DataError::spec(s, format!("expected NAME:ARG, one of {SPEC_HELP}")))?;
+        let (name, arg) = s.split_once(':').ok_or_else(|| {
+            DataError::spec(
+                s,
+                format!("expected NAME:ARG, one of {}", catalog::spec_help()),
+            )
+        })?;
         let split = || match arg {
             "train" => Ok(Split::Train),
             "test" => Ok(Split::Test),
@@ -110,7 +105,10 @@ impl std::str::FromStr for DatasetSpec {
             )),
             other => Err(DataError::spec(
                 s,
-                format!("unknown dataset '{other}': expected one of {SPEC_HELP}"),
+                format!(
+                    "unknown dataset '{other}': expected one of {}",
+                    catalog::spec_help()
+                ),
             )),
         }
     }
@@ -145,21 +143,11 @@ pub const FASHION_CLASSES: [&str; 10] = [
     "t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot",
 ];
 
-fn require(path: PathBuf, fetch_name: &str) -> Result<PathBuf> {
+fn require(path: PathBuf, name: &str) -> Result<PathBuf> {
     if path.exists() {
         Ok(path)
     } else {
-        let generated = [dead_leaves::NAME, photo_crops::NAME];
-        let digits = font_digits::DIGIT_SETS.iter().any(|d| d.name == fetch_name);
-        let how = if digits || generated.contains(&fetch_name) {
-            format!("dpsynth data generate {fetch_name}")
-        } else {
-            format!("dpsynth data fetch {fetch_name}")
-        };
-        Err(DataError::format(
-            &path,
-            format!("not found: run `{how}` first (or pass --data-dir)"),
-        ))
+        Err(catalog::not_found(&path, name))
     }
 }
 
@@ -178,12 +166,9 @@ impl DatasetSpec {
     /// The terms of use to state wherever the dataset or a model trained on it is described,
     /// for the public sets whose terms are not those of the datasets everybody knows.
     pub fn licence(&self) -> Option<&'static str> {
-        match self {
-            Self::TinyImageNet(_) | Self::TinyImageNetProxy(_) => Some(tiny_imagenet::LICENCE),
-            Self::OptDigits => Some(optdigits::LICENCE),
-            Self::QuickDraw => Some(quickdraw::LICENCE),
-            _ => None,
-        }
+        let name = self.to_string();
+        let name = name.split(':').next().unwrap_or_default();
+        catalog::entry(name).and_then(|e| e.licence)
     }
 
     /// Loads the dataset, resolving named datasets under `data_dir`.

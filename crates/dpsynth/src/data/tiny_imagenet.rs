@@ -1,5 +1,5 @@
-//! Tiny ImageNet at 32×32 (public pretraining data for colour models): fetching the team's
-//! shared archive or a local copy, and reading its splits.
+//! Tiny ImageNet at 32×32 (public pretraining data for colour models): reading its splits
+//! (`acquire::tiny_imagenet` fetches it).
 //!
 //! Layout under `DATA/tiny-imagenet/`, as in the archive's `tinyimagenet32/` folder:
 //! `train/<wnid>/*.jpg` (500 per class), `val/<wnid>/*.jpg` (50 per class),
@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use super::dataset::Dataset;
 use super::error::{DataError, Result};
-use super::{class_map, fetch, imagefolder};
+use super::{class_map, imagefolder};
 
 /// The dataset's name in specs (`tiny-imagenet:train`) and in `data fetch`.
 pub const NAME: &str = "tiny-imagenet";
@@ -21,17 +21,8 @@ pub const NAME: &str = "tiny-imagenet";
 /// The spec name of a proxy test set (`tiny-imagenet-proxy:MAP`, see [`load_proxy`]).
 pub const PROXY_NAME: &str = "tiny-imagenet-proxy";
 
-/// File name of the team's shared archive.
-pub const ARCHIVE: &str = "tinyimagenet32-jpeg.tar.gz";
-
-/// sha256 of the team's shared archive.
-pub const ARCHIVE_SHA256: &str = "f195047f1fb2d7c948409b76186f921d7248a0d9aa3cd2e9a6cd896516107532";
-
-/// The folder inside the archive that holds the dataset.
-const ARCHIVE_ROOT: &str = "tinyimagenet32";
-
 /// The class table inside the dataset folder.
-const CLASSES_FILE: &str = "classes.tsv";
+pub(crate) const CLASSES_FILE: &str = "classes.tsv";
 
 /// The licence, in one line, for `data info`, READMEs and model cards.
 pub const LICENCE: &str = "Tiny ImageNet images are ImageNet's: ImageNet terms of access, \
@@ -129,10 +120,7 @@ fn dataset_dir(data_dir: &Path) -> Result<PathBuf> {
     if dir.is_dir() {
         Ok(dir)
     } else {
-        Err(DataError::format(
-            &dir,
-            format!("not found: run `dpsynth data fetch {NAME}` first (or pass --data-dir)"),
-        ))
+        Err(super::catalog::not_found(&dir, NAME))
     }
 }
 
@@ -208,36 +196,4 @@ pub fn load_proxy(data_dir: &Path, map_path: &Path) -> Result<Dataset> {
         .flat_map(|(l, files)| files.into_iter().map(move |f| (l, f)))
         .collect();
     imagefolder::decode_files(&root, &files, map.into_keys().collect())
-}
-
-/// Checks that a dataset folder is whole: a class table, one train and one val folder of images
-/// per class, and an unlabelled folder of images. Returns the image counts (train, val,
-/// unlabelled).
-fn verify_tree(dir: &Path) -> Result<(usize, usize, usize)> {
-    let classes = read_classes(&dir.join(CLASSES_FILE))?;
-    let mut counts = [0usize; 2];
-    for (split, count) in ["train", "val"].iter().zip(counts.iter_mut()) {
-        for c in &classes {
-            let folder = dir.join(split).join(&c.wnid);
-            *count += imagefolder::image_files(&folder)?.len();
-        }
-    }
-    let unlabeled = imagefolder::image_files(&dir.join("unlabeled"))?.len();
-    Ok((counts[0], counts[1], unlabeled))
-}
-
-/// Fetches Tiny ImageNet into `data_dir/tiny-imagenet` from `source` (the archive or its
-/// extracted `tinyimagenet32/` folder), else from the team's shared archive. The shared archive
-/// is checked against its sha256 before anything is unpacked; every copy is checked to hold a
-/// class table and a train, val and unlabelled folder for it before it is renamed into place.
-pub fn fetch(data_dir: &Path, source: Option<&Path>) -> Result<fetch::Outcome> {
-    let archive = fetch::SharedArchive {
-        name: NAME,
-        file: ARCHIVE,
-        sha256: ARCHIVE_SHA256,
-        root: ARCHIVE_ROOT,
-    };
-    fetch::fetch_shared_archive(&archive, data_dir, source, |dir| {
-        verify_tree(dir).map(|_| ())
-    })
 }

@@ -7,7 +7,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use super::error::{DataError, Result};
+use crate::data::error::{DataError, Result};
 
 const WOFF_SIGNATURE: u32 = 0x774F_4646; // "wOFF"
 const HEADER_LEN: usize = 44;

@@ -16,8 +16,8 @@
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use super::dataset::Dataset;
 use super::generated::{self, SIZE};
+use crate::data::dataset::Dataset;
 
 /// Supersampling factor per axis.
 const SUPERSAMPLE: usize = 4;
@@ -249,8 +249,8 @@ pub fn write_dataset(
     train: usize,
     test: usize,
     seed: u64,
-) -> super::error::Result<std::path::PathBuf> {
-    use super::spec::Split;
+) -> crate::data::error::Result<std::path::PathBuf> {
+    use crate::data::spec::Split;
     generated::check_absent(data_dir, NAME)?;
     let train_ds = generate(train, generated::split_seed(seed, Split::Train));
     let test_ds = generate(test, generated::split_seed(seed, Split::Test));

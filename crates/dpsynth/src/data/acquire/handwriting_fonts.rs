@@ -10,9 +10,9 @@
 
 use std::path::Path;
 
-use super::error::{DataError, Result};
-use super::fetch::{commit_collection, npm_pack, staging, untar_prefix, Outcome};
 use super::woff;
+use crate::data::acquire::{commit_collection, npm_pack, staging, untar_prefix, Outcome};
+use crate::data::error::{DataError, Result};
 
 /// The dataset's name in `data fetch`.
 pub const NAME: &str = "handwriting-fonts";

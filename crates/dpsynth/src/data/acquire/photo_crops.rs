@@ -15,10 +15,10 @@ use image::RgbImage;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use super::dataset::Dataset;
-use super::error::{DataError, Result};
 use super::generated::{self, SIZE};
-use super::spec::Split;
+use crate::data::dataset::Dataset;
+use crate::data::error::{DataError, Result};
+use crate::data::spec::Split;
 
 /// The folder name under the data folder, and the spec name.
 pub const NAME: &str = "photo-crops";
@@ -102,7 +102,7 @@ pub fn crop_side(rng: &mut impl Rng, short: f64) -> f64 {
 /// A file that does not decode is an error naming it: the photo folder holds only what the
 /// fetcher put there.
 pub fn load_photos(dir: &Path) -> Result<Vec<Photo>> {
-    let files = super::walk::files_with_extensions(dir, &["jpg", "jpeg", "png"], "photos")?;
+    let files = crate::data::walk::files_with_extensions(dir, &["jpg", "jpeg", "png"], "photos")?;
     if files.is_empty() {
         return Err(DataError::format(dir, "holds no .jpg or .png photograph"));
     }

@@ -15,9 +15,9 @@ use ab_glyph::{Font, FontVec, PxScale};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::dataset::Dataset;
 use super::elastic::{distort, Elastic};
-use super::error::{DataError, Result};
+use crate::data::dataset::Dataset;
+use crate::data::error::{DataError, Result};
 
 /// Side of the generated images.
 pub const SIZE: usize = 28;
@@ -47,7 +47,7 @@ pub struct DigitFont {
 
 /// Loads every .ttf/.otf under `dir` (recursively, sorted by path) that draws all ten digits.
 pub fn load_fonts(dir: &Path) -> Result<Vec<DigitFont>> {
-    let mut files = super::walk::files_with_extensions(dir, &["ttf", "otf"], "fonts")?;
+    let mut files = crate::data::walk::files_with_extensions(dir, &["ttf", "otf"], "fonts")?;
     files.retain(|p| {
         let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("");
         !EXCLUDED_FONTS.contains(&stem)
@@ -78,7 +78,7 @@ pub fn load_fonts(dir: &Path) -> Result<Vec<DigitFont>> {
 }
 
 /// A grey-level canvas of coverage values in [0, 1].
-pub(super) struct Canvas {
+pub(crate) struct Canvas {
     w: usize,
     h: usize,
     px: Vec<f32>,
@@ -86,7 +86,7 @@ pub(super) struct Canvas {
 
 impl Canvas {
     /// A `w`×`h` canvas of row-major coverage values in [0, 1].
-    pub(super) fn new(w: usize, h: usize, px: Vec<f32>) -> Self {
+    pub(crate) fn new(w: usize, h: usize, px: Vec<f32>) -> Self {
         assert_eq!(px.len(), w * h, "canvas size");
         Self { w, h, px }
     }
@@ -156,7 +156,7 @@ impl Canvas {
 
     /// Extent of the ink (max of width and height, between pixel centres) under the linear map
     /// `m`.
-    pub(super) fn extent_under(&self, m: &[[f32; 2]; 2]) -> f32 {
+    pub(crate) fn extent_under(&self, m: &[[f32; 2]; 2]) -> f32 {
         let (mut lo, mut hi) = ([f32::MAX; 2], [f32::MIN; 2]);
         for y in 0..self.h {
             for x in 0..self.w {
@@ -226,12 +226,12 @@ pub fn render(font: &DigitFont, digit: u8, rng: &mut impl Rng) -> Vec<u8> {
 }
 
 /// The identity map, for [`place`].
-pub(super) const IDENTITY: [[f32; 2]; 2] = [[1.0, 0.0], [0.0, 1.0]];
+pub(crate) const IDENTITY: [[f32; 2]; 2] = [[1.0, 0.0], [0.0, 1.0]];
 
 /// Places the ink of `canvas` in a 28 × 28 frame as MNIST was normalised: mapped by `scale · m`
 /// about its centre of mass, which lands at the frame's centre, 4 × 4 supersampled with bilinear
 /// sampling, and stretched so that the darkest pixel is full ink (255).
-pub(super) fn place(canvas: &Canvas, m: &[[f32; 2]; 2], scale: f32) -> Vec<u8> {
+pub(crate) fn place(canvas: &Canvas, m: &[[f32; 2]; 2], scale: f32) -> Vec<u8> {
     let (mut sum, mut cx, mut cy) = (0.0f32, 0.0f32, 0.0f32);
     for y in 0..canvas.h {
         for x in 0..canvas.w {
@@ -392,11 +392,11 @@ pub fn write_dataset(
         let files = [
             (
                 format!("{prefix}-images-idx3-ubyte"),
-                super::idx::encode_images(n, SIZE, SIZE, &ds.images),
+                crate::data::idx::encode_images(n, SIZE, SIZE, &ds.images),
             ),
             (
                 format!("{prefix}-labels-idx1-ubyte"),
-                super::idx::encode_labels(&ds.labels),
+                crate::data::idx::encode_labels(&ds.labels),
             ),
         ];
         for (name, bytes) in files {

