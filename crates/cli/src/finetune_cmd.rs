@@ -20,7 +20,8 @@ use tch::Device;
 /// and `clip-scan`, which must measure exactly what a run will train).
 #[derive(Args, Clone)]
 pub struct TrainableArgs {
-    /// Base model folder (e.g. models/mnist-base).
+    /// Base model folder (e.g. models/mnist-base): a diffusers UNet2DModel, class-conditional or
+    /// unconditional (then a zero-initialised class embedding is added and trained).
     #[arg(long, default_value = "models/mnist-base")]
     pub base: PathBuf,
     /// loda, lora, attention (DP-LDM), full (DP-Diffusion) or scratch (DPDM).
@@ -38,7 +39,8 @@ pub struct TrainableArgs {
     /// Also put adapters on the time-embedding linears.
     #[arg(long)]
     pub adapt_time: bool,
-    /// Keep the class embedding frozen in adapter and attention modes.
+    /// Keep the class embedding frozen in adapter and attention modes (refused when private
+    /// classes must be learned: classes the base lacks, or any class of an unconditional base).
     #[arg(long)]
     pub freeze_class_embedding: bool,
     /// Noise multiplicity K: (timestep, noise) draws per example, averaged before clipping.

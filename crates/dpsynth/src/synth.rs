@@ -91,7 +91,7 @@ pub struct ModelDir {
     pub schedule: NoiseSchedule,
     /// The scheduler settings the schedule came from.
     pub scheduler: SchedulerConfig,
-    /// Class names, one per non-null class embedding.
+    /// Class names, one per non-null class embedding (none for an unconditional base).
     pub classes: Vec<String>,
     /// The adapters attached to the U-Net, if the folder carries any.
     pub adapter: Option<crate::nn::adapter::AdapterConfig>,
@@ -136,10 +136,30 @@ pub fn save_model_dir(
     Ok(())
 }
 
-/// Loads a model folder. A folder without `scheduler_config.json` gets the DDPM linear schedule
-/// over 1000 steps; one without `classes.json` gets classes named `0`, `1`, ...; one with
-/// `adapter_config.json` gets its adapters attached and loaded from `adapter_model.safetensors`.
+/// Loads a class-conditional model folder (what `sample`, `loss`, `export` and `audit` read).
+/// A folder without `scheduler_config.json` gets the DDPM linear schedule over 1000 steps; one
+/// without `classes.json` gets classes named `0`, `1`, ...; one with `adapter_config.json` gets
+/// its adapters attached and loaded from `adapter_model.safetensors`. An unconditional
+/// `UNet2DModel` (no `num_class_embeds`) is refused: it has no null class to guide with and no
+/// class to sample; fine-tune it first, which gives it a class table ([`load_base_dir`]).
 pub fn load_model_dir(dir: &Path, device: Device) -> Result<ModelDir> {
+    let model = load_base_dir(dir, device)?;
+    if model.unet.null_class().is_none() {
+        bail!(
+            "{}: the model is unconditional (no num_class_embeds): it has no classes to sample or \
+             score; `dpsynth finetune --base` (and `clip-scan`) accept it and add a class \
+             embedding for the private classes",
+            dir.display()
+        );
+    }
+    Ok(model)
+}
+
+/// Loads a model folder as [`load_model_dir`] does, but also accepts an unconditional
+/// `UNet2DModel` (no `num_class_embeds`), with no classes (its `classes.json`, if any, must be
+/// empty): the form a fine-tuning base may take ([`crate::train::class_table`] gives it a class
+/// table).
+pub fn load_base_dir(dir: &Path, device: Device) -> Result<ModelDir> {
     let mut unet = UNet::load(dir, device)?;
     let adapter_cfg_path = dir.join(ADAPTER_CONFIG);
     let (adapter, adapter_store) = if adapter_cfg_path.exists() {
@@ -155,13 +175,8 @@ pub fn load_model_dir(dir: &Path, device: Device) -> Result<ModelDir> {
     } else {
         (None, None)
     };
-    let Some(null) = unet.null_class() else {
-        bail!(
-            "{}: the model is unconditional (no num_class_embeds); dpsynth needs a \
-             class-conditional model",
-            dir.display()
-        );
-    };
+    // an unconditional model has no class rows: its class list is empty
+    let null = unet.null_class().unwrap_or(0);
     let sched_path = dir.join(SCHEDULER_FILE);
     let scheduler = if sched_path.exists() {
         let text = std::fs::read_to_string(&sched_path)
@@ -185,9 +200,14 @@ pub fn load_model_dir(dir: &Path, device: Device) -> Result<ModelDir> {
     };
     if classes.len() as i64 != null {
         bail!(
-            "{}: {} class names for a model with {null} classes",
+            "{}: {} class names for a model with {null} classes{}",
             classes_path.display(),
-            classes.len()
+            classes.len(),
+            if unet.null_class().is_none() {
+                " (unconditional: no num_class_embeds)"
+            } else {
+                ""
+            }
         );
     }
     Ok(ModelDir {

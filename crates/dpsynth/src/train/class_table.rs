@@ -11,6 +11,14 @@
 //!   cat` and `Egyptian cat`;
 //! - else the base's null row, so the class begins as the base's unconditional model.
 //!
+//! An unconditional base (a diffusers `UNet2DModel` without `num_class_embeds`, as most public
+//! DDPM checkpoints are) goes through the same plan: it has no classes, so every private class
+//! starts from the null row, and its null row is zero. The class embedding is added to the time
+//! embedding, so a table of zeros leaves the model exactly the base; the fine-tuned model is a
+//! class-conditional `UNet2DModel` (`num_class_embeds` = private classes + 1) whose table is
+//! learned under DP. The table must then be trained ([`ensure_learnable`]). With no private
+//! classes (`clip-scan`), such a base gets the null row alone.
+//!
 //! All of this reads only the base model and public class names: it costs no privacy.
 
 use std::path::Path;
@@ -80,14 +88,17 @@ pub fn plan_rows(
 
 /// A copy of `base` (same weights, same device) whose class table has one row per entry of
 /// `plan` plus the null row, started as the plan says. `base_classes` names the base's rows.
+/// For an unconditional base (no class embedding) the null row is zero, so the copy computes
+/// exactly what the base does; its plan can hold only [`RowStart::Null`].
 pub fn rebuild(unet: &UNet, base_classes: &[String], plan: &[RowStart]) -> Result<UNet> {
-    let table = unet
-        .class_embedding
-        .as_ref()
-        .context("the base model has no class embedding")?;
-    let null = unet
-        .null_class()
-        .context("the base model has no null class")?;
+    let table = unet.class_embedding.as_ref();
+    let null_row = match (table, unet.null_class()) {
+        (Some(t), Some(null)) => t.weight.get(null),
+        _ => Tensor::zeros(
+            [unet.config().time_embed_dim()],
+            (tch::Kind::Float, unet.device()),
+        ),
+    };
     let mut config = unet.config().clone();
     config.num_class_embeds = Some(plan.len() as i64 + 1);
     let out = UNet::new(config, unet.device())?;
@@ -107,6 +118,7 @@ pub fn rebuild(unet: &UNet, base_classes: &[String], plan: &[RowStart]) -> Resul
             .iter()
             .position(|c| c == name)
             .with_context(|| format!("the base model has no class '{name}'"))?;
+        let table = table.context("the base model is unconditional: it has no class rows")?;
         Ok(table.weight.get(i as i64))
     };
     let rows = plan
@@ -117,9 +129,9 @@ pub fn rebuild(unet: &UNet, base_classes: &[String], plan: &[RowStart]) -> Resul
                 let rows = names.iter().map(|n| row(n)).collect::<Result<Vec<_>>>()?;
                 Ok(Tensor::stack(&rows, 0).mean_dim(0, false, rows[0].kind()))
             }
-            RowStart::Null => Ok(table.weight.get(null)),
+            RowStart::Null => Ok(null_row.shallow_clone()),
         })
-        .chain(std::iter::once(Ok(table.weight.get(null))))
+        .chain(std::iter::once(Ok(null_row.shallow_clone())))
         .collect::<Result<Vec<_>>>()?;
     let mut new_table = out
         .class_embedding
@@ -132,8 +144,22 @@ pub fn rebuild(unet: &UNet, base_classes: &[String], plan: &[RowStart]) -> Resul
 }
 
 /// Refuses a plan with private classes that are not the base's when the class table cannot
-/// learn (`frozen`); `classes_file` is the base's class list, named in the message.
-pub fn ensure_learnable(plan: &[RowStart], frozen: bool, classes_file: &Path) -> Result<()> {
+/// learn (`frozen`); the message names the base folder `base`'s class list. A frozen table on
+/// an `unconditional` base is always refused, naming the folder: its rows are zeros.
+pub fn ensure_learnable(
+    plan: &[RowStart],
+    frozen: bool,
+    unconditional: bool,
+    base: &Path,
+) -> Result<()> {
+    if frozen && unconditional {
+        bail!(
+            "the base model {} is unconditional (no num_class_embeds): the class embedding \
+             fine-tuning adds for the private classes starts at zero and must be learned, so it \
+             cannot be frozen (drop --freeze-class-embedding)",
+            base.display()
+        );
+    }
     let foreign = plan
         .iter()
         .filter(|s| !matches!(s, RowStart::Same(_)))
@@ -143,7 +169,7 @@ pub fn ensure_learnable(plan: &[RowStart], frozen: bool, classes_file: &Path) ->
             "{} private classes are not classes of the base model ({}): their embeddings must \
              be learned, so the class embedding cannot be frozen (drop --freeze-class-embedding)",
             foreign,
-            classes_file.display()
+            base.join(crate::synth::CLASSES_FILE).display()
         );
     }
     Ok(())

@@ -12,7 +12,10 @@
 //! row ([`super::class_table`]; it reads only the base, so it costs no privacy). The class
 //! embedding is then learned here, under DP (it is trained by default in every mode; its
 //! per-example gradients come from the Embedding rule of `dp::grad_sample`), and freezing it is
-//! refused. The fine-tuned model folder carries the private data's class names.
+//! refused. The fine-tuned model folder carries the private data's class names. An unconditional
+//! base (no `num_class_embeds`) is accepted in every mode: its class table starts at zero, so
+//! the run starts from exactly the base, and the saved folder is a class-conditional
+//! `UNet2DModel`.
 
 use std::path::{Path, PathBuf};
 
@@ -32,7 +35,7 @@ use crate::diffusion::schedule::NoiseSchedule;
 use crate::dp::optim::{Optimizer, OptimizerConfig};
 use crate::nn::adapter::{attach, AdapterConfig, AdapterKind};
 use crate::nn::unet::UNet;
-use crate::synth::{load_model_dir, save_model_dir, ModelDir};
+use crate::synth::{load_base_dir, save_model_dir, ModelDir};
 
 /// What is trained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -325,26 +328,33 @@ impl Trainee {
 /// (class table for `private_classes`, frozen base, attached adapters, trainable class
 /// embedding, ...). Public so that benchmarks and `clip-scan` use the very model a fine-tuning
 /// run trains; they pass `None` to keep the base's classes (a class row's per-example gradient
-/// does not depend on the table's size, since only the rows in use get one).
+/// does not depend on the table's size, since only the rows in use get one). The base may be an
+/// unconditional `UNet2DModel`: it gets a zero class table ([`class_table`]; with `None`, the
+/// null row alone), which is trained like any other.
 pub fn prepare(
     base: &Path,
     cfg: &FinetuneConfig,
     private_classes: Option<&[String]>,
     device: Device,
 ) -> Result<Trainee> {
-    let mut model = load_model_dir(base, device)?;
+    let mut model = load_base_dir(base, device)?;
     if model.adapter.is_some() {
         bail!(
             "{}: already carries adapters; fine-tune from the base model folder",
             base.display()
         );
     }
+    let unconditional = model.unet.class_embedding.is_none();
+    let private_classes = match private_classes {
+        None if unconditional => Some(&[][..]),
+        other => other,
+    };
     let class_rows = match private_classes {
-        Some(private) if private != model.classes.as_slice() => {
+        Some(private) if unconditional || private != model.classes.as_slice() => {
             let plan = class_table::plan_rows(&model.classes, private, cfg.class_init.as_ref())?;
             let frozen =
                 !cfg.train_class_embedding && !matches!(cfg.mode, Mode::Full | Mode::Scratch);
-            class_table::ensure_learnable(&plan, frozen, &base.join(crate::synth::CLASSES_FILE))?;
+            class_table::ensure_learnable(&plan, frozen, unconditional, base)?;
             model.unet = class_table::rebuild(&model.unet, &model.classes, &plan)?;
             model.classes = private.to_vec();
             Some(plan)

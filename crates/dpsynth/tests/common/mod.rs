@@ -1,4 +1,6 @@
-//! Fixtures shared by the fine-tuning tests: a tiny colour base model and private data.
+//! Fixtures shared by the fine-tuning tests: tiny colour base models (class-conditional and
+//! unconditional) and private data.
+#![allow(dead_code)] // each test crate uses some of them
 
 use std::path::Path;
 
@@ -7,23 +9,44 @@ use dpsynth::nn::unet::{UNet, UNetConfig};
 use dpsynth::synth::{save_extras, SchedulerConfig};
 use tch::Device;
 
-/// A tiny 8×8 colour U-Net with 4 classes + null, saved with placeholder classes `0`..`3`.
-pub fn tiny_base(dir: &Path) {
-    let cfg = UNetConfig::from_json(
-        r#"{"sample_size": 8, "in_channels": 3, "out_channels": 3,
-            "block_out_channels": [8, 16], "layers_per_block": 1,
-            "down_block_types": ["DownBlock2D", "DownBlock2D"],
-            "up_block_types": ["UpBlock2D", "UpBlock2D"],
-            "norm_num_groups": 4, "num_class_embeds": 5}"#,
-    )
-    .unwrap();
+/// The tiny 8×8 colour U-Net's config, with `num_class_embeds` (`None`: unconditional).
+fn tiny_config(num_class_embeds: Option<i64>) -> UNetConfig {
+    UNetConfig {
+        num_class_embeds,
+        ..UNetConfig::from_json(
+            r#"{"sample_size": 8, "in_channels": 3, "out_channels": 3,
+                "block_out_channels": [8, 16], "layers_per_block": 1,
+                "down_block_types": ["DownBlock2D", "DownBlock2D"],
+                "up_block_types": ["UpBlock2D", "UpBlock2D"],
+                "norm_num_groups": 4}"#,
+        )
+        .unwrap()
+    }
+}
+
+/// Saves the tiny U-Net (seed 0) with a linear schedule and `classes`.
+fn save_tiny(dir: &Path, num_class_embeds: Option<i64>, classes: &[String]) {
     tch::manual_seed(0);
-    UNet::new(cfg, Device::Cpu).unwrap().save(dir).unwrap();
-    let classes: Vec<String> = (0..4).map(|c| c.to_string()).collect();
+    UNet::new(tiny_config(num_class_embeds), Device::Cpu)
+        .unwrap()
+        .save(dir)
+        .unwrap();
     let sched: SchedulerConfig =
         serde_json::from_str(r#"{"beta_schedule": "linear", "num_train_timesteps": 1000}"#)
             .unwrap();
-    save_extras(dir, &sched, &classes).unwrap();
+    save_extras(dir, &sched, classes).unwrap();
+}
+
+/// A tiny 8×8 colour U-Net with 4 classes + null, saved with placeholder classes `0`..`3`.
+pub fn tiny_base(dir: &Path) {
+    let classes: Vec<String> = (0..4).map(|c| c.to_string()).collect();
+    save_tiny(dir, Some(5), &classes);
+}
+
+/// The same tiny U-Net without a class embedding (an unconditional `UNet2DModel`, as most
+/// public DDPM checkpoints are), with an empty `classes.json`.
+pub fn tiny_unconditional_base(dir: &Path) {
+    save_tiny(dir, None, &[]);
 }
 
 pub fn private_data(classes: usize) -> Dataset {
