@@ -686,7 +686,18 @@ mod tests {
                     }
                     Job::Classifier(cfg) => (cfg.out, cfg.private),
                 };
-                assert_eq!(private.train, format!("{data}:train"), "{name}");
+                // results/<dataset>[-<study>]/ holds cells trained on <dataset>:train[@N]
+                let trained = private.train.split(':').next().unwrap();
+                assert!(
+                    data == trained || data.starts_with(&format!("{trained}-")),
+                    "{name}: trains on {}",
+                    private.train
+                );
+                assert!(
+                    private.train.starts_with(&format!("{trained}:train")),
+                    "{name}: trains on {}",
+                    private.train
+                );
                 assert_eq!(out, Path::new("out/results").join(&name), "{name}");
                 seen += 1;
             }
