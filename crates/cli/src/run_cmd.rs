@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use dpsynth::data::{self, acquire, catalog, grid, imagefolder};
 use dpsynth::diffusion::sampler::SamplerConfig;
+use dpsynth::fidelity::FidelitySettings;
 use dpsynth::fsutil::write_atomic;
 use dpsynth::memorization;
 use dpsynth::nn::arch::Arch;
@@ -183,6 +184,12 @@ struct Evaluate {
     /// auto (default: from the images' shape), cnn or resnet.
     #[serde(default)]
     arch: Arch,
+    /// pytorch-fid's Inception weights as safetensors: adds FID and KID (optional).
+    #[serde(default)]
+    inception: Option<PathBuf>,
+    /// Images of each set FID/KID read, a seeded subset (default 2,000).
+    #[serde(default)]
+    fid_images: Option<usize>,
 }
 
 /// A relative path from the config, tried against the working folder, then the repository the
@@ -367,6 +374,25 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
         "{source}: [sample] eta applies to sampler = \"ddim\" only"
     );
     let out = output_folder(&a, &cfg.out)?;
+    // Inception weights first, so a bad path fails before hours of fine-tuning
+    let inception = match &cfg.evaluate.inception {
+        Some(p) => Some(crate::evaluate_cmd::load_inception(&resolve(p), device)?),
+        None => {
+            eprintln!("{}", crate::evaluate_cmd::NO_INCEPTION);
+            None
+        }
+    };
+    let fid_settings = FidelitySettings {
+        max_images: cfg
+            .evaluate
+            .fid_images
+            .unwrap_or(FidelitySettings::default().max_images),
+        ..FidelitySettings::default()
+    };
+    anyhow::ensure!(
+        fid_settings.max_images >= 2,
+        "{source}: [evaluate] fid_images must be at least 2"
+    );
     let start = Instant::now();
 
     // 1. private data (fetched if it is a named dataset that is missing)
@@ -455,6 +481,15 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
     let r = train_and_test(&synthetic, &test, &dcfg, device, &mut |e, acc| {
         eprintln!("epoch {e}: held-out synthetic accuracy {:.2}%", 100.0 * acc)
     })?;
+    let fidelity = match &inception {
+        Some(net) => Some(crate::evaluate_cmd::measure_fidelity(
+            net,
+            &synthetic,
+            &test,
+            &fid_settings,
+        )?),
+        None => None,
+    };
     let evaluate_secs = t0.elapsed().as_secs_f64();
 
     // 5. memorization report (reads the private training set: for the data holder only)
@@ -503,6 +538,9 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
     });
     if let (Some(report), serde_json::Value::Object(fields)) = (report.as_object_mut(), fields) {
         report.extend(fields);
+        if let Some(f) = &fidelity {
+            report.insert("fidelity".into(), serde_json::to_value(f)?);
+        }
     }
     write_atomic(
         &out.join("report.json"),
@@ -550,6 +588,13 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
             space(&m.pixels, "pixels (RMS distance)")
         )
     });
+    let fidelity_md = fidelity.as_ref().map_or(String::new(), |f| {
+        format!(
+            "- fidelity to `{}`: {}\n",
+            cfg.private.test,
+            crate::evaluate_cmd::fidelity_line(f)
+        )
+    });
     let md = format!(
         "# dpsynth run\n\n\
          - config: {source}\n\
@@ -557,6 +602,7 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
          {training}\
          - synthetic images: {} ({}-{}, guidance {})\n\
          - **downstream test accuracy: {:.2}%** (epoch {} chosen on {} held-out synthetic images)\n\
+         {fidelity_md}\
          {memorization_md}\
          - time: fine-tune {:.0} s, sample {:.0} s, evaluate {:.0} s, total {:.0} s on {} thread(s)\n\n\
          ![samples](grid.png)\n\n\

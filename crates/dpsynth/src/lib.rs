@@ -6,6 +6,7 @@
 pub mod data;
 pub mod diffusion;
 pub mod dp;
+pub mod fidelity;
 pub mod fsutil;
 pub mod memorization;
 pub mod metrics;

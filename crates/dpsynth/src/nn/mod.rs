@@ -3,5 +3,6 @@
 pub mod adapter;
 pub mod arch;
 pub mod classifier;
+pub mod inception;
 pub mod resnet;
 pub mod unet;
