@@ -44,7 +44,13 @@ pub struct BaselineArgs {
     /// outside the privacy guarantee (off: step, epsilon and time only).
     #[arg(long, value_enum, default_value = "off")]
     private_log: PrivateLog,
+    /// Steps between checkpoints (they are also written at least every 2 minutes of training).
+    #[arg(long, default_value_t = CHECKPOINT_EVERY)]
+    checkpoint_every: u64,
 }
+
+/// Default steps between the DP-SGD classifier's checkpoints.
+pub const CHECKPOINT_EVERY: u64 = 200;
 
 /// The settings of a DP-SGD classifier trained on private data: the flags of `dpsynth baseline`
 /// and the `[classifier]` table of a run config (where every key is required, so that a results
@@ -150,6 +156,7 @@ pub fn run(a: BaselineArgs, data_dir: &Path, device: Device) -> Result<()> {
             seed: a.seed,
             out: &a.out,
             private_log: a.private_log,
+            checkpoint_every: a.checkpoint_every,
         },
         device,
     )?;
@@ -182,6 +189,8 @@ pub struct Run<'a> {
     pub out: &'a Path,
     /// Whether progress lines show the (non-private) training loss.
     pub private_log: PrivateLog,
+    /// Steps between checkpoints.
+    pub checkpoint_every: u64,
 }
 
 /// Trains the DP-SGD classifier on `split.train` (less `s.val` held-out images), tests it on
@@ -226,7 +235,7 @@ pub fn train_baseline(
             allow_large_delta: s.allow_large_delta,
         },
         seed: run.seed,
-        checkpoint_every: 200,
+        checkpoint_every: run.checkpoint_every,
         checkpoint_seconds: dpsynth::train::checkpoint::DEFAULT_CHECKPOINT_SECONDS,
     };
     let bar = Progress::new(0, "steps");

@@ -109,13 +109,11 @@ pub fn run_evaluate(a: &EvaluateArgs, data_dir: &Path, device: Device) -> Result
         a.fid_images
     );
     // weights first: a bad path fails before any training
-    let inception = match &a.inception {
-        Some(p) => Some(load_inception(p, device)?),
-        None => {
-            eprintln!("{NO_INCEPTION}");
-            None
-        }
-    };
+    let inception = a
+        .inception
+        .as_ref()
+        .map(|p| load_inception(p, device))
+        .transpose()?;
     let train = data::load(&a.train, data_dir)?;
     let test = data::load(&a.test, data_dir)?;
     let cfg = DownstreamConfig {
@@ -156,7 +154,10 @@ pub fn run_evaluate(a: &EvaluateArgs, data_dir: &Path, device: Device) -> Result
             };
             Some(measure_fidelity(net, &train, &test, &settings)?)
         }
-        None => None,
+        None => {
+            eprintln!("{NO_INCEPTION}");
+            None
+        }
     };
     if let Some(out) = &a.out {
         let mut report = serde_json::json!({

@@ -320,6 +320,7 @@ fn run_classifier(
             seed: None,
             out: &out.join("classifier"),
             private_log: crate::progress::PrivateLog::Off,
+            checkpoint_every: baseline_cmd::CHECKPOINT_EVERY,
         },
         device,
     )?;
@@ -375,13 +376,9 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
     );
     let out = output_folder(&a, &cfg.out)?;
     // Inception weights first, so a bad path fails before hours of fine-tuning
-    let inception = match &cfg.evaluate.inception {
-        Some(p) => Some(crate::evaluate_cmd::load_inception(&resolve(p), device)?),
-        None => {
-            eprintln!("{}", crate::evaluate_cmd::NO_INCEPTION);
-            None
-        }
-    };
+    let inception = (cfg.evaluate.inception.as_ref())
+        .map(|p| crate::evaluate_cmd::load_inception(&resolve(p), device))
+        .transpose()?;
     let fid_settings = FidelitySettings {
         max_images: cfg
             .evaluate
@@ -488,7 +485,10 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
             &test,
             &fid_settings,
         )?),
-        None => None,
+        None => {
+            eprintln!("{}", crate::evaluate_cmd::NO_INCEPTION);
+            None
+        }
     };
     let evaluate_secs = t0.elapsed().as_secs_f64();
 

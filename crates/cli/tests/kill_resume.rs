@@ -1,4 +1,4 @@
-//! Faults: DP fine-tuning and pretraining are killed (SIGKILL) at random moments, including
+//! Faults: DP fine-tuning, the DP-SGD classifier and pretraining are killed (SIGKILL) at random moments, including
 //! inside checkpoint writes, and resumed with `--resume` until they finish. Every run must end
 //! with the ledger and ε of an uninterrupted run, never less, and lose at most one checkpoint
 //! interval of work per kill. The number of kills per command is `DPSYNTH_KILLS` (default 20; a
@@ -87,10 +87,12 @@ fn report(dir: &Path) -> serde_json::Value {
 }
 
 /// Runs the command `args(out)` once uninterrupted into `dir/whole` and once with kills into
-/// `dir/killed`; returns both reports and the number of kills that hit a running process.
+/// `dir/killed` (whose checkpoint is in `killed/checkpoint_sub`); returns both reports and the
+/// number of kills that hit a running process.
 fn whole_and_killed(
     dir: &Path,
     args: impl Fn(&Path) -> Vec<String>,
+    checkpoint_sub: &str,
     max_delay: Duration,
     seed: u64,
 ) -> (serde_json::Value, serde_json::Value, usize) {
@@ -99,7 +101,7 @@ fn whole_and_killed(
     let killed = dir.join("killed");
     let hits = run_with_kills(
         &args(&killed),
-        &killed.join("checkpoint"),
+        &killed.join(checkpoint_sub),
         kills(),
         max_delay,
         seed,
@@ -152,7 +154,7 @@ fn killed_fine_tuning_resumes_to_the_uninterrupted_ledger() {
         .chain([out.display().to_string()])
         .collect()
     };
-    let (a, b, hits) = whole_and_killed(dir.path(), args, Duration::from_secs(4), 1);
+    let (a, b, hits) = whole_and_killed(dir.path(), args, "checkpoint", Duration::from_secs(4), 1);
     assert_eq!(a["steps"], b["steps"]);
     assert_eq!(a["ledger"], b["ledger"], "{hits} kills");
     let (ea, eb) = (
@@ -162,6 +164,49 @@ fn killed_fine_tuning_resumes_to_the_uninterrupted_ledger() {
     // the same ledger through the same accountant: the same ε, never less
     assert_eq!(ea, eb, "ε after kills, and without");
     assert!(hits >= 1, "no kill hit a running fine-tuning");
+}
+
+#[test]
+fn killed_dp_sgd_classifier_resumes_to_the_uninterrupted_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = digits(dir.path());
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "--threads",
+            "1",
+            "baseline",
+            "--train",
+            &data,
+            "--test",
+            &data,
+            "--epsilon",
+            "10",
+            "--epochs",
+            "400",
+            "--batch",
+            "4",
+            "--physical-batch",
+            "4",
+            "--val",
+            "0",
+            "--checkpoint-every",
+            "20",
+            "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([out.display().to_string()])
+        .collect()
+    };
+    let (a, b, hits) = whole_and_killed(dir.path(), args, "", Duration::from_secs(3), 3);
+    assert_eq!(a["steps"], b["steps"]);
+    assert_eq!(a["ledger"], b["ledger"], "{hits} kills");
+    // the same ledger through the same accountant: the same ε, never less
+    assert_eq!(
+        a["epsilon_spent"], b["epsilon_spent"],
+        "ε after kills, and without"
+    );
+    assert!(hits >= 1, "no kill hit a running DP-SGD classifier");
 }
 
 #[test]
@@ -214,7 +259,7 @@ sample_every = 0
             .chain([out.display().to_string()])
             .collect()
     };
-    let (a, b, hits) = whole_and_killed(dir.path(), args, Duration::from_secs(3), 2);
+    let (a, b, hits) = whole_and_killed(dir.path(), args, "checkpoint", Duration::from_secs(3), 2);
     assert_eq!(a["steps"], b["steps"], "{hits} kills");
     assert_eq!(a["steps"], 60);
 }
