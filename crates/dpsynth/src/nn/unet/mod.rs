@@ -1,5 +1,6 @@
-//! A class-conditional U-Net with the structure, parameter names and `config.json` of diffusers'
-//! `UNet2DModel`, built only from the DP-aware layers so DP-SGD can train any subset of it.
+//! A U-Net (class-conditional, or unconditional as many public checkpoints are) with the
+//! structure, parameter names and `config.json` of diffusers' `UNet2DModel`, built only from the
+//! DP-aware layers so DP-SGD can train any subset of it.
 //!
 //! Layout of the modules follows diffusers: [`config`] (the JSON config), [`embeddings`] (time
 //! features and MLP), [`resnet`] (ResNet block, down/upsamplers), [`attention`] (spatial

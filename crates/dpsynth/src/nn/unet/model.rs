@@ -1,4 +1,4 @@
-//! The class-conditional U-Net: diffusers' `UNet2DModel` on the DP-aware layers.
+//! The U-Net, class-conditional or unconditional: diffusers' `UNet2DModel` on the DP-aware layers.
 
 use std::path::Path;
 
