@@ -46,8 +46,8 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a - b).abs().max().double_value(&[])
 }
 
-/// Runs `dpsynth export --model MODEL --out OUT [extra]`, asserting success.
-fn export(model: &Path, out: &Path, extra: &[&str]) {
+/// Runs `dpsynth export --model MODEL --out OUT [extra]`: exit code, stdout and stderr.
+fn run_export(model: &Path, out: &Path, extra: &[&str]) -> (i32, String, String) {
     let mut args = vec![
         "--threads",
         "1",
@@ -58,7 +58,12 @@ fn export(model: &Path, out: &Path, extra: &[&str]) {
         out.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    let (code, stdout, stderr) = dpsynth(&args);
+    dpsynth(&args)
+}
+
+/// Runs `dpsynth export --model MODEL --out OUT [extra]`, asserting success.
+fn export(model: &Path, out: &Path, extra: &[&str]) {
+    let (code, stdout, stderr) = run_export(model, out, extra);
     assert_eq!(code, 0, "export failed: {stdout}\n{stderr}");
 }
 
@@ -197,15 +202,7 @@ fn export_of_a_folder_without_adapters_fails_naming_it() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../dpsynth/tests/data/unet_parity/main");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("export");
-    let (code, _, stderr) = dpsynth(&[
-        "--threads",
-        "1",
-        "export",
-        "--model",
-        model.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let (code, _, stderr) = run_export(&model, &out, &[]);
     assert_ne!(code, 0);
     assert!(stderr.contains(model.to_str().unwrap()), "{stderr}");
     assert!(stderr.contains("has no adapters"), "{stderr}");
@@ -226,15 +223,7 @@ fn adapter_config_whose_layers_do_not_match_is_refused_naming_it() {
     cfg["layers"].as_array_mut().unwrap().pop();
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
     let out = dir.path().join("export");
-    let (code, _, stderr) = dpsynth(&[
-        "--threads",
-        "1",
-        "export",
-        "--model",
-        model.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let (code, _, stderr) = run_export(&model, &out, &[]);
     assert_ne!(code, 0);
     assert!(stderr.contains(cfg_path.to_str().unwrap()), "{stderr}");
     assert!(

@@ -19,27 +19,14 @@ use dpsynth::train::pretrain::{LabelUse, PretrainConfig};
 use tch::{Device, Kind, Tensor};
 
 mod common;
-use common::{private_data, tiny_base};
-
-fn config(mode: Mode) -> FinetuneConfig {
-    FinetuneConfig {
-        epochs: 2.0,
-        batch_size: 8,
-        physical_batch: 8,
-        seed: Some(0),
-        checkpoint_every: 100,
-        lr: 1e-2,
-        accountant: privacy::Accountant::Rdp,
-        ..FinetuneConfig::new(mode, 10.0, 1e-5)
-    }
-}
+use common::{finetune_config, private_data, tiny_base};
 
 /// A fine-tuning run of `mode` with the test config, which must succeed.
 fn finetune_ok(base: &Path, data: &Dataset, mode: Mode, out: &Path) -> Finetuned {
     finetune(
         base,
         data,
-        &config(mode),
+        &finetune_config(mode),
         out,
         false,
         Device::Cpu,
@@ -137,7 +124,7 @@ fn frozen_embedding_with_foreign_classes_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().join("base");
     tiny_base(&base);
-    let mut cfg = config(Mode::Loda);
+    let mut cfg = finetune_config(Mode::Loda);
     cfg.train_class_embedding = false;
     let err = finetune_error(&base, &private_data(4), &cfg, tmp.path());
     assert!(
@@ -172,7 +159,7 @@ fn class_init_starts_rows_from_public_classes() {
     tiny_base(&base);
     let base_table = class_table(&base);
     let row = |i: i64| base_table.get(i);
-    let mut cfg = config(Mode::Loda);
+    let mut cfg = finetune_config(Mode::Loda);
     cfg.class_init = Some(
         [
             ("car".to_string(), vec!["1".to_string(), "3".to_string()]),
@@ -211,7 +198,7 @@ fn class_init_naming_unknown_classes_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().join("base");
     tiny_base(&base);
-    let mut cfg = config(Mode::Loda);
+    let mut cfg = finetune_config(Mode::Loda);
     for (private, public, named) in [("horse", "1", "'horse'"), ("cat", "tabby", "'tabby'")] {
         cfg.class_init = Some([(private.to_string(), vec![public.to_string()])].into());
         let err = finetune_error(&base, &private_data(4), &cfg, tmp.path());
@@ -323,7 +310,7 @@ fn clip_scan_matches_per_example_autograd() {
         seed,
     };
     for mode in [Mode::Loda, Mode::Full] {
-        let t = prepare(tmp.path(), &config(mode), None, Device::Cpu).unwrap();
+        let t = prepare(tmp.path(), &finetune_config(mode), None, Device::Cpu).unwrap();
         let null = t.model.unet.null_class().unwrap();
         let grads: Vec<Tensor> = seeded_subset(data.len(), limit, seed)
             .iter()
@@ -384,7 +371,7 @@ fn class_lr_moves_only_the_class_embedding_faster() {
     let cfg = FinetuneConfig {
         lr: 1e-3,
         class_lr: Some(2e-2),
-        ..config(Mode::Loda)
+        ..finetune_config(Mode::Loda)
     };
     let t = prepare(tmp.path(), &cfg, None, Device::Cpu).unwrap();
     let before: Vec<Tensor> = t.tensors().iter().map(Tensor::copy).collect();

@@ -20,7 +20,7 @@ use dpsynth::train::finetune::{finetune, prepare, FinetuneConfig, Mode};
 use tch::{Device, Kind, Tensor};
 
 mod common;
-use common::tiny_unconditional_base;
+use common::{finetune_config, tiny_unconditional_base};
 
 /// The prepared model adds a zero class row to the time embedding: `x + 0.0 == x` exactly in
 /// IEEE arithmetic, zero-initialised adapters (`B = 0`) add exact zeros too, and the rest of the
@@ -55,19 +55,6 @@ fn read(file: &Path) -> BTreeMap<String, Tensor> {
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a - b).abs().max().double_value(&[])
-}
-
-fn config(mode: Mode) -> FinetuneConfig {
-    FinetuneConfig {
-        epochs: 2.0,
-        batch_size: 8,
-        physical_batch: 8,
-        seed: Some(0),
-        checkpoint_every: 100,
-        lr: 1e-2,
-        accountant: privacy::Accountant::Rdp,
-        ..FinetuneConfig::new(mode, 10.0, 1e-5)
-    }
 }
 
 const CLASSES: [&str; 3] = ["ant", "bee", "cow"];
@@ -117,7 +104,7 @@ fn zero_class_table_predicts_what_the_base_does() {
     let want = tch::no_grad(|| reference.forward(&x, &t, &labels));
     let private = class_names();
     for mode in [Mode::Loda, Mode::Lora, Mode::Attention, Mode::Full] {
-        let tr = prepare(&base, &config(mode), Some(&private), Device::Cpu).unwrap();
+        let tr = prepare(&base, &finetune_config(mode), Some(&private), Device::Cpu).unwrap();
         let unet = &tr.model.unet;
         assert_eq!(unet.num_class_embeds(), Some(4), "{mode}");
         assert_eq!(tr.class_rows, Some(vec![RowStart::Null; 3]), "{mode}");
@@ -136,7 +123,7 @@ fn zero_class_table_predicts_what_the_base_does() {
         assert!(diff <= ZERO_TABLE_TOLERANCE, "{mode}: {diff}");
     }
     // clip-scan prepares without private classes: the null row alone, zero, and trained
-    let tr = prepare(&base, &config(Mode::Loda), None, Device::Cpu).unwrap();
+    let tr = prepare(&base, &finetune_config(Mode::Loda), None, Device::Cpu).unwrap();
     assert_eq!(tr.model.unet.num_class_embeds(), Some(1));
     let null = Tensor::zeros([4], (Kind::Int64, Device::Cpu));
     let got = tch::no_grad(|| tr.model.unet.forward(&x, &t, &null));
@@ -154,7 +141,7 @@ fn every_mode_fine_tunes_an_unconditional_base_into_a_class_conditional_folder()
         let done = finetune(
             &base,
             &data,
-            &config(mode),
+            &finetune_config(mode),
             &out,
             false,
             Device::Cpu,
@@ -197,7 +184,7 @@ fn a_frozen_class_embedding_is_refused_naming_the_base() {
     tiny_unconditional_base(&base);
     let cfg = FinetuneConfig {
         train_class_embedding: false,
-        ..config(Mode::Loda)
+        ..finetune_config(Mode::Loda)
     };
     let err = prepare(&base, &cfg, Some(&class_names()), Device::Cpu)
         .err()
@@ -230,7 +217,7 @@ fn clip_scan_measures_an_unconditional_base_with_the_null_class() {
     let base = tmp.path().join("base");
     tiny_unconditional_base(&base);
     let data = private_folder(&tmp.path().join("public"), 3);
-    let tr = prepare(&base, &config(Mode::Loda), None, Device::Cpu).unwrap();
+    let tr = prepare(&base, &finetune_config(Mode::Loda), None, Device::Cpu).unwrap();
     let scan = ClipScanConfig {
         limit: 6,
         batch: 3,
@@ -261,7 +248,7 @@ fn a_base_saved_by_diffusers_loads_as_diffusers_computes_it_and_fine_tunes() {
     let done = finetune(
         &base,
         &data,
-        &config(Mode::Loda),
+        &finetune_config(Mode::Loda),
         &out,
         false,
         Device::Cpu,

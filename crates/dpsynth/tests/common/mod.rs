@@ -7,6 +7,7 @@ use std::path::Path;
 use dpsynth::data::Dataset;
 use dpsynth::nn::unet::{UNet, UNetConfig};
 use dpsynth::synth::{save_extras, SchedulerConfig};
+use dpsynth::train::finetune::{FinetuneConfig, Mode};
 use tch::Device;
 
 /// The tiny 8×8 colour U-Net's config, with `num_class_embeds` (`None`: unconditional).
@@ -58,4 +59,18 @@ pub fn private_data(classes: usize) -> Dataset {
         .map(|s| s.to_string())
         .collect();
     Dataset::new(Path::new("private"), images, labels, [3, 8, 8], names).unwrap()
+}
+
+/// A seeded, quick fine-tuning config for the tiny bases: 2 epochs of batch 8 at ε = 10 (RDP).
+pub fn finetune_config(mode: Mode) -> FinetuneConfig {
+    FinetuneConfig {
+        epochs: 2.0,
+        batch_size: 8,
+        physical_batch: 8,
+        seed: Some(0),
+        checkpoint_every: 100,
+        lr: 1e-2,
+        accountant: privacy::Accountant::Rdp,
+        ..FinetuneConfig::new(mode, 10.0, 1e-5)
+    }
 }
