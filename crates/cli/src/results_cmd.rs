@@ -385,21 +385,16 @@ mod tests {
         let doc = tmp.path().join("R.md");
         let marks = "<!-- results:mnist -->\n<!-- /results:mnist -->\n";
         std::fs::write(&doc, marks).unwrap();
-        let args = ResultsArgs {
+        let args = || ResultsArgs {
             dir: tmp.path().join("results"),
             doc: doc.clone(),
             check: false,
         };
-        let err = run(args).unwrap_err().to_string();
+        let err = run(args()).unwrap_err().to_string();
         assert!(err.contains("<!-- audits:mnist -->"), "{err}");
         let marks = format!("{marks}<!-- audits:mnist -->\n<!-- /audits:mnist -->\n");
         std::fs::write(&doc, marks).unwrap();
-        let args = ResultsArgs {
-            dir: tmp.path().join("results"),
-            doc: doc.clone(),
-            check: false,
-        };
-        run(args).unwrap();
+        run(args()).unwrap();
         let text = std::fs::read_to_string(&doc).unwrap();
         assert!(
             text.contains("| audit-sigma0 | ∞ (no noise) | 0.000 | 60 | 0.00 (250 of 250 right, 1000 canaries) | 3.69 (250 of 250 right, 1000 canaries) |"),
