@@ -167,6 +167,12 @@ fn the_proxy_relabels_val_images_by_a_class_map() {
     assert_eq!(proxy.class_names, ["car", "cat", "horse"]);
     assert_eq!(proxy.labels, [1, 1, 0, 0]);
     assert_eq!(proxy.class_counts(), [2, 2, 0]);
+    // the train proxy relabels the same classes' train images
+    let spec_train = format!("tiny-imagenet-proxy-train:{}", map.display());
+    let train = data::load(&spec_train, &data_dir).unwrap();
+    assert_eq!(train.class_names, proxy.class_names);
+    // tiny_tree writes 3 train images per class (2 val)
+    assert_eq!(train.class_counts(), [3, 3, 0]);
 
     std::fs::write(&map, "cat = [\"lion\"]\n").unwrap();
     let msg = data::load(&spec, &data_dir).unwrap_err().to_string();

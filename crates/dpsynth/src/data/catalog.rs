@@ -121,6 +121,12 @@ pub const CATALOG: &[Entry] = &[
         licence: Some(tiny_imagenet::LICENCE),
     },
     Entry {
+        name: tiny_imagenet::PROXY_TRAIN_NAME,
+        splits: &["CLASS_MAP"],
+        acquire: Acquire::Path,
+        licence: Some(tiny_imagenet::LICENCE),
+    },
+    Entry {
         name: "imagefolder",
         splits: &["PATH"],
         acquire: Acquire::Path,

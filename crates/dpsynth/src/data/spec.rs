@@ -46,9 +46,10 @@ pub enum DatasetSpec {
     OptDigits,
     /// Quick, Draw! doodles of 6 categories (public stroke data), from `DATA/quickdraw6/`.
     QuickDraw,
-    /// Tiny ImageNet `val` images relabelled by a class map file: a public stand-in for a
-    /// private test set ([`tiny_imagenet::load_proxy`]).
-    TinyImageNetProxy(PathBuf),
+    /// Tiny ImageNet images of the classes a class map file relates to private classes,
+    /// relabelled by it: `val` images stand in for a private test set, `train` images for a
+    /// private training set ([`tiny_imagenet::load_proxy`]).
+    TinyImageNetProxy(TinySplit, PathBuf),
     /// Any ImageFolder tree.
     ImageFolder(PathBuf),
 }
@@ -95,14 +96,21 @@ impl std::str::FromStr for DatasetSpec {
                 s,
                 format!("unknown split '{arg}': {name} has one split, 'all'"),
             )),
-            tiny_imagenet::PROXY_NAME if !arg.is_empty() => {
-                Ok(Self::TinyImageNetProxy(PathBuf::from(arg)))
-            }
+            tiny_imagenet::PROXY_NAME if !arg.is_empty() => Ok(Self::TinyImageNetProxy(
+                TinySplit::Val,
+                PathBuf::from(arg),
+            )),
+            tiny_imagenet::PROXY_TRAIN_NAME if !arg.is_empty() => Ok(Self::TinyImageNetProxy(
+                TinySplit::Train,
+                PathBuf::from(arg),
+            )),
             "imagefolder" if !arg.is_empty() => Ok(Self::ImageFolder(PathBuf::from(arg))),
-            "imagefolder" | tiny_imagenet::PROXY_NAME => Err(DataError::spec(
+            "imagefolder" | tiny_imagenet::PROXY_NAME | tiny_imagenet::PROXY_TRAIN_NAME => {
+                Err(DataError::spec(
                 s,
                 format!("{name} needs a path: {name}:PATH"),
-            )),
+                ))
+            }
             other => Err(DataError::spec(
                 s,
                 format!(
@@ -130,8 +138,8 @@ impl fmt::Display for DatasetSpec {
             Self::TinyImageNet(s) => write!(f, "{}:{}", tiny_imagenet::NAME, s.as_str()),
             Self::OptDigits => write!(f, "{}:all", optdigits::NAME),
             Self::QuickDraw => write!(f, "{}:all", quickdraw::NAME),
-            Self::TinyImageNetProxy(p) => {
-                write!(f, "{}:{}", tiny_imagenet::PROXY_NAME, p.display())
+            Self::TinyImageNetProxy(split, p) => {
+                write!(f, "{}:{}", tiny_imagenet::proxy_name(*split), p.display())
             }
             Self::ImageFolder(p) => write!(f, "imagefolder:{}", p.display()),
         }
@@ -213,7 +221,7 @@ impl DatasetSpec {
                 generated::read_split(&dir, *split)
             }
             Self::TinyImageNet(split) => tiny_imagenet::load(data_dir, *split),
-            Self::TinyImageNetProxy(map) => tiny_imagenet::load_proxy(data_dir, map),
+            Self::TinyImageNetProxy(split, map) => tiny_imagenet::load_proxy(data_dir, map, *split),
             Self::OptDigits => optdigits::load(data_dir),
             Self::QuickDraw => quickdraw::load(data_dir),
             Self::ImageFolder(root) => imagefolder::read(root),

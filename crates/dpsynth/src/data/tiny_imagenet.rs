@@ -21,6 +21,18 @@ pub const NAME: &str = "tiny-imagenet";
 /// The spec name of a proxy test set (`tiny-imagenet-proxy:MAP`, see [`load_proxy`]).
 pub const PROXY_NAME: &str = "tiny-imagenet-proxy";
 
+/// The spec name of a proxy training set (`tiny-imagenet-proxy-train:MAP`, see [`load_proxy`]).
+pub const PROXY_TRAIN_NAME: &str = "tiny-imagenet-proxy-train";
+
+/// The spec name of the proxy drawn from `split` (`val`: [`PROXY_NAME`], else
+/// [`PROXY_TRAIN_NAME`]).
+pub fn proxy_name(split: TinySplit) -> &'static str {
+    match split {
+        TinySplit::Val => PROXY_NAME,
+        _ => PROXY_TRAIN_NAME,
+    }
+}
+
 /// The class table inside the dataset folder.
 pub(crate) const CLASSES_FILE: &str = "classes.tsv";
 
@@ -160,12 +172,15 @@ pub fn load(data_dir: &Path, split: TinySplit) -> Result<Dataset> {
     imagefolder::decode_files(&root, &files, classes.into_iter().map(|c| c.name).collect())
 }
 
-/// A public stand-in for a private test set: the `val` images of the Tiny ImageNet classes that
-/// the class map at `map_path` relates to private classes, each labelled with its private
-/// class. Its classes are the map's keys in name order, including those with no public
-/// counterpart (they have no images here), so labels line up with an ImageFolder of the private
-/// classes. Settings chosen on it read no private image.
-pub fn load_proxy(data_dir: &Path, map_path: &Path) -> Result<Dataset> {
+/// A public stand-in for a private dataset: the images of `split` (`val` for a test set,
+/// `train` for a training set) of the Tiny ImageNet classes that the class map at `map_path`
+/// relates to private classes, each labelled with its private class. Its classes are the map's
+/// keys in name order, including those with no public counterpart (they have no images here),
+/// so labels line up with an ImageFolder of the private classes. Settings chosen on it read no
+/// private image. A base pretrained on Tiny ImageNet has seen the `train` images (under their
+/// own labels), so a proxy fine-tuning run on them flatters the base: it ranks settings, it
+/// does not predict private accuracy.
+pub fn load_proxy(data_dir: &Path, map_path: &Path, split: TinySplit) -> Result<Dataset> {
     let map = class_map::load(map_path)?;
     let classes = classes(data_dir)?;
     let mut label_of = std::collections::HashMap::new();
@@ -189,7 +204,7 @@ pub fn load_proxy(data_dir: &Path, map_path: &Path) -> Result<Dataset> {
             }
         }
     }
-    let root = dataset_dir(data_dir)?.join(TinySplit::Val.as_str());
+    let root = dataset_dir(data_dir)?.join(split.as_str());
     let files: Vec<(u8, PathBuf)> = imagefolder::class_folders(&root)?
         .into_iter()
         .filter_map(|(wnid, files)| label_of.get(&wnid).map(|&l| (l, files)))
