@@ -1,13 +1,91 @@
-"""What the PyTorch/Opacus peer benchmarks share: Opacus set-up, interleaved timing, peak memory.
+"""What the PyTorch/Opacus peer benchmarks share: Opacus set-up, interleaved timing, peak memory,
+and the settings of dpsynth's default run (for `peer_pipeline.py` and `pipeline_vs_peer.py`).
 
 Imported by the peer scripts beside it (run them as `python bench/peers/NAME.py`, so this folder
-is on the import path).
+is on the import path). Only the standard library is imported at module level, so that the
+wrapper `pipeline_vs_peer.py` runs with any Python 3.11.
 """
 
+import os
 import statistics
 import subprocess
 import sys
 import time
+import tomllib
+
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+RUN_DEFAULT = os.path.join(ROOT, "configs", "run-default.toml")
+MNIST_TRAIN = 60000  # images in mnist:train
+
+# What the default run uses that its config does not spell out: dpsynth's library defaults
+# (FinetuneConfig::new, the `run` command's sampler batch, DownstreamConfig::default).
+RECIPE = {
+    "class_dropout": 0.1,
+    "adam_betas": (0.9, 0.999),
+    "adam_eps": 1e-8,
+    "sample_batch": 250,
+    "eval_batch": 128,
+    "eval_lr": 0.05,
+    "eval_momentum": 0.9,
+    "eval_seed": 0,
+}
+
+
+def run_settings(scale=1.0, config=RUN_DEFAULT):
+    """The settings of the default run (`config`, dpsynth's `configs/run-default.toml`), flat,
+    with the private set and the images per class shrunk by `scale` for a quick check: the
+    private set becomes round(60 scale) whole expected batches (at least one), so that every
+    step is the full run's size and q = batch / N is also Opacus's 1 / len(loader); the images
+    per class become round(per_class scale). Refuses a config the peer does not reproduce."""
+    with open(config, "rb") as f:
+        c = tomllib.load(f)
+    ft, sa, ev = c["finetune"], c["sample"], c["evaluate"]
+    assert c["private"] == {"train": "mnist:train", "test": "mnist:test"}, c["private"]
+    assert ft["mode"] == "loda" and ft.get("noise_multiplicity", 1) == 1, ft
+    assert sa.get("sampler", "ddpm") == "ddpm" and sa["guidance"] == 1.0, sa
+    assert ev.get("arch", "auto") in ("auto", "cnn") and "inception" not in ev, ev
+    assert float(ft["epochs"]).is_integer(), "Opacus takes whole epochs"
+    s = {
+        "base": os.path.join(ROOT, ft["base"]),
+        "private_n": MNIST_TRAIN,
+        "epsilon": ft["epsilon"],
+        "delta": ft["delta"],
+        "rank": ft["rank"],
+        "epochs": int(ft["epochs"]),
+        "batch": ft["batch"],
+        "physical_batch": ft["physical_batch"],
+        "lr": ft["lr"],
+        "clip": ft["clip"],
+        "per_class": sa["per_class"],
+        "sample_steps": sa["steps"],
+        "seed": sa["seed"],
+        "eval_epochs": ev["epochs"],
+        "val_fraction": ev["val_fraction"],
+        **RECIPE,
+    }
+    if scale != 1.0:
+        assert 0 < scale < 1, f"scale must be in (0, 1], got {scale}"
+        s["private_n"] = max(1, round(MNIST_TRAIN * scale / s["batch"])) * s["batch"]
+        s["per_class"] = max(1, round(s["per_class"] * scale))
+    return s
+
+
+def scaled_config_text(scale, config=RUN_DEFAULT):
+    """`config`'s text with the private set and images per class of `run_settings(scale)`: the
+    same shrunk run for `dpsynth run --config` (the private set as dpsynth's class-balanced
+    `mnist:train@N` subset)."""
+    s = run_settings(scale, config)
+    with open(config) as f:
+        text = f.read()
+    out = []
+    for line in text.splitlines():
+        key = line.split("=")[0].strip()
+        if key == "train" and s["private_n"] < MNIST_TRAIN:
+            line = f'train = "mnist:train@{s["private_n"]}"'
+        elif key == "per_class":
+            line = f"per_class = {s['per_class']}"
+        out.append(line)
+    return "\n".join(out) + "\n"
 
 
 def make_private(model, opt, criterion, x, y, kind):
