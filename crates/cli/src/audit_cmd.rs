@@ -26,8 +26,10 @@ use dpsynth::synth::load_model_dir;
 use rand::Rng;
 use tch::Device;
 
-use crate::finetune_cmd::run_finetune;
+use crate::progress::Reporter;
 use crate::run_cmd::{self, Job};
+use dpsynth::pipeline::finetune_job::run_finetune;
+use dpsynth::pipeline::report::Provenance;
 
 /// Seed of the canaries' choice among the training images (public: it depends on nothing
 /// private, only the set's size).
@@ -178,7 +180,8 @@ pub fn run(a: AuditArgs, data_dir: &Path, device: Device) -> Result<()> {
     )?;
     job.config.noise_multiplier = a.noise_multiplier;
     job.config.gradient_canaries = a.gradient_canaries;
-    let done = run_finetune(&job, &audited, device)?;
+    let mut reporter = Reporter::new(f.private_log);
+    let done = run_finetune(&job, &audited, device, &mut |e| reporter.on(e))?;
 
     eprintln!("== scoring the canaries");
     let tuned = losses(&done.model_dir, &canaries, a.draws, device)?;
@@ -195,9 +198,11 @@ pub fn run(a: AuditArgs, data_dir: &Path, device: Device) -> Result<()> {
     } else {
         "infinite (no noise)".to_string()
     };
-    let mut report = run_cmd::provenance(&source, &text);
+    let mut report = serde_json::to_value(Provenance {
+        command: "audit",
+        ..run_cmd::provenance(&source, &text)
+    })?;
     if let Some(fields) = report.as_object_mut() {
-        fields.insert("command".into(), "audit".into());
         fields.extend(
             serde_json::json!({
                 "mode": mode.to_string(),

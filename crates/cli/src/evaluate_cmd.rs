@@ -5,15 +5,16 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use dpsynth::data::{self, catalog::spec_help, Dataset};
-use dpsynth::fidelity::{self, Fidelity, FidelitySettings};
+use dpsynth::data::{self, catalog::spec_help};
+use dpsynth::fidelity::{Fidelity, FidelitySettings};
 use dpsynth::fsutil::write_atomic;
 use dpsynth::nn::arch::Arch;
 use dpsynth::nn::inception::InceptionV3;
+use dpsynth::pipeline::{measure_fidelity, Event};
 use dpsynth::train::downstream::{train_and_test, DownstreamConfig, DownstreamResult};
 use tch::Device;
 
-use crate::progress::Progress;
+use crate::progress::{PrivateLog, Reporter};
 
 #[derive(Args, Clone)]
 pub struct EvaluateArgs {
@@ -60,27 +61,6 @@ pub(crate) fn load_inception(path: &Path, device: Device) -> Result<InceptionV3>
 pub(crate) const NO_INCEPTION: &str = "FID/KID not computed: no Inception weights given \
 (--inception PATH, or inception = \"PATH\" in a run config's [evaluate]; see README.md)";
 
-/// FID and KID of `synthetic` against `real` with `net`, with a progress bar and a summary line.
-pub(crate) fn measure_fidelity(
-    net: &InceptionV3,
-    synthetic: &Dataset,
-    real: &Dataset,
-    settings: &FidelitySettings,
-) -> Result<Fidelity> {
-    let total = synthetic.len().min(settings.max_images) + real.len().min(settings.max_images);
-    eprintln!(
-        "== FID/KID: Inception features of {total} images (at most {} per set)",
-        settings.max_images
-    );
-    let bar = Progress::new(total as u64, "images");
-    let f = fidelity::measure(net, synthetic, real, settings, &mut |n| {
-        bar.set_position(n as u64)
-    })?;
-    bar.finish();
-    println!("{}", fidelity_line(&f));
-    Ok(f)
-}
-
 /// One line: FID, KID and what they were computed on.
 pub(crate) fn fidelity_line(f: &Fidelity) -> String {
     format!(
@@ -123,8 +103,12 @@ pub fn run_evaluate(a: &EvaluateArgs, data_dir: &Path, device: Device) -> Result
         arch: a.arch,
         ..DownstreamConfig::default()
     };
-    let r = train_and_test(&train, &test, &cfg, device, &mut |e, acc| {
-        eprintln!("epoch {e}: held-out synthetic accuracy {:.2}%", 100.0 * acc)
+    let mut reporter = Reporter::new(PrivateLog::Off);
+    let r = train_and_test(&train, &test, &cfg, device, &mut |epoch, val_accuracy| {
+        reporter.on(Event::Epoch {
+            epoch,
+            val_accuracy,
+        })
     })?;
     println!(
         "test accuracy {:.2}% on {} ({}, epoch {} chosen on {} held-out training images)",
@@ -145,20 +129,14 @@ pub fn run_evaluate(a: &EvaluateArgs, data_dir: &Path, device: Device) -> Result
             row.iter().map(|v| format!("{v:>5}")).collect::<String>()
         );
     }
-    let fidelity = match &inception {
-        Some(net) => {
-            let settings = FidelitySettings {
-                max_images: a.fid_images,
-                seed: a.seed,
-                ..FidelitySettings::default()
-            };
-            Some(measure_fidelity(net, &train, &test, &settings)?)
-        }
-        None => {
-            eprintln!("{NO_INCEPTION}");
-            None
-        }
+    let settings = FidelitySettings {
+        max_images: a.fid_images,
+        seed: a.seed,
+        ..FidelitySettings::default()
     };
+    let fidelity = measure_fidelity(inception.as_ref(), &train, &test, &settings, &mut |e| {
+        reporter.on(e)
+    })?;
     if let Some(out) = &a.out {
         let mut report = serde_json::json!({
             "command": "evaluate", "train": a.train, "test": a.test,

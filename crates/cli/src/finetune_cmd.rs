@@ -2,17 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::progress::{dp_step_message, PrivateLog, Progress};
-use anyhow::{Context, Result};
+use crate::progress::{PrivateLog, Reporter};
+use anyhow::Result;
 use clap::Args;
 use dpsynth::data;
-use dpsynth::data::grid;
-use dpsynth::diffusion::sampler::SamplerConfig;
-use dpsynth::fsutil::write_atomic;
-use dpsynth::nn::unet::UNetConfig;
-use dpsynth::synth::{generate, load_model_dir};
-use dpsynth::train::class_table;
-use dpsynth::train::finetune::{finetune, FinetuneConfig, Finetuned, Mode};
+use dpsynth::pipeline::finetune_job::{run_finetune, FinetuneJob};
+use dpsynth::train::finetune::{FinetuneConfig, Mode};
 use privacy::Accountant;
 use tch::Device;
 
@@ -157,150 +152,15 @@ impl FinetuneArgs {
         )
         .map(|job| FinetuneJob {
             resume: self.resume,
-            private_log: self.private_log,
             ..job
         })
     }
-}
-
-/// One DP fine-tuning job, as `finetune` and `run` hand it to [`run_finetune`].
-pub struct FinetuneJob {
-    /// Base model folder.
-    pub base: PathBuf,
-    /// Private training data (dataset spec).
-    pub data: String,
-    /// The library settings (with the class-init table read in).
-    pub config: FinetuneConfig,
-    /// The file the class-init table came from, for messages.
-    pub class_init_file: Option<PathBuf>,
-    /// Output folder.
-    pub out: PathBuf,
-    /// Continue the checkpoint in `out`.
-    pub resume: bool,
-    /// Whether progress lines show the (non-private) training loss.
-    pub private_log: PrivateLog,
-}
-
-impl FinetuneJob {
-    /// A fresh job (no resume, private log off); reads the class-init table `class_init_file`
-    /// into the config.
-    pub fn new(
-        base: PathBuf,
-        data: String,
-        mut config: FinetuneConfig,
-        class_init_file: Option<PathBuf>,
-        out: PathBuf,
-    ) -> Result<Self> {
-        config.class_init = class_init_file
-            .as_deref()
-            .map(class_table::load_class_init)
-            .transpose()?;
-        Ok(Self {
-            base,
-            data,
-            config,
-            class_init_file,
-            out,
-            resume: false,
-            private_log: PrivateLog::Off,
-        })
-    }
-}
-
-/// How `ds` will be converted to the shape of the model in `base` (`None`: it has that shape,
-/// or the model's config cannot be read, which fine-tuning then reports).
-pub fn conversion_of(ds: &data::Dataset, base: &Path) -> Option<String> {
-    let cfg = UNetConfig::load(&base.join(dpsynth::nn::unet::CONFIG_FILE)).ok()?;
-    let [c, h, w] = cfg.sample_shape()?;
-    let to = [c as usize, h as usize, w as usize];
-    data::convert::describe([ds.channels, ds.height, ds.width], to)
-}
-
-/// What reports say of where the class rows started.
-pub const CLASS_ROWS_NOTE: &str = "class rows start from the base's rows of the same class, of \
-     related public classes (class_init) or of the null class: this reads only the base and \
-     public class names, so it costs no privacy";
-
-/// Runs the fine-tuning of `job` on `train` (the private set `job.data` names) with a progress
-/// bar and writes report.json and grid.png; returns the record for callers (`run`).
-pub fn run_finetune(a: &FinetuneJob, train: &data::Dataset, device: Device) -> Result<Finetuned> {
-    let cfg = &a.config;
-    if let Some(what) = conversion_of(train, &a.base) {
-        eprintln!("{}: {what}", a.data);
-    }
-    let bar = Progress::new(0, "steps");
-    let mut eps = 0.0;
-    let base = &a.base;
-    let done = finetune(base, train, cfg, &a.out, a.resume, device, &mut |s| {
-        bar.set_length(s.total_steps);
-        bar.set_position(s.step);
-        if let Some(e) = s.epsilon {
-            eps = e;
-        }
-        bar.set_message(dp_step_message(s.loss, eps, a.private_log));
-    })
-    .with_context(|| match &a.class_init_file {
-        Some(table) => format!(
-            "fine-tuning {} on {} with class-init table {}",
-            base.display(),
-            a.data,
-            table.display()
-        ),
-        None => format!("fine-tuning {} on {}", base.display(), a.data),
-    })?;
-    bar.finish();
-    let model = load_model_dir(&done.model_dir, device)?;
-    let grid_ds = generate(&model, 10, &SamplerConfig::ddpm(50, 1.0), 0, &mut |_| {})?;
-    grid::write_grid(&grid_ds, 10, 2, &a.out.join("grid.png"))?;
-    let report = serde_json::json!({
-        "command": "finetune",
-        "base": a.base,
-        "data": a.data,
-        "mode": cfg.mode.to_string(),
-        "trainable_parameters": done.trainable_parameters,
-        "base_parameters": done.base_parameters,
-        "epsilon_spent": done.epsilon,
-        "delta": cfg.delta,
-        "accountant": cfg.accountant.to_string(),
-        "noise_multiplier": done.state.noise_multiplier,
-        "sample_rate": done.state.sample_rate,
-        "steps": done.state.step,
-        "ledger": done.state.ledger,
-        "secure_noise": done.secure_noise,
-        "noise_note": if done.secure_noise { "noise from OS-seeded ChaCha20" } else { "seeded run: noise is repeatable and NOT private" },
-        "training_seconds": done.state.seconds,
-        "class_rows": done.class_rows,
-        "conversion": done.conversion,
-        "class_rows_note": CLASS_ROWS_NOTE,
-        "settings": cfg,
-    });
-    let path = a.out.join("report.json");
-    write_atomic(&path, serde_json::to_string_pretty(&report)?.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))?;
-    println!(
-        "mode {}: {} trainable of {} parameters, epsilon {:.3} at delta {:e} ({}), sigma {:.3}, {} steps in {:.0}s{}",
-        cfg.mode,
-        done.trainable_parameters,
-        done.base_parameters,
-        done.epsilon,
-        cfg.delta,
-        cfg.accountant,
-        done.state.noise_multiplier,
-        done.state.step,
-        done.state.seconds,
-        if done.secure_noise { "" } else { " (seeded: noise not secure)" }
-    );
-    println!(
-        "model: {}  grid: {}",
-        done.model_dir.display(),
-        a.out.join("grid.png").display()
-    );
-    Ok(done)
 }
 
 /// Runs `dpsynth finetune`.
 pub fn run(a: FinetuneArgs, data_dir: &Path, device: Device) -> Result<()> {
     let job = a.job()?;
     let train = data::load(&job.data, data_dir)?;
-    run_finetune(&job, &train, device).map(|_| ())
+    let mut reporter = Reporter::new(a.private_log);
+    run_finetune(&job, &train, device, &mut |e| reporter.on(e)).map(|_| ())
 }

@@ -1,11 +1,12 @@
 //! Progress reporting for long commands: an indicatif bar on a terminal, and plain timestamped
 //! lines every [`PLAIN_EVERY`] when stderr is a file or a pipe (background jobs, CI logs), where
-//! indicatif would draw nothing.
+//! indicatif would draw nothing; [`Reporter`] shows the library pipeline's events with them.
 
 use std::cell::RefCell;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
+use dpsynth::pipeline::{Event, Stage, BASE_MODE};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// How often a plain progress line is written when stderr is not a terminal.
@@ -153,6 +154,110 @@ pub fn dp_step_message(loss: f64, epsilon: f64, log: PrivateLog) -> String {
     match log {
         PrivateLog::Off => format!("eps {epsilon:.3}"),
         PrivateLog::On => format!("eps {epsilon:.3}  loss {loss:.4} (not private)"),
+    }
+}
+
+/// Shows the library's [`Event`]s: stage lines and notes on stderr, a [`Progress`] bar for
+/// each counted task, and result lines on stdout.
+pub struct Reporter {
+    bar: Option<Progress>,
+    private_log: PrivateLog,
+    /// The last ε a DP step reported (it is computed only now and then).
+    epsilon: f64,
+}
+
+impl Reporter {
+    /// A reporter whose DP step lines show the training loss when `private_log` is on.
+    pub fn new(private_log: PrivateLog) -> Self {
+        Self {
+            bar: None,
+            private_log,
+            epsilon: 0.0,
+        }
+    }
+
+    /// Shows one event.
+    pub fn on(&mut self, event: Event) {
+        match event {
+            Event::Stage(stage) => eprintln!("{}", stage_line(&stage)),
+            Event::Converted { spec, how } => eprintln!("{spec}: {how}"),
+            Event::Begin { unit, total } => {
+                self.epsilon = 0.0;
+                self.bar = Some(Progress::new(total, unit));
+            }
+            Event::Step(s) => {
+                if let Some(bar) = &self.bar {
+                    bar.set_length(s.total_steps);
+                    bar.set_position(s.step);
+                    if let Some(e) = s.epsilon {
+                        self.epsilon = e;
+                    }
+                    bar.set_message(dp_step_message(s.loss, self.epsilon, self.private_log));
+                }
+            }
+            Event::Done(n) => {
+                if let Some(bar) = &self.bar {
+                    bar.set_position(n);
+                }
+            }
+            Event::End => {
+                if let Some(bar) = self.bar.take() {
+                    bar.finish();
+                }
+            }
+            Event::Epoch {
+                epoch,
+                val_accuracy,
+            } => eprintln!(
+                "epoch {epoch}: held-out synthetic accuracy {:.2}%",
+                100.0 * val_accuracy
+            ),
+            Event::Finetuned { job, done } => {
+                let cfg = &job.config;
+                println!(
+                    "mode {}: {} trainable of {} parameters, epsilon {:.3} at delta {:e} ({}), sigma {:.3}, {} steps in {:.0}s{}",
+                    cfg.mode,
+                    done.trainable_parameters,
+                    done.base_parameters,
+                    done.epsilon,
+                    cfg.delta,
+                    cfg.accountant,
+                    done.state.noise_multiplier,
+                    done.state.step,
+                    done.state.seconds,
+                    if done.secure_noise { "" } else { " (seeded: noise not secure)" }
+                );
+                println!(
+                    "model: {}  grid: {}",
+                    done.model_dir.display(),
+                    job.out.join("grid.png").display()
+                );
+            }
+            Event::Fidelity(f) => println!("{}", crate::evaluate_cmd::fidelity_line(f)),
+        }
+    }
+}
+
+/// The line that announces a stage of a run.
+fn stage_line(stage: &Stage) -> String {
+    match stage {
+        Stage::Finetune { mode, epsilon } => {
+            format!("== DP fine-tuning ({mode} mode, epsilon {epsilon})")
+        }
+        Stage::BaseAlone => {
+            format!("== no fine-tuning (mode \"{BASE_MODE}\"): sampling the base as it is")
+        }
+        Stage::Sample { per_class } => format!("== sampling {per_class} images per class"),
+        Stage::Downstream { test } => {
+            format!("== downstream classifier on synthetic data, tested on {test}")
+        }
+        Stage::Fidelity { images, per_set } => {
+            format!("== FID/KID: Inception features of {images} images (at most {per_set} per set)")
+        }
+        Stage::NoFidelity => crate::evaluate_cmd::NO_INCEPTION.to_string(),
+        Stage::Memorization => {
+            "== memorization report: nearest training and held-out images".to_string()
+        }
     }
 }
 

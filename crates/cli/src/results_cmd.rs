@@ -120,7 +120,7 @@ fn read_dataset(dir: &Path) -> Result<(BTreeMap<String, Setting>, Vec<String>)> 
             .or_else(|| report["data"].as_str().map(|d| format!("{d}:test")))
             .with_context(|| format!("{}: no test set", path.display()))?;
         let epsilon = match report["mode"].as_str() {
-            Some(crate::run_cmd::BASE_MODE) => None,
+            Some(dpsynth::pipeline::BASE_MODE) => None,
             _ => report["epsilon_spent"].as_f64(),
         };
         let s = settings

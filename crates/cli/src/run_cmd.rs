@@ -4,29 +4,28 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::progress::Progress;
+use crate::progress::Reporter;
 use anyhow::{Context, Result};
 use clap::Args;
-use dpsynth::data::{self, acquire, catalog, grid, imagefolder};
+use dpsynth::data::{self, acquire, catalog};
 use dpsynth::diffusion::sampler::SamplerConfig;
 use dpsynth::fidelity::FidelitySettings;
 use dpsynth::fsutil::write_atomic;
 use dpsynth::memorization;
 use dpsynth::nn::arch::Arch;
-use dpsynth::synth::{generate, load_model_dir};
-use dpsynth::train::downstream::{train_and_test, DownstreamConfig};
+use dpsynth::pipeline::finetune_job::FinetuneJob;
+use dpsynth::pipeline::report::{Provenance, ReportFile, RunReport};
+use dpsynth::pipeline::{
+    self, EvaluateSettings, RunMode, RunPlan, SampleSettings, Source, BASE_MODE,
+};
+use dpsynth::train::downstream::DownstreamConfig;
 use dpsynth::train::finetune::{FinetuneConfig, Mode};
 use privacy::Accountant;
 use serde::Deserialize;
 use tch::Device;
 
 use crate::baseline_cmd::{self, train_baseline, ClassifierSettings, Split};
-use crate::finetune_cmd::{run_finetune, FinetuneJob};
 use crate::sample_cmd::Sampler;
-
-/// The `[finetune] mode` that skips fine-tuning: the base is sampled as it is, no private
-/// training image is read, and nothing private is spent (a "base alone" cell).
-pub const BASE_MODE: &str = "base";
 
 /// The `mode` of a classifier cell's report: the DP-SGD classifier trained on the private data.
 pub const CLASSIFIER_MODE: &str = "dp-sgd-classifier";
@@ -89,34 +88,6 @@ pub(crate) fn parse_job(text: &str, source: &str) -> Result<Job> {
     })
 }
 
-/// The `[finetune] mode` of a run config: a fine-tuning mode, or "base" (`None`: the base is
-/// sampled as it is).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub(crate) struct RunMode(pub(crate) Option<Mode>);
-
-impl TryFrom<String> for RunMode {
-    type Error = String;
-
-    fn try_from(s: String) -> std::result::Result<Self, String> {
-        if s == BASE_MODE {
-            return Ok(Self(None));
-        }
-        s.parse::<Mode>()
-            .map(|m| Self(Some(m)))
-            .map_err(|e| format!("{e}, or {BASE_MODE} (no fine-tuning)"))
-    }
-}
-
-impl std::fmt::Display for RunMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(m) => write!(f, "{m}"),
-            None => f.write_str(BASE_MODE),
-        }
-    }
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Private {
@@ -158,7 +129,7 @@ pub(crate) struct Finetune {
     allow_large_delta: bool,
     /// "on" shows the training loss (not private) in progress lines; default "off".
     #[serde(default)]
-    private_log: crate::progress::PrivateLog,
+    pub(crate) private_log: crate::progress::PrivateLog,
 }
 
 #[derive(Deserialize)]
@@ -238,7 +209,6 @@ pub(crate) fn finetune_job(
     let resume = out.join("checkpoint/checkpoint.json").exists();
     Ok(FinetuneJob {
         resume,
-        private_log: f.private_log,
         ..FinetuneJob::new(
             base,
             train.to_string(),
@@ -280,15 +250,15 @@ pub(crate) fn load_or_fetch(spec: &str, data_dir: &Path) -> Result<data::Dataset
 }
 
 /// The fields every run report starts with: what ran, from which config and code.
-pub(crate) fn provenance(source: &str, text: &str) -> serde_json::Value {
-    serde_json::json!({
-        "command": "run",
-        "version": env!("CARGO_PKG_VERSION"),
-        "commit": source_commit(),
-        "config": source,
-        "config_text": text,
-        "threads": tch::get_num_threads(),
-    })
+pub(crate) fn provenance(source: &str, text: &str) -> Provenance {
+    Provenance {
+        command: "run",
+        version: env!("CARGO_PKG_VERSION"),
+        commit: source_commit(),
+        config: source.to_string(),
+        config_text: text.to_string(),
+        threads: tch::get_num_threads(),
+    }
 }
 
 /// Runs a `[classifier]` config: the DP-SGD classifier on the private data (resumed from its
@@ -325,7 +295,7 @@ fn run_classifier(
         device,
     )?;
     let total_secs = start.elapsed().as_secs_f64();
-    let mut report = provenance(source, text);
+    let mut report = serde_json::to_value(provenance(source, text))?;
     let fields = report.as_object_mut().expect("an object");
     if let serde_json::Value::Object(baseline) = outcome.report {
         for (k, v) in baseline {
@@ -390,183 +360,113 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
         fid_settings.max_images >= 2,
         "{source}: [evaluate] fid_images must be at least 2"
     );
-    let start = Instant::now();
+    let started = Instant::now();
 
-    // 1. private data (fetched if it is a named dataset that is missing)
+    // each dataset once (fetched if it is a named dataset that is missing)
     let f = &cfg.finetune;
-    let base_alone = f.mode.0.is_none();
-    let train = if base_alone {
-        None
-    } else {
-        Some(load_or_fetch(&cfg.private.train, data_dir)?)
-    };
-    let test = load_or_fetch(&cfg.private.test, data_dir)?;
-
-    // 2. DP fine-tuning (none for the base alone)
-    let base = resolve(&f.base);
-    let t0 = Instant::now();
-    let ft = if let (Some(mode), Some(train)) = (f.mode.0, &train) {
-        eprintln!("== DP fine-tuning ({mode} mode, epsilon {})", f.epsilon);
-        let job = finetune_job(
-            f,
-            mode,
-            base.clone(),
-            &cfg.private.train,
-            out.join("finetune"),
-        )?;
-        Some(run_finetune(&job, train, device)?)
-    } else {
-        eprintln!("== no fine-tuning (mode \"{BASE_MODE}\"): sampling the base as it is");
-        None
-    };
-    let finetune_secs = t0.elapsed().as_secs_f64();
-
-    // 3. sampling
-    eprintln!("== sampling {} images per class", cfg.sample.per_class);
-    let model_dir = ft
-        .as_ref()
-        .map_or_else(|| base.clone(), |ft| ft.model_dir.clone());
-    let model = load_model_dir(&model_dir, device)?;
-    anyhow::ensure!(
-        !base_alone || model.classes == test.class_names,
-        "mode \"{BASE_MODE}\" samples the base's own classes ({}), which must be the test set's \
-         ({}): fine-tune to learn other classes",
-        model.classes.join(", "),
-        test.class_names.join(", ")
-    );
-    let sampler = SamplerConfig {
-        kind: cfg.sample.sampler.kind(cfg.sample.eta),
-        num_steps: cfg.sample.steps,
-        spacing: cfg.sample.sampler.spacing(),
-        guidance_scale: cfg.sample.guidance,
-        batch_size: 250,
-        clip_sample: true,
-    };
-    let total = cfg.sample.per_class * model.classes.len();
-    let bar = Progress::new(total as u64, "images");
-    let t0 = Instant::now();
-    let synthetic = generate(
-        &model,
-        cfg.sample.per_class,
-        &sampler,
-        cfg.sample.seed,
-        &mut |n| bar.set_position(n as u64),
-    )?;
-    bar.finish();
-    let sample_secs = t0.elapsed().as_secs_f64();
-    imagefolder::write(&synthetic, &out.join("samples"))?;
-    grid::write_grid(&synthetic, 10, 2, &out.join("grid.png"))?;
-
-    // 4. downstream evaluation
-    eprintln!(
-        "== downstream classifier on synthetic data, tested on {}",
-        cfg.private.test
-    );
-    let t0 = Instant::now();
-    let dcfg = DownstreamConfig {
-        epochs: cfg.evaluate.epochs,
-        val_fraction: cfg.evaluate.val_fraction,
-        arch: cfg.evaluate.arch,
-        ..DownstreamConfig::default()
-    };
-    // real test images of another shape are converted as the private ones were
-    let shape = [synthetic.channels, synthetic.height, synthetic.width];
-    let (test, test_conversion) = data::convert::to_shape(&test, shape);
-    if let Some(what) = &test_conversion {
-        eprintln!("{}: {what}", cfg.private.test);
-    }
-    let r = train_and_test(&synthetic, &test, &dcfg, device, &mut |e, acc| {
-        eprintln!("epoch {e}: held-out synthetic accuracy {:.2}%", 100.0 * acc)
-    })?;
-    let fidelity = match &inception {
-        Some(net) => Some(crate::evaluate_cmd::measure_fidelity(
-            net,
-            &synthetic,
-            &test,
-            &fid_settings,
-        )?),
-        None => {
-            eprintln!("{}", crate::evaluate_cmd::NO_INCEPTION);
-            None
-        }
-    };
-    let evaluate_secs = t0.elapsed().as_secs_f64();
-
-    // 5. memorization report (reads the private training set: for the data holder only)
-    let t0 = Instant::now();
-    let memorization = match &train {
-        Some(train) => {
-            eprintln!("== memorization report: nearest training and held-out images");
-            let (train, _) = data::convert::to_shape(train, shape);
-            let net = Some(r.model.as_ref());
-            let m = memorization::measure(&synthetic, &train, &test, 20, net, device)?;
-            memorization::write_pairs(&m, &synthetic, &train, 2, &out.join("memorization.png"))?;
-            Some(m)
-        }
+    let train = match f.mode.0 {
+        Some(_) => Some(load_or_fetch(&cfg.private.train, data_dir)?),
         None => None,
     };
-    let memorization_secs = t0.elapsed().as_secs_f64();
-    let total_secs = start.elapsed().as_secs_f64();
-
-    let mut report = provenance(&source, &text);
-    let fields = serde_json::json!({
-        "private_train": cfg.private.train,
-        "test": cfg.private.test,
-        "mode": f.mode.to_string(),
-        "epsilon_spent": ft.as_ref().map_or(0.0, |ft| ft.epsilon),
-        "delta": f.delta,
-        "accountant": "pld",
-        "noise_multiplier": ft.as_ref().map(|ft| ft.state.noise_multiplier),
-        "sample_rate": ft.as_ref().map(|ft| ft.state.sample_rate),
-        "steps": ft.as_ref().map_or(0, |ft| ft.state.step),
-        "ledger": ft.as_ref().map(|ft| &ft.state.ledger),
-        "secure_noise": ft.as_ref().map(|ft| ft.secure_noise),
-        "trainable_parameters": ft.as_ref().map_or(0, |ft| ft.trainable_parameters),
-        "base_parameters": ft.as_ref().map(|ft| ft.base_parameters),
-        "class_rows": ft.as_ref().and_then(|ft| ft.class_rows.as_ref()),
-        "conversion": {"private_train": ft.as_ref().and_then(|ft| ft.conversion.as_ref()), "test": test_conversion},
-        "class_rows_note": crate::finetune_cmd::CLASS_ROWS_NOTE,
-        "synthetic_images": synthetic.len(),
-        "sampler": sampler,
-        "test_accuracy": r.test.accuracy,
-        "per_class_accuracy": r.test.per_class_accuracy,
-        "confusion": r.test.confusion,
-        "downstream_best_epoch": r.best_epoch,
-        "downstream_val_accuracy": r.val_accuracy,
-        "memorization": memorization,
-        "seconds": {"finetune": finetune_secs, "sample": sample_secs, "evaluate": evaluate_secs, "memorization": memorization_secs, "total": total_secs},
-    });
-    if let (Some(report), serde_json::Value::Object(fields)) = (report.as_object_mut(), fields) {
-        report.extend(fields);
-        if let Some(f) = &fidelity {
-            report.insert("fidelity".into(), serde_json::to_value(f)?);
+    let test = load_or_fetch(&cfg.private.test, data_dir)?;
+    let base = resolve(&f.base);
+    let job;
+    let from = match (f.mode.0, &train) {
+        (Some(mode), Some(train)) => {
+            let out = out.join("finetune");
+            job = finetune_job(f, mode, base.clone(), &cfg.private.train, out)?;
+            Source::Finetune { job: &job, train }
         }
-    }
+        _ => Source::Base {
+            dir: &base,
+            delta: f.delta,
+        },
+    };
+    let plan = RunPlan {
+        private_train: &cfg.private.train,
+        source: from,
+        test_spec: &cfg.private.test,
+        test: &test,
+        sample: SampleSettings {
+            per_class: cfg.sample.per_class,
+            sampler: SamplerConfig {
+                kind: cfg.sample.sampler.kind(cfg.sample.eta),
+                num_steps: cfg.sample.steps,
+                spacing: cfg.sample.sampler.spacing(),
+                guidance_scale: cfg.sample.guidance,
+                batch_size: 250,
+                clip_sample: true,
+            },
+            seed: cfg.sample.seed,
+        },
+        evaluate: EvaluateSettings {
+            downstream: DownstreamConfig {
+                epochs: cfg.evaluate.epochs,
+                val_fraction: cfg.evaluate.val_fraction,
+                arch: cfg.evaluate.arch,
+                ..DownstreamConfig::default()
+            },
+            inception: inception.as_ref(),
+            fidelity: fid_settings,
+        },
+        out: &out,
+        started,
+    };
+    let mut reporter = Reporter::new(f.private_log);
+    let report = pipeline::run(&plan, device, &mut |e| reporter.on(e))?;
+
+    let file = ReportFile {
+        provenance: &provenance(&source, &text),
+        report: &report,
+    };
     write_atomic(
         &out.join("report.json"),
-        serde_json::to_string_pretty(&report)?.as_bytes(),
+        serde_json::to_string_pretty(&serde_json::to_value(file)?)?.as_bytes(),
     )?;
-    let training = match &ft {
-        Some(ft) => format!(
+    let md = markdown(&report, &cfg, &source, &test.class_names);
+    write_atomic(&out.join("report.md"), md.as_bytes())?;
+    println!(
+        "downstream test accuracy {:.2}% at epsilon {:.3} (delta {:e}) in {:.0}s; report: {}",
+        100.0 * report.test_accuracy,
+        report.epsilon_spent,
+        report.delta,
+        report.seconds.total,
+        out.join("report.md").display()
+    );
+    Ok(())
+}
+
+/// report.md of a run (`source`: where its config came from; `classes`: the test set's class
+/// names): what report.json says, for people.
+fn markdown(r: &RunReport, cfg: &RunConfig, source: &str, classes: &[String]) -> String {
+    // the fine-tuning's figures are there exactly when it ran
+    let training = match (
+        r.base_parameters,
+        r.noise_multiplier,
+        r.max_grad_norm,
+        r.sample_rate,
+        r.secure_noise,
+    ) {
+        (Some(base_parameters), Some(sigma), Some(clip), Some(q), Some(secure_noise)) => format!(
             "- mode: {} ({} trainable of {} parameters)\n\
              - privacy: epsilon = {:.3} at delta = {:e} (PLD accountant), sigma = {:.3}, clip C = {}, q = {:.5}, {} steps; noise {}\n",
-            f.mode,
-            ft.trainable_parameters,
-            ft.base_parameters,
-            ft.epsilon,
-            f.delta,
-            ft.state.noise_multiplier,
-            ft.state.config.max_grad_norm,
-            ft.state.sample_rate,
-            ft.state.step,
-            if ft.secure_noise { "from OS-seeded ChaCha20" } else { "seeded (NOT private)" },
+            r.mode,
+            r.trainable_parameters,
+            base_parameters,
+            r.epsilon_spent,
+            r.delta,
+            sigma,
+            clip,
+            q,
+            r.steps,
+            if secure_noise { "from OS-seeded ChaCha20" } else { "seeded (NOT private)" },
         ),
-        None => format!(
+        _ => format!(
             "- mode: {BASE_MODE} (the base `{}` alone: no fine-tuning, no private training image read)\n",
-            f.base.display()
+            cfg.finetune.base.display()
         ),
     };
-    let memorization_md = memorization.as_ref().map_or(String::new(), |m| {
+    let memorization_md = r.memorization.as_ref().map_or(String::new(), |m| {
         let space = |d: &memorization::Distances, what: &str| {
             format!(
                 "{:.1}% of synthetic images are nearer a training image than any held-out one \
@@ -588,14 +488,15 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
             space(&m.pixels, "pixels (RMS distance)")
         )
     });
-    let fidelity_md = fidelity.as_ref().map_or(String::new(), |f| {
+    let fidelity_md = r.fidelity.as_ref().map_or(String::new(), |f| {
         format!(
             "- fidelity to `{}`: {}\n",
             cfg.private.test,
             crate::evaluate_cmd::fidelity_line(f)
         )
     });
-    let md = format!(
+    let t = &r.seconds;
+    format!(
         "# dpsynth run\n\n\
          - config: {source}\n\
          - private data: `{}`, tested on `{}`\n\
@@ -609,36 +510,25 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
          Per-class accuracy: {}\n",
         cfg.private.train,
         cfg.private.test,
-        synthetic.len(),
+        r.synthetic_images,
         cfg.sample.sampler.name(),
         cfg.sample.steps,
         cfg.sample.guidance,
-        100.0 * r.test.accuracy,
-        r.best_epoch,
-        r.val_examples,
-        finetune_secs,
-        sample_secs,
-        evaluate_secs,
-        total_secs,
+        100.0 * r.test_accuracy,
+        r.downstream_best_epoch,
+        r.downstream_val_examples,
+        t.finetune,
+        t.sample,
+        t.evaluate,
+        t.total,
         tch::get_num_threads(),
-        r.test
-            .per_class_accuracy
+        r.per_class_accuracy
             .iter()
             .enumerate()
-            .map(|(i, a)| format!("{}: {:.1}%", test.class_names[i], 100.0 * a))
+            .map(|(i, a)| format!("{}: {:.1}%", classes[i], 100.0 * a))
             .collect::<Vec<_>>()
             .join(", ")
-    );
-    write_atomic(&out.join("report.md"), md.as_bytes())?;
-    println!(
-        "downstream test accuracy {:.2}% at epsilon {:.3} (delta {:e}) in {:.0}s; report: {}",
-        100.0 * r.test.accuracy,
-        ft.as_ref().map_or(0.0, |ft| ft.epsilon),
-        f.delta,
-        total_secs,
-        out.join("report.md").display()
-    );
-    Ok(())
+    )
 }
 
 #[cfg(test)]

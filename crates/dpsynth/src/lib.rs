@@ -11,5 +11,6 @@ pub mod fsutil;
 pub mod memorization;
 pub mod metrics;
 pub mod nn;
+pub mod pipeline;
 pub mod synth;
 pub mod train;

@@ -1,0 +1,375 @@
+//! The whole chain of a run: DP fine-tuning → sampling → evaluation (the downstream classifier,
+//! FID/KID, memorization), returning a typed [`report::RunReport`]. The caller loads each
+//! dataset once and hands it in, writes the reports, and shows the run's [`Event`]s.
+
+pub mod finetune_job;
+pub mod report;
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{ensure, Result};
+use privacy::Accountant;
+use serde::{Deserialize, Serialize};
+use tch::Device;
+
+use crate::data::{convert, grid, imagefolder, Dataset};
+use crate::diffusion::sampler::SamplerConfig;
+use crate::fidelity::{self, Fidelity, FidelitySettings};
+use crate::memorization;
+use crate::nn::inception::InceptionV3;
+use crate::synth::{generate, load_model_dir};
+use crate::train::downstream::{train_and_test, DownstreamConfig};
+use crate::train::finetune::{Finetuned, Mode, StepInfo};
+use finetune_job::{run_finetune, FinetuneJob, CLASS_ROWS_NOTE};
+use report::{Conversion, RunReport, Seconds};
+
+/// The mode of a run that skips fine-tuning: the base is sampled as it is, no private training
+/// image is read, and nothing private is spent (a "base alone" cell).
+pub const BASE_MODE: &str = "base";
+
+/// Closest synthetic-training pairs the memorization report lists (memorization.png).
+const CLOSEST_PAIRS: usize = 20;
+
+/// The mode of a run: a fine-tuning mode, or "base" (`None`: the base is sampled as it is).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct RunMode(pub Option<Mode>);
+
+impl TryFrom<String> for RunMode {
+    type Error = String;
+
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        if s == BASE_MODE {
+            return Ok(Self(None));
+        }
+        s.parse::<Mode>()
+            .map(|m| Self(Some(m)))
+            .map_err(|e| format!("{e}, or {BASE_MODE} (no fine-tuning)"))
+    }
+}
+
+impl std::fmt::Display for RunMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(m) => write!(f, "{m}"),
+            None => f.write_str(BASE_MODE),
+        }
+    }
+}
+
+impl Serialize for RunMode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// What a run or a fine-tuning job reports while it works, in order, for the caller to show.
+/// Counted work (DP steps, images) comes between [`Event::Begin`] and [`Event::End`].
+pub enum Event<'a> {
+    /// A stage of a run begins.
+    Stage(Stage<'a>),
+    /// The images of the set `spec` are converted to the model's shape, as `how` says.
+    Converted {
+        /// The dataset spec.
+        spec: &'a str,
+        /// What the conversion does.
+        how: &'a str,
+    },
+    /// Counted work begins: `total` `unit`s (0: known with the first [`Event::Step`]).
+    Begin {
+        /// What is counted ("steps", "images").
+        unit: &'static str,
+        /// How many.
+        total: u64,
+    },
+    /// A DP fine-tuning step ended.
+    Step(&'a StepInfo),
+    /// This many units of the counted work are done.
+    Done(u64),
+    /// The counted work ended.
+    End,
+    /// A downstream epoch ended.
+    Epoch {
+        /// The epoch (1-based).
+        epoch: usize,
+        /// Accuracy on the held-out synthetic images.
+        val_accuracy: f64,
+    },
+    /// Fine-tuning finished; its report.json and grid.png are in `job.out`.
+    Finetuned {
+        /// The job.
+        job: &'a FinetuneJob,
+        /// What it produced.
+        done: &'a Finetuned,
+    },
+    /// FID and KID were measured.
+    Fidelity(&'a Fidelity),
+}
+
+/// The stages of a run, in order.
+pub enum Stage<'a> {
+    /// DP fine-tuning in `mode` towards `epsilon`.
+    Finetune {
+        /// The mode.
+        mode: Mode,
+        /// The target ε.
+        epsilon: f64,
+    },
+    /// No fine-tuning (mode "base"): the base is sampled as it is.
+    BaseAlone,
+    /// Sampling `per_class` images of every class.
+    Sample {
+        /// Images per class.
+        per_class: usize,
+    },
+    /// The downstream classifier, trained on the synthetic images and tested on `test`.
+    Downstream {
+        /// The test set's spec.
+        test: &'a str,
+    },
+    /// FID/KID from the Inception features of `images` images, at most `per_set` of each set.
+    Fidelity {
+        /// Images both sets give.
+        images: usize,
+        /// The most of each set.
+        per_set: usize,
+    },
+    /// No FID/KID: no Inception weights were given.
+    NoFidelity,
+    /// The memorization report: nearest training and held-out images.
+    Memorization,
+}
+
+/// What a run samples from.
+#[derive(Clone, Copy)]
+pub enum Source<'a> {
+    /// The model `job` fine-tunes on `train`, the private set `job.data` names.
+    Finetune {
+        /// The fine-tuning job.
+        job: &'a FinetuneJob,
+        /// The private training set, loaded once by the caller.
+        train: &'a Dataset,
+    },
+    /// Mode "base": the base model folder `dir` as it is; no private training image is read.
+    Base {
+        /// The base model folder.
+        dir: &'a Path,
+        /// δ the report states (nothing is spent).
+        delta: f64,
+    },
+}
+
+/// How a run samples the synthetic set.
+#[derive(Debug, Clone)]
+pub struct SampleSettings {
+    /// Images per class.
+    pub per_class: usize,
+    /// The sampler.
+    pub sampler: SamplerConfig,
+    /// Seed of the sampling noise.
+    pub seed: u64,
+}
+
+/// How a run evaluates the synthetic set against the real test set.
+pub struct EvaluateSettings<'a> {
+    /// The downstream classifier.
+    pub downstream: DownstreamConfig,
+    /// pytorch-fid's Inception network for FID and KID (`None`: not measured).
+    pub inception: Option<&'a InceptionV3>,
+    /// How FID and KID are measured.
+    pub fidelity: FidelitySettings,
+}
+
+/// One run: where it samples from, the real test set, and the settings of each stage.
+pub struct RunPlan<'a> {
+    /// Spec of the private training set (reported; mode "base" does not read it).
+    pub private_train: &'a str,
+    /// The model sampled: fine-tuned on the private set, or the base alone.
+    pub source: Source<'a>,
+    /// Spec of the real test set.
+    pub test_spec: &'a str,
+    /// The real test set, loaded once by the caller.
+    pub test: &'a Dataset,
+    /// Sampling.
+    pub sample: SampleSettings,
+    /// Evaluation.
+    pub evaluate: EvaluateSettings<'a>,
+    /// Output folder: finetune/, samples/, grid.png and memorization.png go there.
+    pub out: &'a Path,
+    /// When the run began (its loading of the data counts in the total time).
+    pub started: Instant,
+}
+
+/// FID and KID of `synthetic` against `real` with `net`, reported as [`Stage::Fidelity`],
+/// counted images and [`Event::Fidelity`]; `None` (and [`Stage::NoFidelity`]) without `net`.
+pub fn measure_fidelity(
+    net: Option<&InceptionV3>,
+    synthetic: &Dataset,
+    real: &Dataset,
+    settings: &FidelitySettings,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Option<Fidelity>> {
+    let Some(net) = net else {
+        on_event(Event::Stage(Stage::NoFidelity));
+        return Ok(None);
+    };
+    let per_set = settings.max_images;
+    let images = synthetic.len().min(per_set) + real.len().min(per_set);
+    on_event(Event::Stage(Stage::Fidelity { images, per_set }));
+    on_event(Event::Begin {
+        unit: "images",
+        total: images as u64,
+    });
+    let f = fidelity::measure(net, synthetic, real, settings, &mut |n| {
+        on_event(Event::Done(n as u64))
+    })?;
+    on_event(Event::End);
+    on_event(Event::Fidelity(&f));
+    Ok(Some(f))
+}
+
+/// Runs `plan`: fine-tunes (unless mode "base"), samples into `out/samples` and `out/grid.png`,
+/// trains the downstream classifier on the samples and tests it on the real test set (converted
+/// to the samples' shape), measures FID/KID when Inception weights are given and, when private
+/// data was read, the memorization report (`out/memorization.png`).
+pub fn run(plan: &RunPlan, device: Device, on_event: &mut dyn FnMut(Event)) -> Result<RunReport> {
+    // 1. DP fine-tuning (none for the base alone)
+    let t0 = Instant::now();
+    let (ft, base_dir, train) = match plan.source {
+        Source::Finetune { job, train } => {
+            on_event(Event::Stage(Stage::Finetune {
+                mode: job.config.mode,
+                epsilon: job.config.epsilon,
+            }));
+            let ft = run_finetune(job, train, device, on_event)?;
+            (Some(ft), job.base.as_path(), Some(train))
+        }
+        Source::Base { dir, .. } => {
+            on_event(Event::Stage(Stage::BaseAlone));
+            (None, dir, None)
+        }
+    };
+    let finetune_secs = t0.elapsed().as_secs_f64();
+
+    // 2. sampling
+    let s = &plan.sample;
+    on_event(Event::Stage(Stage::Sample {
+        per_class: s.per_class,
+    }));
+    let model_dir = ft.as_ref().map_or(base_dir, |ft| ft.model_dir.as_path());
+    let model = load_model_dir(model_dir, device)?;
+    ensure!(
+        ft.is_some() || model.classes == plan.test.class_names,
+        "mode \"{BASE_MODE}\" samples the base's own classes ({}), which must be the test set's \
+         ({}): fine-tune to learn other classes",
+        model.classes.join(", "),
+        plan.test.class_names.join(", ")
+    );
+    on_event(Event::Begin {
+        unit: "images",
+        total: (s.per_class * model.classes.len()) as u64,
+    });
+    let t0 = Instant::now();
+    let synthetic = generate(&model, s.per_class, &s.sampler, s.seed, &mut |n| {
+        on_event(Event::Done(n as u64))
+    })?;
+    on_event(Event::End);
+    let sample_secs = t0.elapsed().as_secs_f64();
+    imagefolder::write(&synthetic, &plan.out.join("samples"))?;
+    grid::write_grid(&synthetic, 10, 2, &plan.out.join("grid.png"))?;
+
+    // 3. downstream evaluation
+    on_event(Event::Stage(Stage::Downstream {
+        test: plan.test_spec,
+    }));
+    let t0 = Instant::now();
+    // real test images of another shape are converted as the private ones were
+    let shape = [synthetic.channels, synthetic.height, synthetic.width];
+    let (test, test_conversion) = convert::to_shape(plan.test, shape);
+    if let Some(how) = &test_conversion {
+        on_event(Event::Converted {
+            spec: plan.test_spec,
+            how,
+        });
+    }
+    let e = &plan.evaluate;
+    let r = train_and_test(
+        &synthetic,
+        &test,
+        &e.downstream,
+        device,
+        &mut |epoch, acc| {
+            on_event(Event::Epoch {
+                epoch,
+                val_accuracy: acc,
+            })
+        },
+    )?;
+    let fidelity = measure_fidelity(e.inception, &synthetic, &test, &e.fidelity, on_event)?;
+    let evaluate_secs = t0.elapsed().as_secs_f64();
+
+    // 4. memorization report (reads the private training set: for the data holder only)
+    let t0 = Instant::now();
+    let memorization = match train {
+        Some(train) => {
+            on_event(Event::Stage(Stage::Memorization));
+            let (train, _) = convert::to_shape(train, shape);
+            let net = Some(r.model.as_ref());
+            let m = memorization::measure(&synthetic, &train, &test, CLOSEST_PAIRS, net, device)?;
+            let path = plan.out.join("memorization.png");
+            memorization::write_pairs(&m, &synthetic, &train, 2, &path)?;
+            Some(m)
+        }
+        None => None,
+    };
+    let memorization_secs = t0.elapsed().as_secs_f64();
+
+    let (mode, delta, accountant) = match plan.source {
+        Source::Finetune { job, .. } => (
+            Some(job.config.mode),
+            job.config.delta,
+            job.config.accountant,
+        ),
+        Source::Base { delta, .. } => (None, delta, Accountant::default()),
+    };
+    Ok(RunReport {
+        private_train: plan.private_train.to_string(),
+        test: plan.test_spec.to_string(),
+        mode: RunMode(mode),
+        epsilon_spent: ft.as_ref().map_or(0.0, |ft| ft.epsilon),
+        delta,
+        accountant,
+        noise_multiplier: ft.as_ref().map(|ft| ft.state.noise_multiplier),
+        sample_rate: ft.as_ref().map(|ft| ft.state.sample_rate),
+        steps: ft.as_ref().map_or(0, |ft| ft.state.step),
+        ledger: ft.as_ref().map(|ft| ft.state.ledger.clone()),
+        secure_noise: ft.as_ref().map(|ft| ft.secure_noise),
+        trainable_parameters: ft.as_ref().map_or(0, |ft| ft.trainable_parameters),
+        base_parameters: ft.as_ref().map(|ft| ft.base_parameters),
+        class_rows: ft.as_ref().and_then(|ft| ft.class_rows.clone()),
+        conversion: Conversion {
+            private_train: ft.as_ref().and_then(|ft| ft.conversion.clone()),
+            test: test_conversion,
+        },
+        class_rows_note: CLASS_ROWS_NOTE,
+        synthetic_images: synthetic.len(),
+        sampler: s.sampler,
+        test_accuracy: r.test.accuracy,
+        per_class_accuracy: r.test.per_class_accuracy,
+        confusion: r.test.confusion,
+        downstream_best_epoch: r.best_epoch,
+        downstream_val_accuracy: r.val_accuracy,
+        downstream_val_examples: r.val_examples,
+        fidelity,
+        memorization,
+        max_grad_norm: ft.as_ref().map(|ft| ft.state.config.max_grad_norm),
+        seconds: Seconds {
+            finetune: finetune_secs,
+            sample: sample_secs,
+            evaluate: evaluate_secs,
+            memorization: memorization_secs,
+            total: plan.started.elapsed().as_secs_f64(),
+        },
+    })
+}
