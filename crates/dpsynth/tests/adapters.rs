@@ -5,6 +5,7 @@
 use dpsynth::diffusion::loss::{eps_loss_with, Draws};
 use dpsynth::diffusion::NoiseSchedule;
 use dpsynth::dp::engine::{DpSgd, DpSgdConfig};
+use dpsynth::dp::tape::{self, LayerKind};
 use dpsynth::nn::adapter::{attach, merge_lora, AdapterConfig, AdapterKind};
 use dpsynth::nn::unet::{UNet, UNetConfig};
 use tch::{nn, Device, Kind, Tensor};
@@ -132,6 +133,133 @@ fn loda_per_example_norms_match_brute_force() {
 #[test]
 fn lora_per_example_norms_match_brute_force() {
     check_norms(AdapterKind::Lora);
+}
+
+/// `b` examples with `k` noise draws each: rows example-major, an example's label on its K rows.
+fn draws_k(b: i64, k: i64, seed: i64) -> (Tensor, Draws) {
+    let (x0, labels, _) = draws(b, seed);
+    let rows = b * k;
+    let d = Draws {
+        t: Tensor::randint(1000, [rows], (Kind::Int64, Device::Cpu)),
+        noise: Tensor::randn([rows, 1, 8, 8], (Kind::Double, Device::Cpu)),
+        labels: labels.repeat_interleave_self_int(k, 0, Some(rows)),
+    };
+    (x0, d)
+}
+
+/// The engine's clipped, noise-free sum for the adapters (whose `B`, `D1` and `D2` run with
+/// per-row weights while recording) equals brute force: one backward pass per example of the
+/// mean loss over its K rows. C is the median norm, so some examples are clipped and some not.
+/// Float64; the engine sums the same products in another order (batched and per-row products),
+/// so the two agree to rounding, and 1e-5 relative is far above that and far below the error of
+/// a wrong row grouping or K scaling.
+fn check_clipped_sum(kind: AdapterKind, k: i64) {
+    let (unet, store, _) = adapted(kind);
+    perturb(&store);
+    let schedule = NoiseSchedule::linear(1000).unwrap();
+    let params: Vec<Tensor> = store.trainable_variables();
+    let b = 4;
+    let (x0, d) = draws_k(b, k, 9);
+    let brute: Vec<Vec<Tensor>> = (0..b)
+        .map(|i| {
+            let di = Draws {
+                t: d.t.narrow(0, i * k, k),
+                noise: d.noise.narrow(0, i * k, k),
+                labels: d.labels.narrow(0, i * k, k),
+            };
+            let loss = eps_loss_with(&unet, &schedule, &x0.narrow(0, i, 1), &di).mean(Kind::Double);
+            Tensor::run_backward(&[loss], &params, false, false)
+        })
+        .collect();
+    let norms: Vec<f64> = brute
+        .iter()
+        .map(|g| {
+            g.iter()
+                .map(|t| t.square().sum(Kind::Double).double_value(&[]))
+                .sum::<f64>()
+                .sqrt()
+        })
+        .collect();
+    let mut sorted = norms.clone();
+    sorted.sort_by(f64::total_cmp);
+    let c = sorted[b as usize / 2];
+    let factors: Vec<f64> = norms.iter().map(|n| (c / (n + 1e-6)).min(1.0)).collect();
+
+    let shallow: Vec<Tensor> = params.iter().map(Tensor::shallow_clone).collect();
+    let mut dp = DpSgd::new(shallow, DpSgdConfig::new(c, 0.0, 1.0), Some(0)).unwrap();
+    let stats = dp
+        .accumulate(k, || eps_loss_with(&unet, &schedule, &x0, &d))
+        .unwrap();
+    for (i, (got, want)) in stats.norms.iter().zip(&norms).enumerate() {
+        assert!(
+            (got - want).abs() <= 1e-5 * want,
+            "{kind:?} K={k} example {i}: engine {got}, brute force {want}"
+        );
+    }
+    assert!(stats.clipped >= 1 && stats.clipped < b as usize);
+    let wants: Vec<Tensor> = (0..params.len())
+        .map(|j| {
+            brute
+                .iter()
+                .zip(&factors)
+                .map(|(g, f)| &g[j] * *f)
+                .reduce(|a, b| a + b)
+                .unwrap()
+        })
+        .collect();
+    let total = wants
+        .iter()
+        .map(|w| w.square().sum(Kind::Double).double_value(&[]))
+        .sum::<f64>()
+        .sqrt();
+    for (j, (got, want)) in dp.finish_step().unwrap().iter().zip(&wants).enumerate() {
+        let err = (got - want).norm().double_value(&[]);
+        let scale = want.norm().double_value(&[]);
+        // relative to the parameter's own gradient, with a rounding floor relative to the whole
+        // update: LoDA's `D2` bias on `to_k` shifts all keys alike, which softmax ignores, so its
+        // gradient is zero in exact arithmetic and both sides are rounding noise (1e-19) there
+        assert!(
+            err <= 1e-5 * scale + 1e-12 * total,
+            "{kind:?} K={k} parameter {j}: error {err:e} against {scale:e}"
+        );
+    }
+}
+
+#[test]
+fn loda_clipped_sum_matches_brute_force_with_two_draws() {
+    check_clipped_sum(AdapterKind::Loda, 2);
+}
+
+#[test]
+fn lora_clipped_sum_matches_brute_force_with_two_draws() {
+    check_clipped_sum(AdapterKind::Lora, 2);
+}
+
+/// While DP-SGD records, the adapters' `B` (and LoDA's `D1`, `D2`) use per-row weights where
+/// they pay: convolutions and the attention projections over many positions; the time-embedding
+/// adapters, one position per row, stay plain.
+#[test]
+fn adapters_record_per_row_weights() {
+    let (unet, store, _) = adapted(AdapterKind::Loda);
+    let (x, labels, d) = draws(2, 4);
+    let (_, entries) = tape::record_forward(|| unet.forward(&x, &d.t, &labels));
+    let per_row = entries
+        .iter()
+        .filter(|e| e.kind == LayerKind::PerRowWeight)
+        .count();
+    assert!(per_row > 0 && per_row < entries.len());
+    // every adapter parameter is recorded exactly once
+    let recorded: std::collections::BTreeSet<usize> = entries
+        .iter()
+        .flat_map(|e| std::iter::once(&e.weight).chain(e.bias.as_ref()))
+        .map(|t| t.data_ptr() as usize)
+        .collect();
+    let count: usize = entries
+        .iter()
+        .map(|e| 1 + usize::from(e.bias.is_some()))
+        .sum();
+    assert_eq!(recorded.len(), count);
+    assert_eq!(count, store.trainable_variables().len());
 }
 
 /// LoRA folded into the base weights computes what the adapted model did (float64; the merged

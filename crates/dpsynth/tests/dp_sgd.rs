@@ -3,6 +3,7 @@
 
 use dpsynth::dp::grad_sample::{self, LayerGrads, RuleOptions, Strategy};
 use dpsynth::dp::layers::{Conv2d, ConvConfig, Embedding, GroupNorm, Linear};
+use dpsynth::dp::tape::LayerKind;
 use dpsynth::dp::{tape, DpSgd, DpSgdConfig, Optimizer, OptimizerConfig, PoissonSampler};
 use dpsynth::nn::classifier::{
     cross_entropy_per_example, Activation, Classifier, ClassifierConfig,
@@ -261,6 +262,136 @@ fn noise_multiplicity_k_matches_per_example_mean_over_rows() {
     linear_case(&[6, 4, 5], 3);
     embedding_case(&[6, 3], 2);
     group_norm_case(2);
+}
+
+// ---------------------------------------------------------------- per-row weights
+
+/// Checks a layer run with per-row weights while recording: the forward equals the plain layer's
+/// (float64; a batched or grouped product sums in another order, so to rounding), the tape holds
+/// one [`LayerKind::PerRowWeight`] entry per parameter, and each entry's norms and clipped sum
+/// equal brute force (plain forwards outside recording, one backward per example).
+fn check_per_row(
+    name: &str,
+    params: &[Tensor],
+    b: i64,
+    k: i64,
+    plain: &dyn Fn(i64, i64) -> Tensor,
+    per_row: &dyn Fn(i64, i64) -> Tensor,
+) {
+    let (y_rec, _) = tape::record_forward(|| per_row(0, b * k));
+    assert_close(&y_rec, &plain(0, b * k), &format!("{name} forward"));
+    let brute = brute_force(params, b, k, plain);
+    let c: Vec<f64> = (0..b).map(|i| 0.4 + 0.5 * ((i * 5 % 3) as f64)).collect();
+    let (l, entries) = tape::record_forward(|| per_row(0, b * k));
+    assert_eq!(
+        entries.len(),
+        params.len(),
+        "{name}: one entry per parameter"
+    );
+    let outputs: Vec<&Tensor> = entries.iter().map(|e| &e.output).collect();
+    let gys = Tensor::run_backward(&[l.sum(Kind::Double) / k as f64], &outputs, false, false);
+    let _no_grad = tch::no_grad_guard();
+    for (entry, gy) in entries.iter().zip(&gys) {
+        assert_eq!(entry.kind, LayerKind::PerRowWeight, "{name}");
+        let which = params
+            .iter()
+            .position(|p| p.data_ptr() == entry.weight.data_ptr())
+            .unwrap_or_else(|| panic!("{name}: an entry of an unknown parameter"));
+        let lg = grad_sample::per_sample_with(entry, gy, k, &RuleOptions::default()).unwrap();
+        assert!(lg.bias.is_none(), "{name}: a per-row entry has one part");
+        let part = lg.weight.unwrap();
+        let want: Vec<f64> = brute
+            .iter()
+            .map(|g| g[which].square().sum(Kind::Double).double_value(&[]))
+            .collect();
+        let what = format!("{name} part {which}");
+        assert_close(
+            part.sq_norms(),
+            &Tensor::from_slice(&want),
+            &format!("{what} norms"),
+        );
+        assert_close(
+            &part.clipped_sum(&Tensor::from_slice(&c)).unwrap(),
+            &weighted_sum(&brute, &c, which),
+            &format!("{what} clipped sum"),
+        );
+    }
+}
+
+fn per_row_conv_case((c_in, c_out): (i64, i64), (h, w): (i64, i64), k: i64) {
+    tch::manual_seed(8);
+    let vs = f64_store();
+    let conv = Conv2d::new(vs.root() / "c", c_in, c_out, ConvConfig::same(1), true);
+    let b = 3;
+    let x = Tensor::randn([b * k, c_in, h, w], (Kind::Double, Device::Cpu));
+    let proj = Tensor::randn(
+        conv.forward(&x).size().as_slice(),
+        (Kind::Double, Device::Cpu),
+    );
+    let plain = |s: i64, n: i64| row_losses(&conv.forward(&x.narrow(0, s, n)), &proj, s);
+    let per_row = |s: i64, n: i64| row_losses(&conv.forward_per_row(&x.narrow(0, s, n)), &proj, s);
+    let params = [
+        conv.weight.shallow_clone(),
+        conv.bias.as_ref().unwrap().shallow_clone(),
+    ];
+    let name = format!("per-row 1x1 conv {c_in}->{c_out} {h}x{w} K={k}");
+    check_per_row(&name, &params, b, k, &plain, &per_row);
+}
+
+fn per_row_linear_case(x_shape: &[i64], k: i64) {
+    tch::manual_seed(9);
+    let vs = f64_store();
+    let lin = Linear::new(vs.root() / "l", 3, 4, true);
+    let x = Tensor::randn(x_shape, (Kind::Double, Device::Cpu));
+    let proj = Tensor::randn(
+        lin.forward(&x).size().as_slice(),
+        (Kind::Double, Device::Cpu),
+    );
+    let plain = |s: i64, n: i64| row_losses(&lin.forward(&x.narrow(0, s, n)), &proj, s);
+    let per_row = |s: i64, n: i64| row_losses(&lin.forward_per_row(&x.narrow(0, s, n)), &proj, s);
+    let params = [
+        lin.weight.shallow_clone(),
+        lin.bias.as_ref().unwrap().shallow_clone(),
+    ];
+    let name = format!("per-row linear {x_shape:?} K={k}");
+    check_per_row(&name, &params, x_shape[0] / k, k, &plain, &per_row);
+}
+
+/// Per-row weights (the adapters' `B`, `D1`, `D2` and 1 × 1 or linear `A`) against brute force,
+/// with K = 1 and K = 2 noise draws per example: 1 × 1 convs and linear layers over several
+/// positions per row.
+#[test]
+fn per_row_weight_rule_matches_brute_force() {
+    for k in [1, 2] {
+        per_row_conv_case((2, 5), (4, 3), k);
+        per_row_conv_case((6, 2), (3, 3), k);
+        per_row_linear_case(&[3 * k, 7, 3], k);
+        per_row_linear_case(&[3 * k, 2, 5, 3], k);
+    }
+}
+
+/// Where per-row weights do not pay (one position per row: the per-row gradient would be larger
+/// than the output), for convolutions other than 1 × 1, and when nothing is recorded,
+/// `forward_per_row` is the plain layer.
+#[test]
+fn per_row_weights_only_where_they_pay() {
+    tch::manual_seed(10);
+    let vs = f64_store();
+    let lin = Linear::new(vs.root() / "l", 3, 4, true);
+    let conv3 = Conv2d::new(vs.root() / "c3", 3, 2, ConvConfig::same(3), false);
+    let conv = Conv2d::new(vs.root() / "c", 3, 4, ConvConfig::same(1), false);
+    let x = Tensor::randn([6, 3], (Kind::Double, Device::Cpu));
+    let (_, entries) = tape::record_forward(|| lin.forward_per_row(&x));
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].kind, LayerKind::Linear);
+    let img = Tensor::randn([2, 3, 4, 4], (Kind::Double, Device::Cpu));
+    let (_, entries) = tape::record_forward(|| conv3.forward_per_row(&img));
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].kind, LayerKind::Conv2d(ConvConfig::same(3)));
+    assert!(conv.forward_per_row(&img).equal(&conv.forward(&img)));
+    let _ = conv.weight.shallow_clone().set_requires_grad(false);
+    let (_, entries) = tape::record_forward(|| conv.forward_per_row(&img));
+    assert!(entries.is_empty(), "a frozen layer records nothing");
 }
 
 // ---------------------------------------------------------------- engine

@@ -4,7 +4,8 @@
 //! kinds here. When the [tape](super::tape) is recording, a layer whose parameters require grad
 //! records its input activation and its output; the engine then takes the gradient of the loss at
 //! each recorded output and applies the per-kind rule in [`super::grad_sample`]. Frozen layers
-//! record nothing and their weights never get gradients.
+//! record nothing and their weights never get gradients. `forward_per_row` runs a narrow layer
+//! with per-row weights instead, so that the tape keeps less ([`LayerKind::PerRowWeight`]).
 //!
 //! Parameters live in a `tch::nn::VarStore` under the same names as PyTorch/diffusers
 //! (`weight`, `bias`), so checkpoints interchange with safetensors files written by PyTorch.
@@ -41,6 +42,30 @@ fn layer_name(p: &nn::Path) -> String {
         .trim_end_matches("weight")
         .trim_end_matches('.')
         .to_string()
+}
+
+/// Whether a layer with trainable `weight` should use per-row weights while recording: when one
+/// row's weight gradient is smaller than the `kept` elements per row (input and output) that
+/// the plain layer's tape entry would keep.
+fn per_row_pays(weight: &Tensor, kept: i64) -> bool {
+    weight.requires_grad() && (weight.numel() as i64) < kept && tape::is_recording()
+}
+
+/// `param` expanded to `[rows, ...param shape]` without a copy, recorded on the tape as a
+/// [`LayerKind::PerRowWeight`] entry when it requires grad.
+///
+/// A layer computed as a batched matmul with such *per-row weights* gives the same result as the
+/// plain layer, up to rounding, but its backward pass delivers each row's gradient of the
+/// parameter at this view. The tape then keeps these small gradients instead of the layer's
+/// input and output, which autograd frees as soon as the backward pass is done with them (a
+/// plain entry keeps them to the end of the step, with the gradient at the output), and the
+/// rule after the backward pass only sums each example's rows.
+fn rows_of(param: &Tensor, rows: i64) -> Tensor {
+    let mut shape = param.size();
+    shape.insert(0, rows);
+    let view = param.unsqueeze(0).expand(shape.as_slice(), false);
+    tape::record_per_row(param, &view);
+    view
 }
 
 /// A fully connected layer `y = x W^T + b` over the last dimension of `x`.
@@ -91,10 +116,47 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let y = x.linear(&self.weight, self.bias.as_ref());
         tape::record(LayerKind::Linear, &self.weight, self.bias.as_ref(), x, &y);
-        match &self.adapter {
-            Some(a) => y + a.delta(x),
-            None => y,
+        with_adapter(y, x, self.adapter.as_deref())
+    }
+
+    /// [`Linear::forward`] with per-row weights ([`LayerKind::PerRowWeight`]) while recording,
+    /// where they pay (more positions per row than the layer has inputs, roughly); otherwise,
+    /// and always outside recording, exactly [`Linear::forward`]. `x` is `[rows, ..., in]`.
+    pub fn forward_per_row(&self, x: &Tensor) -> Tensor {
+        let (d, o) = self.dims();
+        let shape = x.size();
+        let rows = shape.first().copied().unwrap_or(0);
+        let fits = shape.len() >= 2 && rows > 0 && shape.last() == Some(&d);
+        let t = if fits {
+            x.numel() as i64 / (rows * d)
+        } else {
+            0
+        };
+        if !fits || !per_row_pays(&self.weight, t * (d + o)) {
+            return self.forward(x);
         }
+        // [rows, T, in] × [rows, in, out] (+ bias [rows, 1, out])
+        let x_rows = x.reshape([rows, t, d]);
+        let w_rows = rows_of(&self.weight, rows).transpose(1, 2);
+        let y = match &self.bias {
+            Some(b) => rows_of(b, rows)
+                .unsqueeze(1)
+                .baddbmm(&x_rows, &w_rows, 1, 1),
+            None => x_rows.bmm(&w_rows),
+        };
+        let mut out_shape = shape;
+        if let Some(last) = out_shape.last_mut() {
+            *last = o;
+        }
+        with_adapter(y.reshape(out_shape.as_slice()), x, self.adapter.as_deref())
+    }
+}
+
+/// The layer's output plus its adapter's contribution, if it has one.
+fn with_adapter(y: Tensor, x: &Tensor, adapter: Option<&dyn Adapter>) -> Tensor {
+    match adapter {
+        Some(a) => y + a.delta(x),
+        None => y,
     }
 }
 
@@ -192,10 +254,38 @@ impl Conv2d {
             x,
             &y,
         );
-        match &self.adapter {
-            Some(a) => y + a.delta(x),
-            None => y,
+        with_adapter(y, x, self.adapter.as_deref())
+    }
+
+    /// [`Conv2d::forward`] with per-row weights ([`LayerKind::PerRowWeight`]) while recording,
+    /// for a 1 × 1 convolution (stride 1, no padding) where they pay, as a batched matmul;
+    /// otherwise, and always outside recording, exactly [`Conv2d::forward`]. Other convolutions
+    /// stay plain: grouped by row, they cost more time on CPU than the rules they would save.
+    pub fn forward_per_row(&self, x: &Tensor) -> Tensor {
+        let c = self.cfg;
+        let pointwise = c.kernel == 1 && c.stride == 1 && c.padding == 0;
+        let (c_in, c_out) = self.channels();
+        let size = x.size();
+        let &[rows, ci, h, w] = size.as_slice() else {
+            return self.forward(x);
+        };
+        if !pointwise
+            || ci != c_in
+            || rows == 0
+            || !per_row_pays(&self.weight, (ci + c_out) * h * w)
+        {
+            return self.forward(x);
         }
+        // [rows, out, in] × [rows, in, H·W] (+ bias [rows, out, 1])
+        let w_rows = rows_of(&self.weight, rows).reshape([rows, c_out, c_in]);
+        let x_rows = x.reshape([rows, c_in, h * w]);
+        let y = match &self.bias {
+            Some(b) => rows_of(b, rows)
+                .unsqueeze(2)
+                .baddbmm(&w_rows, &x_rows, 1, 1),
+            None => w_rows.bmm(&x_rows),
+        };
+        with_adapter(y.reshape([rows, c_out, h, w]), x, self.adapter.as_deref())
     }
 
     /// Input and output channels.

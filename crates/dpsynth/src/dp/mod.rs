@@ -22,7 +22,10 @@
 //!
 //! Design notes:
 //! - One `run_backward` from the summed loss to all recorded layer outputs gives the output
-//!   gradients; autograd never computes a weight gradient and no `.grad` is filled.
+//!   gradients; no `.grad` is filled. Layers run with per-row weights (the adapters' `B`, `D1`,
+//!   `D2`, 1 × 1 and linear `A`: [`layers::Conv2d::forward_per_row`]) are recorded at their
+//!   weights instead: autograd forms each row's weight gradient during the backward pass and
+//!   frees the layer's input and output as it goes, as in a non-private step.
 //! - Per-example norms of Linear/Conv2d weights come from materialised per-example gradients or
 //!   from ghost norms (Gram matrices over positions), chosen per layer by a FLOP and memory
 //!   estimate ([`grad_sample::Strategy`]); the clipped sum is then `cᵀG` or one matmul with the

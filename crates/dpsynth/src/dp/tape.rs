@@ -4,7 +4,12 @@
 //! no-op unless recording is on and the layer has a parameter that requires grad. Each entry holds
 //! shallow handles (shared storage, no copy) to the layer's parameters, its input (detached) and its
 //! output (still in the autograd graph), which is all the per-sample gradient rules need.
-//! Inputs are tensors autograd keeps alive for the backward pass anyway, so the tape adds no memory.
+//! Inputs are tensors autograd keeps alive for the backward pass anyway, but only until the pass
+//! is done with them, and outputs it may free at once: the tape keeps both to the end of the
+//! step. Layers whose input and output are large next to their weight (the adapters' `B`, 1 × 1
+//! and linear `A`, `D1`, `D2`) therefore record the weight expanded per row instead
+//! ([`record_per_row`], [`LayerKind::PerRowWeight`]): the backward pass delivers their per-row
+//! weight gradients and frees the rest as it goes.
 
 use std::cell::RefCell;
 
@@ -29,6 +34,13 @@ pub enum LayerKind {
         /// Variance epsilon.
         eps: f64,
     },
+    /// A parameter (`weight`) used through a per-row view: the recorded output is the parameter
+    /// expanded to `[rows, ...shape]` (no copy), as the layer used it, so the gradient at it is
+    /// each row's gradient of the parameter. The recorded input is empty and `bias` is `None`
+    /// (a layer's bias is an entry of its own). For layers whose input and output are large
+    /// next to their weight: the tape then keeps neither, autograd frees them during the
+    /// backward pass, and the rule only sums each example's rows.
+    PerRowWeight,
 }
 
 /// One recorded call of a trainable layer.
@@ -70,6 +82,32 @@ pub fn record(
                 bias: bias.map(Tensor::shallow_clone),
                 input: input.detach(),
                 output: output.shallow_clone(),
+            });
+        }
+    });
+}
+
+/// Whether a forward pass is being recorded on this thread (layers that compute differently
+/// when recorded ask this first).
+pub fn is_recording() -> bool {
+    TAPE.with(|t| t.borrow().is_some())
+}
+
+/// Records `param` used through `rows_view`, its expansion to `[rows, ...param shape]` in the
+/// autograd graph, as a [`LayerKind::PerRowWeight`] entry; a no-op unless recording is on and
+/// `param` requires grad. The layer must compute with `rows_view` alone, never `param` itself.
+pub fn record_per_row(param: &Tensor, rows_view: &Tensor) {
+    if !param.requires_grad() {
+        return;
+    }
+    TAPE.with(|t| {
+        if let Some(entries) = t.borrow_mut().as_mut() {
+            entries.push(Entry {
+                kind: LayerKind::PerRowWeight,
+                weight: param.shallow_clone(),
+                bias: None,
+                input: Tensor::empty([0], (param.kind(), param.device())),
+                output: rows_view.shallow_clone(),
             });
         }
     });

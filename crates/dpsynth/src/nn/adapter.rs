@@ -9,8 +9,12 @@
 //!
 //! Linear layers get the same with linear maps. Every part is a DP-aware layer from
 //! [`crate::dp::layers`], so DP-SGD computes exact per-sample gradients for adapters with the
-//! rules it already has. Parameters live in their own VarStore, so the base model's weights stay exactly as diffusers wrote them.
-//! Adapter parameters are named `adapter.{layer}.{A,D1,D2,B}.{weight,bias}`.
+//! rules it already has. While DP-SGD records, `B`, `D1`, `D2` and a 1 × 1 or linear `A` run
+//! with per-row weights ([`Conv2d::forward_per_row`], [`Linear::forward_per_row`]): their inputs
+//! and outputs (`B`'s is `C_out` channels at full resolution) are then freed during the backward
+//! pass, as in a non-private step, instead of being kept to the end of the step.
+//! Parameters live in their own VarStore, so the base model's weights stay exactly as diffusers
+//! wrote them. Adapter parameters are named `adapter.{layer}.{A,D1,D2,B}.{weight,bias}`.
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
@@ -115,6 +119,9 @@ impl AdapterConfig {
 pub trait AdapterLayer: std::fmt::Debug {
     /// Applies the layer.
     fn apply(&self, x: &Tensor) -> Tensor;
+    /// Applies the layer with per-row weights where they pay while recording (the same result;
+    /// the tape keeps per-row weight gradients instead of the layer's input and output).
+    fn apply_per_row(&self, x: &Tensor) -> Tensor;
     /// Its weight (output dimension first).
     fn weight(&self) -> &Tensor;
 }
@@ -122,6 +129,10 @@ pub trait AdapterLayer: std::fmt::Debug {
 impl AdapterLayer for Conv2d {
     fn apply(&self, x: &Tensor) -> Tensor {
         self.forward(x)
+    }
+
+    fn apply_per_row(&self, x: &Tensor) -> Tensor {
+        self.forward_per_row(x)
     }
 
     fn weight(&self) -> &Tensor {
@@ -132,6 +143,10 @@ impl AdapterLayer for Conv2d {
 impl AdapterLayer for Linear {
     fn apply(&self, x: &Tensor) -> Tensor {
         self.forward(x)
+    }
+
+    fn apply_per_row(&self, x: &Tensor) -> Tensor {
+        self.forward_per_row(x)
     }
 
     fn weight(&self) -> &Tensor {
@@ -192,12 +207,12 @@ impl LowRank<Linear> {
 
 impl<L: AdapterLayer> Adapter for LowRank<L> {
     fn delta(&self, x: &Tensor) -> Tensor {
-        let u = self.a.apply(x);
+        let u = self.a.apply_per_row(x);
         let g = match &self.d {
-            Some((d1, d2)) => &u + d2.apply(&self.activation.apply(&d1.apply(&u))),
+            Some((d1, d2)) => &u + d2.apply_per_row(&self.activation.apply(&d1.apply_per_row(&u))),
             None => u,
         };
-        self.b.apply(&g) * self.scale
+        self.b.apply_per_row(&g) * self.scale
     }
 
     /// LoRA: `(α / r) · B A`, as a weight of the base layer's shape (`B` is 1 × 1, so for a conv

@@ -6,6 +6,8 @@
 //! `Σ_b c_b g_b`. Between the two the rule keeps whatever makes (b) cheapest ("book-keeping"):
 //! either the materialised per-example gradients (then (b) is one `c^T G` product) or the input
 //! and output-gradient themselves (then (b) is one matmul with the output gradient scaled by `c_b`).
+//! A [`LayerKind::PerRowWeight`] entry needs no rule of its own: the backward pass has already
+//! formed each row's gradient ([`per_row`]).
 //!
 //! **Noise multiplicity.** A batch has `B·K` rows ordered example-major; rows `bK .. bK+K-1` are the
 //! K internal draws of example `b`. The engine backpropagates `Σ rows / K`, so an example's gradient
@@ -19,6 +21,7 @@ mod embedding;
 mod group_norm;
 mod matmul;
 mod narrow_conv;
+mod per_row;
 
 use anyhow::{bail, ensure, Context, Result};
 use tch::Tensor;
@@ -257,6 +260,21 @@ pub fn per_sample_in(
             }
             let weight = want_w
                 .then(|| embedding::weight_grads(&entry.input, grad_out, b, w_shape))
+                .transpose()?;
+            Ok(LayerGrads { weight, bias: None })
+        }
+        LayerKind::PerRowWeight => {
+            ensure!(
+                entry.bias.is_none(),
+                "a per-row weight entry records one parameter"
+            );
+            ensure!(
+                grad_out.numel() as i64 == b * k * entry.weight.numel() as i64,
+                "per-row gradient {:?} does not hold one weight {w_shape:?} per row",
+                grad_out.size()
+            );
+            let weight = want_w
+                .then(|| per_row::param_grads(grad_out, b, k, w_shape))
                 .transpose()?;
             Ok(LayerGrads { weight, bias: None })
         }
