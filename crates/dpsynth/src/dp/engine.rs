@@ -204,12 +204,13 @@ impl DpSgd {
         if self.scratch.len() < entries.len() {
             self.scratch.resize_with(entries.len(), Scratch::default);
         }
-        let calls = entries.iter().zip(&grads_out).zip(targets);
+        // each layer's input and output gradient are dropped once its rule has run
+        let calls = entries.into_iter().zip(grads_out).zip(targets);
         for (((entry, gy), target), scratch) in calls.zip(&mut self.scratch) {
             if !gy.defined() {
                 continue; // output unused by the loss: zero gradient, nothing to add
             }
-            let lg = grad_sample::per_sample_in(entry, gy, k, &self.cfg.rules, scratch)?;
+            let lg = grad_sample::per_sample_in(&entry, &gy, k, &self.cfg.rules, scratch)?;
             if let Some(sq) = lg.sq_norms() {
                 total += sq.f_to_kind(Kind::Double)?;
             }

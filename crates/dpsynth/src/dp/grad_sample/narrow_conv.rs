@@ -2,14 +2,16 @@
 //! conv of a LoRA/LoDA adapter, k × k, C_in → r) by scattering the output gradient instead of
 //! gathering input patches.
 //!
-//! With `xpad` the zero-padded input (`P = Hp·Wp` pixels), example `b`'s gradient is
-//! `G_b[o, c, i, j] = Σ_p S_b[o, i, j, p] · xpad_b[c, p]`, where the canvas `S` holds
-//! `gy_b[o, h, w]` at pixel `(h·s + i·d, w·s + j·d)` and zeros elsewhere. `S` has `O·kh·kw`
-//! channels where the patches of [`super::conv`] have `C·kh·kw`, so for `O ≪ C` far less memory
-//! is written (the patches of an adapter's `A` on a 48-channel 28 × 28 input at batch 64 are
-//! 87 MB, its canvas 8 MB), and `G` is one batched matmul `[B, O·kh·kw, K·P] × [B, K·P, C]`. The
-//! matmul runs over padded pixels (`P ≥ Ho·Wo`), so the rule is chosen only where the cost
-//! estimate below says the saved memory traffic outweighs that.
+//! Over the input's `P = H·W` pixels, example `b`'s gradient is
+//! `G_b[o, c, i, j] = Σ_p S_b[o, i, j, p] · x_b[c, p]`, where the canvas `S` holds `gy_b[o, h, w]`
+//! at pixel `(h·s + i·d - pad, w·s + j·d - pad)` when that pixel is inside the input (taps on the
+//! zero padding add nothing) and zeros elsewhere. `S` has `O·kh·kw` channels where the patches of
+//! [`super::conv`] have `C·kh·kw`, so for `O ≪ C` far less memory is written (the patches of an
+//! adapter's `A` on a 48-channel 28 × 28 input at batch 64 are 87 MB, its canvas 7 MB), the
+//! input is used as it is, and `G` is one batched matmul `[B, O·kh·kw, K·P] × [B, K·P, C]`. The
+//! matmul runs over every input pixel (`P ≥ Ho·Wo` when strided), so the rule is chosen only
+//! where the cost estimate below says the saved memory traffic outweighs that; the estimate
+//! counts padded pixels, an upper bound.
 
 use anyhow::{ensure, Result};
 use tch::{Kind, Tensor};
@@ -51,6 +53,23 @@ fn geometry(x_shape: &[i64], w_shape: &[i64], cfg: ConvConfig) -> Option<Geometr
         ho: (hp - ekh) / s + 1,
         wo: (wp - ekw) / s + 1,
     })
+}
+
+/// The output positions `q` (of `out`) whose tap at input offset `q·stride + offset` lies inside
+/// an input of `size` pixels: `(first, count)`, or `None` when there are none.
+fn inside(offset: i64, stride: i64, out: i64, size: i64) -> Option<(i64, i64)> {
+    // first q with q·stride + offset ≥ 0, last with q·stride + offset ≤ size - 1
+    let first = if offset >= 0 {
+        0
+    } else {
+        (-offset + stride - 1) / stride
+    };
+    let last_input = size - 1 - offset;
+    if last_input < 0 {
+        return None;
+    }
+    let last = (last_input / stride).min(out - 1);
+    (last >= first).then_some((first, last - first + 1))
 }
 
 /// True when this rule should compute the weight's per-example gradients of a conv with input
@@ -111,32 +130,31 @@ pub(super) fn layer_grads(
         gy.size()
     );
     let (s, p, d) = (cfg.stride, cfg.padding, cfg.dilation);
-    let (hp, wp) = (g.h + 2 * p, g.w + 2 * p);
-    let pix = hp * wp;
+    let (h, w) = (g.h, g.w);
+    let pix = h * w;
 
-    let xp = if p > 0 {
-        x.f_constant_pad_nd([p, p, p, p])?
-    } else {
-        x.f_contiguous()?
-    };
-    let canvas = Tensor::f_zeros([n, o, kh, kw, hp, wp], (gy.kind(), gy.device()))?;
-    // (row, o, i, j, h, w) -> canvas[row, o, i, j, i·d + h·s, j·d + w·s]: disjoint per (i, j)
-    let mut targets = canvas.f_as_strided(
-        [n, o, kh, kw, ho, wo],
-        [
-            o * kh * kw * pix,
-            kh * kw * pix,
-            kw * pix + d * wp,
-            pix + d,
-            s * wp,
-            s,
-        ],
-        None,
-    )?;
-    targets.f_copy_(
-        &gy.f_view([n, o, 1, 1, ho, wo])?
-            .f_expand([n, o, kh, kw, ho, wo], false)?,
-    )?;
+    // tap (i, j) of output pixel (y, z) reads input pixel (y·s + i·d - p, z·s + j·d - p); taps
+    // that read the zero padding contribute nothing, so only those inside the input are written
+    let canvas = Tensor::f_zeros([n, o, kh, kw, h, w], (gy.kind(), gy.device()))?;
+    for i in 0..kh {
+        let Some((y0, ny)) = inside(i * d - p, s, ho, h) else {
+            continue;
+        };
+        for j in 0..kw {
+            let Some((z0, nz)) = inside(j * d - p, s, wo, w) else {
+                continue;
+            };
+            let (hi, wi) = (y0 * s + i * d - p, z0 * s + j * d - p);
+            let mut target = canvas
+                .f_select(2, i)?
+                .f_select(2, j)?
+                .f_slice(2, hi, hi + (ny - 1) * s + 1, s)?
+                .f_slice(3, wi, wi + (nz - 1) * s + 1, s)?;
+            let source = gy.f_slice(2, y0, y0 + ny, 1)?.f_slice(3, z0, z0 + nz, 1)?;
+            target.f_copy_(&source)?;
+        }
+    }
+    let xp = x.f_contiguous()?;
     // the K rows of an example become extra pixels: [B, F, K·P]
     let per_example = |t: &Tensor, f: i64| -> Result<Tensor> {
         let t = t.f_reshape([b, k, f, pix])?;
