@@ -7,7 +7,7 @@
 //! either the materialised per-example gradients (then (b) is one `c^T G` product) or the input
 //! and output-gradient themselves (then (b) is one matmul with the output gradient scaled by `c_b`).
 //! A [`LayerKind::PerRowWeight`] entry needs no rule of its own: the backward pass has already
-//! formed each row's gradient ([`per_row`]).
+//! formed each row's gradient (module `per_row`).
 //!
 //! **Noise multiplicity.** A batch has `B·K` rows ordered example-major; rows `bK .. bK+K-1` are the
 //! K internal draws of example `b`. The engine backpropagates `Σ rows / K`, so an example's gradient
