@@ -15,6 +15,7 @@ mod progress;
 mod results_cmd;
 mod run_cmd;
 mod sample_cmd;
+mod size_plot;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -6,8 +6,9 @@
 //! The table of a dataset is written between the lines `<!-- results:DATASET -->` and
 //! `<!-- /results:DATASET -->` of the document. Cells holding a `dpsynth audit` report instead
 //! (`"command": "audit"`) make a second table, between `<!-- audits:DATASET -->` and
-//! `<!-- /audits:DATASET -->`. `--check` fails when the document and the reports disagree, so
-//! no figure in the tables can drift from its report.
+//! `<!-- /audits:DATASET -->`. A folder with a `plot.toml` is a size study ([`crate::size_plot`]):
+//! its plot is written as `DATASET.svg` beside the document. `--check` fails when the document or
+//! a plot and the reports disagree, so no figure can drift from its report.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -253,6 +254,39 @@ fn replace_marked(
     Ok(format!("{}{open}{body}{}", &doc[..a], &doc[b..]))
 }
 
+/// The SVG of the size study in `dir` (see [`crate::size_plot`]): its `METHOD-nN-epsE` settings,
+/// and the `METHOD-epsE` settings of the folder its `plot.toml` names at the whole set's size.
+fn study_plot(dir: &Path, settings: &BTreeMap<String, Setting>, results: &Path) -> Result<String> {
+    use crate::size_plot::{parse_full_cell, parse_study_cell, svg, PlotConfig, Points};
+    let config = PlotConfig::read(&dir.join("plot.toml"))?;
+    let mut points = Points::new();
+    for (name, s) in settings {
+        if let Some((line, n)) = parse_study_cell(name) {
+            points
+                .entry(line)
+                .or_default()
+                .insert(n, s.accuracies.clone());
+        }
+    }
+    let full_dir = results.join(&config.full);
+    let (full, _) = read_dataset(&full_dir).with_context(|| {
+        format!(
+            "{}: full = \"{}\"",
+            dir.join("plot.toml").display(),
+            config.full
+        )
+    })?;
+    for (name, s) in &full {
+        if let Some(line) = parse_full_cell(name).filter(|l| points.contains_key(l)) {
+            points
+                .entry(line)
+                .or_default()
+                .insert(config.full_examples, s.accuracies.clone());
+        }
+    }
+    Ok(svg(&config.title, &points))
+}
+
 /// Runs `dpsynth results`.
 pub fn run(a: ResultsArgs) -> Result<()> {
     let doc = std::fs::read_to_string(&a.doc)
@@ -264,6 +298,7 @@ pub fn run(a: ResultsArgs) -> Result<()> {
         .collect();
     datasets.sort();
     let mut new = doc.clone();
+    let mut plots = Vec::new();
     for dir in &datasets {
         let name = dir
             .file_name()
@@ -275,6 +310,11 @@ pub fn run(a: ResultsArgs) -> Result<()> {
         if !audits.is_empty() {
             new = replace_marked(&new, "audits", &name, &audit_table(&audits), &a.doc)?;
         }
+        if dir.join("plot.toml").is_file() {
+            let svg = study_plot(dir, &settings, &a.dir)?;
+            let path = a.doc.with_file_name(format!("{name}.svg"));
+            plots.push((path, svg));
+        }
     }
     if a.check {
         ensure!(
@@ -284,17 +324,32 @@ pub fn run(a: ResultsArgs) -> Result<()> {
             a.doc.display(),
             a.dir.display()
         );
+        for (path, svg) in &plots {
+            ensure!(
+                std::fs::read_to_string(path).ok().as_deref() == Some(svg.as_str()),
+                "{}: missing or differs from the reports under {}: run `scripts/results` and \
+                 commit the result",
+                path.display(),
+                a.dir.display()
+            );
+        }
         println!(
             "{}: tables agree with the reports ({} dataset folders)",
             a.doc.display(),
             datasets.len()
         );
-    } else if new != doc {
-        dpsynth::fsutil::write_atomic(&a.doc, new.as_bytes())
-            .with_context(|| format!("writing {}", a.doc.display()))?;
-        println!("{}: tables rewritten from the reports", a.doc.display());
     } else {
-        println!("{}: tables already agree with the reports", a.doc.display());
+        for (path, svg) in &plots {
+            dpsynth::fsutil::write_atomic(path, svg.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        if new != doc {
+            dpsynth::fsutil::write_atomic(&a.doc, new.as_bytes())
+                .with_context(|| format!("writing {}", a.doc.display()))?;
+            println!("{}: tables rewritten from the reports", a.doc.display());
+        } else {
+            println!("{}: tables already agree with the reports", a.doc.display());
+        }
     }
     Ok(())
 }
@@ -364,6 +419,45 @@ mod tests {
             setting_name("base-alone-fonts-optdigits"),
             "base-alone-fonts-optdigits"
         );
+    }
+
+    /// A size study's plot takes its cells and the full set's, and `--check` catches a stale one.
+    #[test]
+    fn a_size_study_draws_its_plot() {
+        let tmp = tempfile::tempdir().unwrap();
+        let results = tmp.path().join("results");
+        cell(&results.join("mnist"), "loda-eps10-s1", 0.95);
+        cell(&results.join("mnist"), "full-eps10-s1", 0.90);
+        cell(&results.join("mnist-size"), "loda-n1000-eps10-s1", 0.80);
+        std::fs::write(
+            results.join("mnist-size/plot.toml"),
+            "full = \"mnist\"\nfull_examples = 60000\ntitle = \"T\"\n",
+        )
+        .unwrap();
+        let doc = tmp.path().join("docs/R.md");
+        std::fs::create_dir_all(doc.parent().unwrap()).unwrap();
+        std::fs::write(
+            &doc,
+            "<!-- results:mnist -->\n<!-- /results:mnist -->\n\
+             <!-- results:mnist-size -->\n<!-- /results:mnist-size -->\n",
+        )
+        .unwrap();
+        let args = |check| ResultsArgs {
+            dir: results.clone(),
+            doc: doc.clone(),
+            check,
+        };
+        let err = run(args(true)).unwrap_err().to_string();
+        assert!(err.contains("R.md"), "{err}");
+        run(args(false)).unwrap();
+        run(args(true)).unwrap();
+        let svg = std::fs::read_to_string(tmp.path().join("docs/mnist-size.svg")).unwrap();
+        // loda at 1,000 and at 60,000; full has no study cell, so no line
+        assert_eq!(svg.matches("<circle").count(), 2, "{svg}");
+        assert!(svg.contains(">60,000<") && !svg.contains("full ε"), "{svg}");
+        std::fs::write(tmp.path().join("docs/mnist-size.svg"), "stale").unwrap();
+        let err = run(args(true)).unwrap_err().to_string();
+        assert!(err.contains("mnist-size.svg"), "{err}");
     }
 
     /// An audit report makes a row of the audit table, not of the accuracy tables.

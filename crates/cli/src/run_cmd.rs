@@ -609,6 +609,9 @@ mod tests {
             let data = dataset.file_name().unwrap().to_string_lossy().into_owned();
             for cell in std::fs::read_dir(&dataset).unwrap() {
                 let cell = cell.unwrap().path();
+                if !cell.is_dir() {
+                    continue; // a study's files beside its cells (plot.toml)
+                }
                 let name = format!("{data}/{}", cell.file_name().unwrap().to_string_lossy());
                 let text = std::fs::read_to_string(cell.join("config.toml"))
                     .unwrap_or_else(|e| panic!("{name}: {e}"));

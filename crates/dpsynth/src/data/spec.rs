@@ -96,21 +96,17 @@ impl std::str::FromStr for DatasetSpec {
                 s,
                 format!("unknown split '{arg}': {name} has one split, 'all'"),
             )),
-            tiny_imagenet::PROXY_NAME if !arg.is_empty() => Ok(Self::TinyImageNetProxy(
-                TinySplit::Val,
-                PathBuf::from(arg),
-            )),
+            tiny_imagenet::PROXY_NAME if !arg.is_empty() => {
+                Ok(Self::TinyImageNetProxy(TinySplit::Val, PathBuf::from(arg)))
+            }
             tiny_imagenet::PROXY_TRAIN_NAME if !arg.is_empty() => Ok(Self::TinyImageNetProxy(
                 TinySplit::Train,
                 PathBuf::from(arg),
             )),
             "imagefolder" if !arg.is_empty() => Ok(Self::ImageFolder(PathBuf::from(arg))),
-            "imagefolder" | tiny_imagenet::PROXY_NAME | tiny_imagenet::PROXY_TRAIN_NAME => {
-                Err(DataError::spec(
-                s,
-                format!("{name} needs a path: {name}:PATH"),
-                ))
-            }
+            "imagefolder" | tiny_imagenet::PROXY_NAME | tiny_imagenet::PROXY_TRAIN_NAME => Err(
+                DataError::spec(s, format!("{name} needs a path: {name}:PATH")),
+            ),
             other => Err(DataError::spec(
                 s,
                 format!(
