@@ -7,14 +7,18 @@
 //! `<!-- /results:DATASET -->` of the document. Cells holding a `dpsynth audit` report instead
 //! (`"command": "audit"`) make a second table, between `<!-- audits:DATASET -->` and
 //! `<!-- /audits:DATASET -->`. A folder with a `plot.toml` is a size study ([`crate::size_plot`]):
-//! its plot is written as `DATASET.svg` beside the document. `--check` fails when the document or
-//! a plot and the reports disagree, so no figure can drift from its report.
+//! its plot is written as `DATASET.svg` beside the document, and every cell folder in it must be
+//! named `<method>-n<N>-eps<E>-s<K>`, so no cell is in its table but off its plot. `--check` fails
+//! when the document or a plot and the reports disagree, and on a `DATASET.svg` beside the document
+//! whose folder has no `plot.toml`, so no figure can drift from its report.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
+
+use crate::size_plot::{mean_sd, parse_full_cell, parse_study_cell, svg, PlotConfig, Points};
 
 #[derive(Args)]
 pub struct ResultsArgs {
@@ -84,8 +88,9 @@ fn audit_table(rows: &[String]) -> String {
     out
 }
 
-/// A dataset's settings (accuracy cells) and its audit rows.
-fn read_dataset(dir: &Path) -> Result<(BTreeMap<String, Setting>, Vec<String>)> {
+/// A dataset's settings (accuracy cells) and its audit rows. In a size study (`study`), every cell
+/// folder, run or not, must be named `<method>-n<N>-eps<E>-s<K>`.
+fn read_dataset(dir: &Path, study: bool) -> Result<(BTreeMap<String, Setting>, Vec<String>)> {
     let mut settings: BTreeMap<String, Setting> = BTreeMap::new();
     let mut audits = Vec::new();
     let mut cells: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -95,6 +100,17 @@ fn read_dataset(dir: &Path) -> Result<(BTreeMap<String, Setting>, Vec<String>)> 
         .collect();
     cells.sort();
     for cell in cells {
+        let name = cell
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        ensure!(
+            !study || parse_study_cell(setting_name(&name)).is_some(),
+            "{}: the cell folder {name:?} is not named <method>-n<N>-eps<E>-s<K> (N more than 0, \
+             whole numbers), as every cell of a size study (a folder with plot.toml) must be",
+            cell.display()
+        );
         let path = cell.join("report.json");
         if !path.is_file() {
             continue; // a cell whose run has not been made yet
@@ -103,11 +119,6 @@ fn read_dataset(dir: &Path) -> Result<(BTreeMap<String, Setting>, Vec<String>)> 
             &std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?,
         )
         .with_context(|| format!("{}: not JSON", path.display()))?;
-        let name = cell
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
         if report["command"] == "audit" {
             audits.push(audit_row(&name, &report, &path)?);
             continue;
@@ -144,11 +155,9 @@ fn read_dataset(dir: &Path) -> Result<(BTreeMap<String, Setting>, Vec<String>)> 
 
 /// `mean ± sd` of a setting's accuracies, in percent (no spread for a single run).
 fn summary(s: &Setting) -> String {
-    let n = s.accuracies.len() as f64;
-    let mean = s.accuracies.iter().sum::<f64>() / n;
+    let (mean, sd) = mean_sd(&s.accuracies);
     let spread = if s.accuracies.len() > 1 {
-        let var = s.accuracies.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0);
-        format!(" ± {:.2}", 100.0 * var.sqrt())
+        format!(" ± {:.2}", 100.0 * sd)
     } else {
         String::new()
     };
@@ -158,19 +167,16 @@ fn summary(s: &Setting) -> String {
 /// The headline table: settings named `METHOD-epsE` (and their repeats) as one row per method
 /// and one column per ε, each cell `mean ± sd (runs)`; `None` when no setting is so named.
 fn headline(settings: &BTreeMap<String, Setting>) -> Option<String> {
-    let mut cells: BTreeMap<&str, BTreeMap<u64, String>> = BTreeMap::new();
+    let mut cells: BTreeMap<String, BTreeMap<u64, String>> = BTreeMap::new();
     let mut epsilons: Vec<u64> = Vec::new();
     for (name, s) in settings {
-        let Some((method, eps)) = name.rsplit_once("-eps") else {
+        let Some(line) = parse_full_cell(name) else {
             continue;
         };
-        let Ok(eps) = eps.parse::<u64>() else {
-            continue;
-        };
-        epsilons.push(eps);
+        epsilons.push(line.epsilon);
         let runs = s.accuracies.len();
-        cells.entry(method).or_default().insert(
-            eps,
+        cells.entry(line.method).or_default().insert(
+            line.epsilon,
             format!(
                 "{} ({runs} run{})",
                 summary(s),
@@ -254,29 +260,35 @@ fn replace_marked(
     Ok(format!("{}{open}{body}{}", &doc[..a], &doc[b..]))
 }
 
-/// The SVG of the size study in `dir` (see [`crate::size_plot`]): its `METHOD-nN-epsE` settings,
-/// and the `METHOD-epsE` settings of the folder its `plot.toml` names at the whole set's size.
-fn study_plot(dir: &Path, settings: &BTreeMap<String, Setting>, results: &Path) -> Result<String> {
-    use crate::size_plot::{parse_full_cell, parse_study_cell, svg, PlotConfig, Points};
-    let config = PlotConfig::read(&dir.join("plot.toml"))?;
+/// The SVG of a size study (see [`crate::size_plot`]) whose `plot.toml` (at `plot_toml`) says
+/// `config`: the study's `METHOD-nN-epsE` settings, and the `METHOD-epsE` settings of the folder
+/// `config.full` (`full`, as the caller read it) at the whole set's size.
+fn study_plot(
+    plot_toml: &Path,
+    config: &PlotConfig,
+    settings: &BTreeMap<String, Setting>,
+    full: &BTreeMap<String, Setting>,
+) -> Result<String> {
     let mut points = Points::new();
     for (name, s) in settings {
-        if let Some((line, n)) = parse_study_cell(name) {
-            points
-                .entry(line)
-                .or_default()
-                .insert(n, s.accuracies.clone());
-        }
+        let (line, n) = parse_study_cell(name).with_context(|| {
+            format!(
+                "{}: the study's setting {name:?} is not <method>-n<N>-eps<E>",
+                plot_toml.display()
+            )
+        })?;
+        ensure!(
+            n != config.full_examples,
+            "{}: full_examples = {n} is also the N of the study's setting {name}: the whole-set \
+             point would hide it",
+            plot_toml.display()
+        );
+        points
+            .entry(line)
+            .or_default()
+            .insert(n, s.accuracies.clone());
     }
-    let full_dir = results.join(&config.full);
-    let (full, _) = read_dataset(&full_dir).with_context(|| {
-        format!(
-            "{}: full = \"{}\"",
-            dir.join("plot.toml").display(),
-            config.full
-        )
-    })?;
-    for (name, s) in &full {
+    for (name, s) in full {
         if let Some(line) = parse_full_cell(name).filter(|l| points.contains_key(l)) {
             points
                 .entry(line)
@@ -298,23 +310,48 @@ pub fn run(a: ResultsArgs) -> Result<()> {
         .collect();
     datasets.sort();
     let mut new = doc.clone();
-    let mut plots = Vec::new();
+    // every dataset's settings, so a study's plot finds its whole-set cells without a second read
+    let mut read: BTreeMap<String, BTreeMap<String, Setting>> = BTreeMap::new();
+    let mut studies = Vec::new();
+    // a plot beside the document named after a folder that is no size study is left over
+    let mut strays = Vec::new();
     for dir in &datasets {
         let name = dir
             .file_name()
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        let (settings, audits) = read_dataset(dir)?;
+        let plot_toml = dir.join("plot.toml");
+        let study = plot_toml.is_file();
+        let (settings, audits) = read_dataset(dir, study)?;
         new = replace_marked(&new, "results", &name, &table(&settings), &a.doc)?;
         if !audits.is_empty() {
             new = replace_marked(&new, "audits", &name, &audit_table(&audits), &a.doc)?;
         }
-        if dir.join("plot.toml").is_file() {
-            let svg = study_plot(dir, &settings, &a.dir)?;
-            let path = a.doc.with_file_name(format!("{name}.svg"));
-            plots.push((path, svg));
+        let svg_path = a.doc.with_file_name(format!("{name}.svg"));
+        if study {
+            studies.push((
+                name.clone(),
+                plot_toml.clone(),
+                PlotConfig::read(&plot_toml)?,
+            ));
+        } else if svg_path.exists() {
+            strays.push(svg_path);
         }
+        read.insert(name, settings);
+    }
+    let mut plots = Vec::new();
+    for (name, plot_toml, config) in &studies {
+        let Some(full) = read.get(&config.full) else {
+            bail!(
+                "{}: full = {:?}: no such folder in {} (the folder of the whole-set cells)",
+                plot_toml.display(),
+                config.full,
+                a.dir.display()
+            );
+        };
+        let svg = study_plot(plot_toml, config, &read[name], full)?;
+        plots.push((a.doc.with_file_name(format!("{name}.svg")), svg));
     }
     if a.check {
         ensure!(
@@ -333,12 +370,28 @@ pub fn run(a: ResultsArgs) -> Result<()> {
                 a.dir.display()
             );
         }
+        if let Some(path) = strays.first() {
+            bail!(
+                "{}: a plot of {}, which has no plot.toml (is no size study): delete the plot or \
+                 restore the plot.toml",
+                path.display(),
+                a.dir.join(path.file_stem().unwrap_or_default()).display()
+            );
+        }
         println!(
             "{}: tables agree with the reports ({} dataset folders)",
             a.doc.display(),
             datasets.len()
         );
     } else {
+        for path in &strays {
+            eprintln!(
+                "warning: {}: a plot of {}, which has no plot.toml: `--check` fails until it is \
+                 deleted",
+                path.display(),
+                a.dir.join(path.file_stem().unwrap_or_default()).display()
+            );
+        }
         for (path, svg) in &plots {
             dpsynth::fsutil::write_atomic(path, svg.as_bytes())
                 .with_context(|| format!("writing {}", path.display()))?;
@@ -458,6 +511,81 @@ mod tests {
         std::fs::write(tmp.path().join("docs/mnist-size.svg"), "stale").unwrap();
         let err = run(args(true)).unwrap_err().to_string();
         assert!(err.contains("mnist-size.svg"), "{err}");
+    }
+
+    /// A study whose input cannot make a sound plot fails, naming the file and what is wrong.
+    #[test]
+    fn a_bad_size_study_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let results = tmp.path().join("results");
+        cell(&results.join("mnist"), "loda-eps10-s1", 0.95);
+        cell(&results.join("mnist-size"), "loda-n1000-eps10-s1", 0.80);
+        let plot_toml = results.join("mnist-size/plot.toml");
+        let plot = |full: &str, n: u64| {
+            std::fs::write(
+                &plot_toml,
+                format!("full = \"{full}\"\nfull_examples = {n}\ntitle = \"T\"\n"),
+            )
+            .unwrap()
+        };
+        let doc = tmp.path().join("docs/R.md");
+        std::fs::create_dir_all(doc.parent().unwrap()).unwrap();
+        std::fs::write(
+            &doc,
+            "<!-- results:mnist -->\n<!-- /results:mnist -->\n\
+             <!-- results:mnist-size -->\n<!-- /results:mnist-size -->\n",
+        )
+        .unwrap();
+        let run = |check| {
+            run(ResultsArgs {
+                dir: results.clone(),
+                doc: doc.clone(),
+                check,
+            })
+            .map_err(|e| format!("{e:#}"))
+        };
+        plot("mnist", 60000);
+        run(false).unwrap();
+        run(true).unwrap();
+        // the whole set's size is a study N: its point would overwrite the study's
+        plot("mnist", 1000);
+        let err = run(true).unwrap_err();
+        assert!(
+            err.contains("plot.toml") && err.contains("full_examples = 1000"),
+            "{err}"
+        );
+        // the whole-set folder is missing, or a path out of the results folder
+        plot("cifar10", 60000);
+        let err = run(true).unwrap_err();
+        assert!(
+            err.contains("plot.toml") && err.contains("full = \"cifar10\""),
+            "{err}"
+        );
+        plot("../mnist", 60000);
+        let err = run(true).unwrap_err();
+        assert!(
+            err.contains("plot.toml") && err.contains("full = \"../mnist\""),
+            "{err}"
+        );
+        // a cell folder (run or not) that would be in the table but off the plot
+        plot("mnist", 60000);
+        for bad in ["loda-n1000-eps0.5-s1", "loda-n0-eps10-s1", "loda-eps10-s1"] {
+            std::fs::create_dir_all(results.join("mnist-size").join(bad)).unwrap();
+            let err = run(true).unwrap_err();
+            assert!(
+                err.contains(bad) && err.contains("<method>-n<N>-eps<E>-s<K>"),
+                "{err}"
+            );
+            std::fs::remove_dir(results.join("mnist-size").join(bad)).unwrap();
+        }
+        run(true).unwrap();
+        // a plot named after a folder without plot.toml is left over
+        std::fs::write(tmp.path().join("docs/mnist.svg"), "<svg/>").unwrap();
+        let err = run(true).unwrap_err();
+        assert!(
+            err.contains("mnist.svg") && err.contains("no plot.toml"),
+            "{err}"
+        );
     }
 
     /// An audit report makes a row of the audit table, not of the accuracy tables.

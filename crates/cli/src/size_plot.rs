@@ -11,8 +11,8 @@
 //! title = "MNIST: downstream accuracy against private set size"
 //! ```
 //!
-//! The plot has one line per method and ε (colour by method, solid for the largest ε and dashed
-//! for the others), a point at each N with the mean over repeats and a bar of ± one standard
+//! The plot has one line per method and ε (colour by method, solid for the method's largest ε and
+//! dashed for the others), a point at each N with the mean over repeats and a bar of ± one standard
 //! deviation, and a logarithmic N axis. The SVG text is a function of the reports only, so
 //! `dpsynth results --check` can tell when a committed plot is stale.
 
@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use serde::Deserialize;
 
 /// `plot.toml` of a size study.
@@ -36,11 +36,30 @@ pub struct PlotConfig {
 }
 
 impl PlotConfig {
-    /// Reads `plot.toml`, naming the file in every error.
+    /// Reads `plot.toml`, naming the file in every error: `full` must be a plain folder name (a
+    /// sibling of the study's, never a path out of the results folder) and `full_examples` more
+    /// than 0 (the N axis is logarithmic).
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("{}: cannot read", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("{}: not a size-study plot", path.display()))
+        let config: Self = toml::from_str(&text)
+            .with_context(|| format!("{}: not a size-study plot", path.display()))?;
+        ensure!(
+            config.full_examples > 0,
+            "{}: full_examples = 0: it must be the size of the whole private set, more than 0",
+            path.display()
+        );
+        ensure!(
+            !config.full.is_empty()
+                && !config.full.contains(['/', '\\'])
+                && config.full != "."
+                && config.full != "..",
+            "{}: full = {:?}: it must be the name of a folder beside the study's (under the \
+             results folder), not a path",
+            path.display(),
+            config.full
+        );
+        Ok(config)
     }
 }
 
@@ -56,16 +75,18 @@ pub struct Line {
 /// Accuracies (fractions) of the repeats of one point.
 pub type Points = BTreeMap<Line, BTreeMap<u64, Vec<f64>>>;
 
-/// Splits `METHOD-nN-epsE` into its line and N; `None` for other names.
+/// Splits `METHOD-nN-epsE` into its line and N; `None` for other names, and for N = 0 (no
+/// point on a logarithmic axis).
 pub fn parse_study_cell(setting: &str) -> Option<(Line, u64)> {
     let (rest, eps) = setting.rsplit_once("-eps")?;
     let (method, n) = rest.rsplit_once("-n")?;
+    let n: u64 = n.parse().ok().filter(|&n| n > 0)?;
     Some((
         Line {
             method: method.to_string(),
             epsilon: eps.parse().ok()?,
         },
-        n.parse().ok()?,
+        n,
     ))
 }
 
@@ -79,7 +100,7 @@ pub fn parse_full_cell(setting: &str) -> Option<Line> {
 }
 
 /// Mean and sample standard deviation (0 for one value).
-fn mean_sd(v: &[f64]) -> (f64, f64) {
+pub(crate) fn mean_sd(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
     let mean = v.iter().sum::<f64>() / n;
     let sd = if v.len() > 1 {
@@ -186,11 +207,16 @@ pub fn svg(title: &str, points: &Points) -> String {
         m.dedup();
         m
     };
-    let top_eps = points.keys().map(|l| l.epsilon).max().unwrap_or(0);
+    // each method's solid line is its own largest ε, so a method run only at smaller ε has one
+    let mut top_eps: BTreeMap<&str, u64> = BTreeMap::new();
+    for l in points.keys() {
+        let e = top_eps.entry(l.method.as_str()).or_insert(l.epsilon);
+        *e = (*e).max(l.epsilon);
+    }
     for (i, (line, by_n)) in points.iter().enumerate() {
         let colour =
             COLOURS[methods.iter().position(|m| *m == line.method).unwrap_or(0) % COLOURS.len()];
-        let dash = if line.epsilon == top_eps {
+        let dash = if top_eps.get(line.method.as_str()) == Some(&line.epsilon) {
             ""
         } else {
             " stroke-dasharray=\"6 4\""
@@ -213,13 +239,15 @@ pub fn svg(title: &str, points: &Points) -> String {
                 y(m)
             );
             if s > 0.0 {
+                // a bar reaching past 100% (or below 0%) stops at the plot's edge
+                let bar = |acc: f64| y(acc).clamp(TOP, TOP + plot_h);
                 let _ = writeln!(
                     out,
                     "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{1:.1}\" y2=\"{2:.1}\" \
                      stroke=\"{colour}\"/>",
                     x(n),
-                    y(m + s),
-                    y(m - s)
+                    bar(m + s),
+                    bar(m - s)
                 );
             }
         }
@@ -280,6 +308,12 @@ mod tests {
         );
         assert_eq!(parse_study_cell("loda-eps10"), None);
         assert_eq!(parse_study_cell("loda-nabc-eps10"), None);
+        assert_eq!(
+            parse_study_cell("loda-n0-eps10"),
+            None,
+            "no point at log10(0)"
+        );
+        assert_eq!(parse_study_cell("loda-n1000-eps0.5"), None);
         assert_eq!(parse_full_cell("full-eps1"), Some(line("full", 1)));
         assert_eq!(parse_full_cell("base-alone"), None);
     }
@@ -300,6 +334,7 @@ mod tests {
         assert!(s.contains("t &amp; &lt;u&gt;"), "{s}");
         assert!(s.contains(">60,000<") && s.contains(">1,000<"), "{s}");
         // one error bar (two repeats at 1,000), two points, one legend entry
+        assert_eq!(error_bars(&s).len(), 1, "{s}");
         assert_eq!(s.matches("<circle").count(), 2, "{s}");
         assert_eq!(s.matches("<polyline").count(), 1, "{s}");
         // the higher mean is drawn higher (smaller y)
@@ -312,5 +347,87 @@ mod tests {
             .collect();
         assert!(ys[1] < ys[0], "{ys:?}");
         assert!(svg("empty", &Points::new()).contains("no cell of this study"));
+    }
+
+    /// The value of attribute `name` in the element text `e`.
+    fn attr(e: &str, name: &str) -> f64 {
+        let v = &e[e.find(&format!(" {name}=\"")).unwrap() + name.len() + 3..];
+        v[..v.find('"').unwrap()].parse().unwrap()
+    }
+
+    /// The error bars of `s` as (y1, y2): its vertical lines (grid and legend lines are
+    /// horizontal).
+    fn error_bars(s: &str) -> Vec<(f64, f64)> {
+        s.split("<line")
+            .skip(1)
+            .map(|e| &e[..e.find("/>").unwrap()])
+            .filter(|e| attr(e, "x1") == attr(e, "x2"))
+            .map(|e| (attr(e, "y1"), attr(e, "y2")))
+            .collect()
+    }
+
+    #[test]
+    fn bars_stay_inside_and_each_method_has_a_solid_line() {
+        let mut points = Points::new();
+        let line = |m: &str, e| Line {
+            method: m.to_string(),
+            epsilon: e,
+        };
+        // mean 95%, sd 7.1 points: mean + sd is past 100%
+        points
+            .entry(line("loda", 10))
+            .or_default()
+            .insert(1000, vec![0.90, 1.0]);
+        points
+            .entry(line("loda", 1))
+            .or_default()
+            .insert(1000, vec![0.80]);
+        // classifier only at ε = 1: its own largest ε, so solid
+        points
+            .entry(line("classifier", 1))
+            .or_default()
+            .insert(1000, vec![0.70]);
+        let s = svg("t", &points);
+        let bars = error_bars(&s);
+        assert_eq!(bars.len(), 1, "{s}");
+        let (top, bottom) = (TOP, HEIGHT - BOTTOM);
+        for (y1, y2) in bars {
+            assert!(
+                (top..=bottom).contains(&y1) && (top..=bottom).contains(&y2),
+                "{s}"
+            );
+        }
+        let dashed: Vec<bool> = s
+            .split("<polyline")
+            .skip(1)
+            .map(|e| e[..e.find("/>").unwrap()].contains("stroke-dasharray"))
+            .collect();
+        // lines in order: classifier ε = 1, loda ε = 1, loda ε = 10
+        assert_eq!(dashed, [false, true, false], "{s}");
+    }
+
+    #[test]
+    fn a_bad_plot_toml_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("plot.toml");
+        let read = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            PlotConfig::read(&path)
+                .map(|_| ())
+                .map_err(|e| format!("{e:#}"))
+        };
+        read("full = \"mnist\"\nfull_examples = 60000\ntitle = \"T\"\n").unwrap();
+        let err = read("full = \"mnist\"\nfull_examples = 0\ntitle = \"T\"\n").unwrap_err();
+        assert!(
+            err.contains("plot.toml") && err.contains("full_examples"),
+            "{err}"
+        );
+        for full in ["../x", "a/b", "..", ""] {
+            let err = read(&format!(
+                "full = \"{full}\"\nfull_examples = 60000\ntitle = \"T\"\n"
+            ))
+            .unwrap_err();
+            assert!(err.contains("plot.toml") && err.contains("full ="), "{err}");
+        }
     }
 }
