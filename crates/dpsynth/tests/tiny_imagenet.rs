@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use dpsynth::data::tiny_imagenet::ProxySplit;
 use dpsynth::data::{self, acquire, tiny_imagenet};
 
 fn jpg(path: &Path, rgb: [u8; 3]) {
@@ -173,6 +174,17 @@ fn the_proxy_relabels_val_images_by_a_class_map() {
     assert_eq!(train.class_names, proxy.class_names);
     // tiny_tree writes 3 train images per class (2 val)
     assert_eq!(train.class_counts(), [3, 3, 0]);
+    // a proxy names a labelled split only (`ProxySplit` has no unlabelled variant), and each
+    // spec names its split exactly
+    for (split, name, folder) in [
+        (ProxySplit::Val, tiny_imagenet::PROXY_NAME, "val"),
+        (ProxySplit::Train, tiny_imagenet::PROXY_TRAIN_NAME, "train"),
+    ] {
+        assert_eq!(split.split().as_str(), folder);
+        let spec = data::DatasetSpec::TinyImageNetProxy(split, map.clone());
+        assert_eq!(tiny_imagenet::proxy_name(split), name);
+        assert_eq!(spec.to_string().parse::<data::DatasetSpec>().unwrap(), spec);
+    }
 
     std::fs::write(&map, "cat = [\"lion\"]\n").unwrap();
     let msg = data::load(&spec, &data_dir).unwrap_err().to_string();

@@ -8,7 +8,7 @@ use super::acquire::{dead_leaves, font_digits, generated, photo_crops};
 use super::catalog;
 use super::dataset::Dataset;
 use super::error::{DataError, Result};
-use super::tiny_imagenet::{self, TinySplit};
+use super::tiny_imagenet::{self, ProxySplit, TinySplit};
 use super::{cifar, idx, imagefolder, optdigits, quickdraw};
 
 /// Train or test split of a named dataset.
@@ -49,7 +49,7 @@ pub enum DatasetSpec {
     /// Tiny ImageNet images of the classes a class map file relates to private classes,
     /// relabelled by it: `val` images stand in for a private test set, `train` images for a
     /// private training set ([`tiny_imagenet::load_proxy`]).
-    TinyImageNetProxy(TinySplit, PathBuf),
+    TinyImageNetProxy(ProxySplit, PathBuf),
     /// Any ImageFolder tree.
     ImageFolder(PathBuf),
 }
@@ -97,10 +97,10 @@ impl std::str::FromStr for DatasetSpec {
                 format!("unknown split '{arg}': {name} has one split, 'all'"),
             )),
             tiny_imagenet::PROXY_NAME if !arg.is_empty() => {
-                Ok(Self::TinyImageNetProxy(TinySplit::Val, PathBuf::from(arg)))
+                Ok(Self::TinyImageNetProxy(ProxySplit::Val, PathBuf::from(arg)))
             }
             tiny_imagenet::PROXY_TRAIN_NAME if !arg.is_empty() => Ok(Self::TinyImageNetProxy(
-                TinySplit::Train,
+                ProxySplit::Train,
                 PathBuf::from(arg),
             )),
             "imagefolder" if !arg.is_empty() => Ok(Self::ImageFolder(PathBuf::from(arg))),

@@ -24,12 +24,12 @@ pub const PROXY_NAME: &str = "tiny-imagenet-proxy";
 /// The spec name of a proxy training set (`tiny-imagenet-proxy-train:MAP`, see [`load_proxy`]).
 pub const PROXY_TRAIN_NAME: &str = "tiny-imagenet-proxy-train";
 
-/// The spec name of the proxy drawn from `split` (`val`: [`PROXY_NAME`], else
+/// The spec name of the proxy drawn from `split` (`val`: [`PROXY_NAME`], `train`:
 /// [`PROXY_TRAIN_NAME`]).
-pub fn proxy_name(split: TinySplit) -> &'static str {
+pub fn proxy_name(split: ProxySplit) -> &'static str {
     match split {
-        TinySplit::Val => PROXY_NAME,
-        _ => PROXY_TRAIN_NAME,
+        ProxySplit::Val => PROXY_NAME,
+        ProxySplit::Train => PROXY_TRAIN_NAME,
     }
 }
 
@@ -71,6 +71,26 @@ impl TinySplit {
             "val" => Some(Self::Val),
             "unlabeled" => Some(Self::Unlabeled),
             _ => None,
+        }
+    }
+}
+
+/// The labelled splits, from which a proxy ([`load_proxy`]) draws its images; the unlabelled
+/// split has no classes to relate to private ones, so a proxy cannot name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxySplit {
+    /// Training images: a stand-in for a private training set ([`PROXY_TRAIN_NAME`]).
+    Train,
+    /// Validation images: a stand-in for a private test set ([`PROXY_NAME`]).
+    Val,
+}
+
+impl ProxySplit {
+    /// The Tiny ImageNet split the proxy reads.
+    pub fn split(self) -> TinySplit {
+        match self {
+            Self::Train => TinySplit::Train,
+            Self::Val => TinySplit::Val,
         }
     }
 }
@@ -180,7 +200,21 @@ pub fn load(data_dir: &Path, split: TinySplit) -> Result<Dataset> {
 /// private image. A base pretrained on Tiny ImageNet has seen the `train` images (under their
 /// own labels), so a proxy fine-tuning run on them flatters the base: it ranks settings, it
 /// does not predict private accuracy.
-pub fn load_proxy(data_dir: &Path, map_path: &Path, split: TinySplit) -> Result<Dataset> {
+///
+/// The unlabelled split is refused by its type:
+///
+/// ```no_run
+/// # use dpsynth::data::tiny_imagenet::{load_proxy, ProxySplit};
+/// # let (data, map) = (std::path::Path::new("data"), std::path::Path::new("map.toml"));
+/// let _ = load_proxy(data, map, ProxySplit::Val);
+/// ```
+///
+/// ```compile_fail,E0308
+/// # use dpsynth::data::tiny_imagenet::{load_proxy, TinySplit};
+/// # let (data, map) = (std::path::Path::new("data"), std::path::Path::new("map.toml"));
+/// let _ = load_proxy(data, map, TinySplit::Unlabeled);
+/// ```
+pub fn load_proxy(data_dir: &Path, map_path: &Path, split: ProxySplit) -> Result<Dataset> {
     let map = class_map::load(map_path)?;
     let classes = classes(data_dir)?;
     let mut label_of = std::collections::HashMap::new();
@@ -204,7 +238,7 @@ pub fn load_proxy(data_dir: &Path, map_path: &Path, split: TinySplit) -> Result<
             }
         }
     }
-    let root = dataset_dir(data_dir)?.join(split.as_str());
+    let root = dataset_dir(data_dir)?.join(split.split().as_str());
     let files: Vec<(u8, PathBuf)> = imagefolder::class_folders(&root)?
         .into_iter()
         .filter_map(|(wnid, files)| label_of.get(&wnid).map(|&l| (l, files)))
