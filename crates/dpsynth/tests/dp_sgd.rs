@@ -388,6 +388,7 @@ fn per_row_weights_only_where_they_pay() {
     let (_, entries) = tape::record_forward(|| conv3.forward_per_row(&img));
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].kind, LayerKind::Conv2d(ConvConfig::same(3)));
+    // exact: outside recording `forward_per_row` returns `forward` itself, the same code path
     assert!(conv.forward_per_row(&img).equal(&conv.forward(&img)));
     let _ = conv.weight.shallow_clone().set_requires_grad(false);
     let (_, entries) = tape::record_forward(|| conv.forward_per_row(&img));

@@ -58,8 +58,8 @@ fn per_row_pays(weight: &Tensor, kept: i64) -> bool {
 /// plain layer, up to rounding, but its backward pass delivers each row's gradient of the
 /// parameter at this view. The tape then keeps these small gradients instead of the layer's
 /// input and output, which autograd frees as soon as the backward pass is done with them (a
-/// plain entry keeps them to the end of the step, with the gradient at the output), and the
-/// rule after the backward pass only sums each example's rows.
+/// plain entry keeps them through the backward pass until its rule has run, with the gradient
+/// at the output), and the rule after the backward pass only sums each example's rows.
 fn rows_of(param: &Tensor, rows: i64) -> Tensor {
     let mut shape = param.size();
     shape.insert(0, rows);
@@ -120,8 +120,11 @@ impl Linear {
     }
 
     /// [`Linear::forward`] with per-row weights ([`LayerKind::PerRowWeight`]) while recording,
-    /// where they pay (more positions per row than the layer has inputs, roughly); otherwise,
-    /// and always outside recording, exactly [`Linear::forward`]. `x` is `[rows, ..., in]`.
+    /// where they pay: when one row's weight gradient (`in·out`) is smaller than the input and
+    /// output a plain entry keeps per row (`T·(in + out)` for `T` positions per row), i.e.
+    /// `T > in·out / (in + out)`, which lies between half of `min(in, out)` and `min(in, out)`;
+    /// otherwise, and always outside recording, exactly [`Linear::forward`]. `x` is
+    /// `[rows, ..., in]`.
     pub fn forward_per_row(&self, x: &Tensor) -> Tensor {
         let (d, o) = self.dims();
         let shape = x.size();

@@ -5,9 +5,11 @@
 //! shallow handles (shared storage, no copy) to the layer's parameters, its input (detached) and its
 //! output (still in the autograd graph), which is all the per-sample gradient rules need.
 //! Inputs are tensors autograd keeps alive for the backward pass anyway, but only until the pass
-//! is done with them, and outputs it may free at once: the tape keeps both to the end of the
-//! step. Layers whose input and output are large next to their weight (the adapters' `B`, 1 × 1
-//! and linear `A`, `D1`, `D2`) therefore record the weight expanded per row instead
+//! is done with them, and outputs it may free at once: the tape keeps both through the whole
+//! backward pass, and the engine drops each entry only once its rule has run after it (a rule in
+//! matmul form keeps the input, with the output gradient, until the clipped sum). Layers whose
+//! input and output are large next to their weight (the adapters' `B`, 1 × 1 and linear `A`,
+//! `D1`, `D2`) therefore record the weight expanded per row instead
 //! ([`record_per_row`], [`LayerKind::PerRowWeight`]): the backward pass delivers their per-row
 //! weight gradients and frees the rest as it goes.
 

@@ -6,8 +6,8 @@
 //! `Σ_b c_b g_b`. Between the two the rule keeps whatever makes (b) cheapest ("book-keeping"):
 //! either the materialised per-example gradients (then (b) is one `c^T G` product) or the input
 //! and output-gradient themselves (then (b) is one matmul with the output gradient scaled by `c_b`).
-//! A [`LayerKind::PerRowWeight`] entry needs no rule of its own: the backward pass has already
-//! formed each row's gradient (module `per_row`).
+//! A [`LayerKind::PerRowWeight`] entry has a rule (module `per_row`) that only sums each
+//! example's rows: the backward pass has already formed each row's gradient.
 //!
 //! **Noise multiplicity.** A batch has `B·K` rows ordered example-major; rows `bK .. bK+K-1` are the
 //! K internal draws of example `b`. The engine backpropagates `Σ rows / K`, so an example's gradient

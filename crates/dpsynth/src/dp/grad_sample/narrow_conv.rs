@@ -203,7 +203,8 @@ mod tests {
     use tch::Device;
 
     /// The canvas rule equals per-example autograd on strided, dilated, padded convs with K = 2
-    /// rows per example and a bias.
+    /// rows per example and a bias, including a 1×1 input whose outer tap rows and columns lie
+    /// wholly in the padding (`inside` returns `None` for them).
     #[test]
     fn matches_brute_force() {
         tch::manual_seed(7);
@@ -218,6 +219,7 @@ mod tests {
             (ConvConfig::same(3), 9),
             (strided, 11),
             (ConvConfig::same(1), 5),
+            (ConvConfig::same(3), 1),
         ] {
             let (b, k, c, o, kh) = (3, 2, 6, 2, cfg.kernel);
             let x = Tensor::randn([b * k, c, h, h], opts);
@@ -287,7 +289,8 @@ mod tests {
             1,
             Strategy::Auto
         ));
-        // a U-Net 3×3 conv 128 -> 64 at 7×7: the padded pixels cost more than patches save
+        // a U-Net 3×3 conv 128 -> 64 at 7×7: the estimate counts the padded 9×9 pixels (the rule's
+        // canvas is 7×7), and by it the canvas costs more than the patches it saves
         assert!(!preferred(
             &[64, 128, 7, 7],
             &[64, 128, 3, 3],
