@@ -31,20 +31,102 @@ RECIPE = {
 }
 
 
+# What an omitted [finetune] key means to dpsynth in mode "loda": the library defaults of
+# FinetuneConfig::new (crates/dpsynth/src/train/finetune.rs: rank 4 of AdapterConfig::new, 1
+# epoch, batch 1000, physical batch 250, noise multiplicity 1) and Mode::Loda's default_lr and
+# default_clip.
+LODA_DEFAULTS = {
+    "rank": 4,
+    "epochs": 1.0,
+    "batch": 1000,
+    "physical_batch": 250,
+    "lr": 3e-2,
+    "clip": 0.003,
+    "noise_multiplicity": 1,
+}
+
+# The keys of each table the peer reproduces (or that change nothing it measures: private_log
+# only shows the loss in dpsynth's progress lines), and keys it accepts only at a value that
+# changes nothing (dpsynth's default). Any other key is refused, such as [finetune] class_lr,
+# class_init, allow_large_delta = true, [sample] eta and [evaluate] inception, fid_images.
+REPRODUCED = {
+    None: {"out", "private", "finetune", "sample", "evaluate"},
+    "private": {"train", "test"},
+    "finetune": {"base", "mode", "epsilon", "delta", "private_log", *LODA_DEFAULTS},
+    "sample": {"per_class", "steps", "guidance", "seed", "sampler"},
+    "evaluate": {"epochs", "val_fraction", "arch"},
+}
+NEUTRAL = {("finetune", "allow_large_delta"): False, ("sample", "eta"): 0.0}
+REQUIRED = {
+    "finetune": ("base", "mode", "epsilon", "delta"),
+    "sample": ("per_class", "steps", "guidance", "seed"),
+    "evaluate": ("epochs", "val_fraction"),
+}
+
+
+def _toml(v):
+    """`v` as TOML writes it (true, "text", 0.5)."""
+    return str(v).lower() if isinstance(v, bool) else f'"{v}"' if isinstance(v, str) else repr(v)
+
+
+def _refuse(ok, config, msg):
+    if not ok:
+        raise ValueError(f"{config}: {msg}")
+
+
 def run_settings(scale=1.0, config=RUN_DEFAULT):
     """The settings of the default run (`config`, dpsynth's `configs/run-default.toml`), flat,
     with the private set and the images per class shrunk by `scale` for a quick check: the
     private set becomes round(60 scale) whole expected batches (at least one), so that every
     step is the full run's size and q = batch / N is also Opacus's 1 / len(loader); the images
-    per class become round(per_class scale). Refuses a config the peer does not reproduce."""
+    per class become round(per_class scale). A [finetune] key left out takes dpsynth's default
+    (LODA_DEFAULTS). Refuses (ValueError) a config the peer does not reproduce."""
     with open(config, "rb") as f:
         c = tomllib.load(f)
-    ft, sa, ev = c["finetune"], c["sample"], c["evaluate"]
-    assert c["private"] == {"train": "mnist:train", "test": "mnist:test"}, c["private"]
-    assert ft["mode"] == "loda" and ft.get("noise_multiplicity", 1) == 1, ft
-    assert sa.get("sampler", "ddpm") == "ddpm" and sa["guidance"] == 1.0, sa
-    assert ev.get("arch", "auto") in ("auto", "cnn") and "inception" not in ev, ev
-    assert float(ft["epochs"]).is_integer(), "Opacus takes whole epochs"
+    for table, keys in REPRODUCED.items():
+        t = c if table is None else c.get(table, {})
+        where = f"[{table}] " if table else ""
+        for key, value in t.items():
+            if key in keys:
+                continue
+            neutral = NEUTRAL.get((table, key))
+            _refuse(
+                neutral is not None and value == neutral,
+                config,
+                f"{where}{key} = {_toml(value)}: the peer does not reproduce it"
+                + (f" (only {_toml(neutral)}, dpsynth's default)" if neutral is not None else ""),
+            )
+        for key in REQUIRED.get(table, ()):
+            _refuse(key in t, config, f"{where}{key} is missing (dpsynth requires it)")
+    ft = {**LODA_DEFAULTS, **c["finetune"]}
+    sa, ev = c["sample"], c["evaluate"]
+    _refuse(
+        c.get("private") == {"train": "mnist:train", "test": "mnist:test"},
+        config,
+        f"[private] is {c.get('private')}, not MNIST's train and test sets",
+    )
+    _refuse(ft["mode"] == "loda", config, f"[finetune] mode = {ft['mode']!r}, not \"loda\"")
+    _refuse(
+        ft["noise_multiplicity"] == 1,
+        config,
+        f"[finetune] noise_multiplicity = {ft['noise_multiplicity']}, not 1",
+    )
+    _refuse(
+        sa.get("sampler", "ddpm") == "ddpm",
+        config,
+        f"[sample] sampler = {sa.get('sampler')!r}, not \"ddpm\"",
+    )
+    _refuse(sa["guidance"] == 1.0, config, f"[sample] guidance = {sa['guidance']}, not 1.0")
+    _refuse(
+        ev.get("arch", "auto") in ("auto", "cnn"),
+        config,
+        f"[evaluate] arch = {ev.get('arch')!r}, not \"auto\" or \"cnn\"",
+    )
+    _refuse(
+        float(ft["epochs"]).is_integer(),
+        config,
+        f"[finetune] epochs = {ft['epochs']}: Opacus takes whole epochs",
+    )
     s = {
         "base": os.path.join(ROOT, ft["base"]),
         "private_n": MNIST_TRAIN,
