@@ -101,7 +101,7 @@ impl Trained {
         let params = t.tensors();
         let opt = t.optimizer(&cfg)?;
         // σ does not change the work; the expected batch is the physical one
-        let dp_cfg = DpSgdConfig::new(cfg.max_grad_norm, 1.0, args.batch as f64);
+        let dp_cfg = DpSgdConfig::new(cfg.clip, 1.0, args.batch as f64);
         let dp = DpSgd::new(shallow(&params), dp_cfg, None)?;
         Ok(Self { t, params, opt, dp })
     }

@@ -227,7 +227,7 @@ pub fn train_baseline(
         physical_batch: s.physical_batch,
         lr: s.lr,
         momentum: s.momentum,
-        max_grad_norm: s.clip,
+        clip: s.clip,
         privacy: PrivacyTarget {
             epsilon: s.epsilon,
             delta: s.delta,

@@ -137,7 +137,7 @@ impl FinetuneArgs {
         c.lr = self.lr.unwrap_or(c.lr);
         c.class_lr = self.class_lr;
         if let Some(clip) = self.clip {
-            c.max_grad_norm = clip;
+            c.clip = clip;
         }
         c.seed = self.seed;
         c.checkpoint_every = self.checkpoint_every;

@@ -203,7 +203,7 @@ pub(crate) fn finetune_job(
     config.physical_batch = f.physical_batch.unwrap_or(config.physical_batch);
     config.lr = f.lr.unwrap_or(config.lr);
     config.class_lr = f.class_lr;
-    config.max_grad_norm = f.clip.unwrap_or(config.max_grad_norm);
+    config.clip = f.clip.unwrap_or(config.clip);
     config.noise_multiplicity = f.noise_multiplicity.unwrap_or(config.noise_multiplicity);
     config.allow_large_delta = f.allow_large_delta;
     let resume = out.join("checkpoint/checkpoint.json").exists();
@@ -443,7 +443,7 @@ fn markdown(r: &RunReport, cfg: &RunConfig, source: &str, classes: &[String]) ->
     let training = match (
         r.base_parameters,
         r.noise_multiplier,
-        r.max_grad_norm,
+        r.clip,
         r.sample_rate,
         r.secure_noise,
     ) {
@@ -547,7 +547,7 @@ mod tests {
             (
                 Some(lib.lr),
                 Some(lib.epochs),
-                Some(lib.max_grad_norm),
+                Some(lib.clip),
                 Some(lib.batch_size),
                 Some(lib.physical_batch)
             )

@@ -33,7 +33,7 @@ impl DpConfig for Toy {
             epochs: 3.0,
             batch_size: 60, // q = 0.1, 30 steps
             physical_batch: 64,
-            max_grad_norm: CLIP,
+            clip: CLIP,
             rows_per_example: 1,
             seed: Some(self.seed),
             checkpoint_every: 0,

@@ -57,7 +57,7 @@ fn cfg(epochs: usize) -> TrainConfig {
         physical_batch: 8,
         lr: 0.1,
         momentum: 0.9,
-        max_grad_norm: 1.0,
+        clip: 1.0,
         privacy: PrivacyTarget {
             epsilon: 5.0,
             delta: 1e-5,
@@ -142,6 +142,32 @@ fn seeded_checkpoint_without_stream_positions_is_refused() {
     assert!(err.contains("would repeat the noise"), "{err}");
 }
 
+/// Renames the clipping bound in the checkpoint in `dir` to `max_grad_norm`, its name in
+/// checkpoints written before it was `clip`.
+fn write_old_clip_key(dir: &Path) {
+    let json = dir.join(checkpoint::STATE_FILE);
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let config = v["state"]["config"].as_object_mut().unwrap();
+    let clip = config
+        .remove("clip")
+        .expect("a checkpoint names the bound clip");
+    config.insert("max_grad_norm".into(), clip);
+    std::fs::write(&json, v.to_string()).unwrap();
+}
+
+#[test]
+fn a_checkpoint_naming_the_bound_max_grad_norm_resumes() {
+    let _rng = torch_rng();
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    crash_after_step_5(&ckpt);
+    write_old_clip_key(&ckpt);
+    let resumed = train(&cfg(2), Some(&ckpt)).unwrap();
+    assert_eq!(resumed.state.ledger.total_steps(), 8);
+    assert_eq!(resumed.state.config.clip, cfg(2).clip);
+}
+
 #[test]
 fn resuming_with_other_settings_is_refused() {
     let _rng = torch_rng();
@@ -222,6 +248,8 @@ fn resumed_seeded_finetuning_ends_as_the_uninterrupted_run() {
             .unwrap()
     );
     assert!(err.contains("lr (checkpoint 0.01, now 0.02)"), "{err}");
+    // a checkpoint written before the bound was named `clip` resumes as the same run
+    write_old_clip_key(&parts.join("checkpoint"));
     let checkpoint_every_step = FinetuneConfig {
         checkpoint_every: 1,
         ..cfg.clone()

@@ -24,7 +24,7 @@ use super::tape::{self, Entry};
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DpSgdConfig {
     /// Clipping bound C on each example's total gradient norm.
-    pub max_grad_norm: f64,
+    pub clip: f64,
     /// Noise multiplier σ: the noise std is σ·C.
     pub noise_multiplier: f64,
     /// Expected logical batch size q·N; the noisy sum is divided by it.
@@ -35,9 +35,9 @@ pub struct DpSgdConfig {
 
 impl DpSgdConfig {
     /// A configuration with the default per-sample rule options.
-    pub fn new(max_grad_norm: f64, noise_multiplier: f64, expected_batch_size: f64) -> Self {
+    pub fn new(clip: f64, noise_multiplier: f64, expected_batch_size: f64) -> Self {
         Self {
-            max_grad_norm,
+            clip,
             noise_multiplier,
             expected_batch_size,
             rules: RuleOptions::default(),
@@ -46,9 +46,9 @@ impl DpSgdConfig {
 
     fn validate(&self) -> Result<()> {
         ensure!(
-            self.max_grad_norm.is_finite() && self.max_grad_norm > 0.0,
-            "max_grad_norm must be positive, got {}",
-            self.max_grad_norm
+            self.clip.is_finite() && self.clip > 0.0,
+            "the clipping bound must be positive, got {}",
+            self.clip
         );
         ensure!(
             self.noise_multiplier.is_finite() && self.noise_multiplier >= 0.0,
@@ -216,7 +216,7 @@ impl DpSgd {
             }
             layers.push((lg, target));
         }
-        let c = clip_factors(&total, self.cfg.max_grad_norm);
+        let c = clip_factors(&total, self.cfg.clip);
 
         let mut updates: Vec<(usize, Tensor)> = Vec::new();
         for (lg, (w_idx, b_idx)) in &layers {
@@ -238,7 +238,7 @@ impl DpSgd {
         let norms = Vec::<f64>::try_from(total.sqrt())?;
         let clipped = norms
             .iter()
-            .filter(|n| **n + super::clip::CLIP_EPS > self.cfg.max_grad_norm)
+            .filter(|n| **n + super::clip::CLIP_EPS > self.cfg.clip)
             .count();
         Ok(AccumulateStats {
             examples,
@@ -273,7 +273,7 @@ impl DpSgd {
             .f_reshape([examples, -1])?;
         let c = clip_factors(
             &rows.square().f_sum_dim_intlist(1, false, Kind::Double)?,
-            self.cfg.max_grad_norm,
+            self.cfg.clip,
         );
         let sum = (rows * c.unsqueeze(1))
             .f_sum_dim_intlist(0, false, Kind::Double)?
@@ -340,7 +340,7 @@ impl DpSgd {
     /// order of [`DpSgd::params`]. A step with nothing accumulated (empty Poisson batch) still
     /// returns pure noise. Resets the accumulator.
     pub fn finish_step(&mut self) -> Result<Vec<Tensor>> {
-        let std = self.cfg.noise_multiplier * self.cfg.max_grad_norm;
+        let std = self.cfg.noise_multiplier * self.cfg.clip;
         let _no_grad = tch::no_grad_guard();
         let noise = self
             .params

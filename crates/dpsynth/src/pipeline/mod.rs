@@ -363,7 +363,7 @@ pub fn run(plan: &RunPlan, device: Device, on_event: &mut dyn FnMut(Event)) -> R
         downstream_val_examples: r.val_examples,
         fidelity,
         memorization,
-        max_grad_norm: ft.as_ref().map(|ft| ft.state.config.max_grad_norm),
+        clip: ft.as_ref().map(|ft| ft.state.config.clip),
         seconds: Seconds {
             finetune: finetune_secs,
             sample: sample_secs,

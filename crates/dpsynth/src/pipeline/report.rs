@@ -122,7 +122,7 @@ pub struct RunReport {
     pub memorization: Option<Memorization>,
     /// The clipping bound C of the fine-tuning (not in report.json).
     #[serde(skip)]
-    pub max_grad_norm: Option<f64>,
+    pub clip: Option<f64>,
     /// Time of each stage.
     pub seconds: Seconds,
 }
@@ -165,7 +165,7 @@ mod tests {
             downstream_val_examples: 2,
             fidelity: None,
             memorization: None,
-            max_grad_norm: None,
+            clip: None,
             seconds: Seconds {
                 finetune: 0.0,
                 sample: 1.0,

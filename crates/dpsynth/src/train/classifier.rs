@@ -44,8 +44,10 @@ pub struct TrainConfig {
     pub lr: f64,
     /// SGD momentum.
     pub momentum: f64,
-    /// Per-example clipping norm C.
-    pub max_grad_norm: f64,
+    /// Per-example clipping norm C (`max_grad_norm` in checkpoints and reports written before
+    /// it was named `clip`, as in run configs and flags).
+    #[serde(alias = "max_grad_norm")]
+    pub clip: f64,
     /// DP-SGD target.
     pub privacy: PrivacyTarget,
     /// Seed for initialisation, sampling and noise. A seeded DP run is repeatable but its noise
@@ -76,7 +78,7 @@ impl DpConfig for TrainConfig {
             epochs: self.epochs as f64,
             batch_size: self.batch_size,
             physical_batch: self.physical_batch,
-            max_grad_norm: self.max_grad_norm,
+            clip: self.clip,
             rows_per_example: 1,
             seed: self.seed,
             checkpoint_every: self.checkpoint_every,

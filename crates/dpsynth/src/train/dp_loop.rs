@@ -44,7 +44,7 @@ pub struct DpSettings {
     /// Largest micro-batch (examples) put through the model at once.
     pub physical_batch: usize,
     /// Per-example clipping norm C.
-    pub max_grad_norm: f64,
+    pub clip: f64,
     /// Loss rows per example (K draws averaged before clipping; 1 for a classifier).
     pub rows_per_example: i64,
     /// Seed: repeatable, but the noise is then not cryptographically secure.
@@ -287,7 +287,7 @@ pub fn train<C: DpConfig, L: MicroBatchLoss>(
     engine_params.extend(canaries.as_ref().map(GradientCanaries::tensor));
     let mut engine = DpSgd::new(
         engine_params,
-        DpSgdConfig::new(s.max_grad_norm, sigma, q * n as f64),
+        DpSgdConfig::new(s.clip, sigma, q * n as f64),
         s.seed,
     )?;
     if let (Some(streams), Some(c)) = (saved, &checkpointing) {
@@ -317,7 +317,7 @@ pub fn train<C: DpConfig, L: MicroBatchLoss>(
             })?;
         }
         if let Some(c) = canaries.as_mut() {
-            c.plant(&mut engine, tensors.len(), s.max_grad_norm)?;
+            c.plant(&mut engine, tensors.len(), s.clip)?;
         }
         let mut grads = engine.finish_step()?;
         if let Some(c) = canaries.as_mut() {

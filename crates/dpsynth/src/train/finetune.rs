@@ -145,8 +145,10 @@ pub struct FinetuneConfig {
     /// hundred steps.
     #[serde(default)]
     pub class_lr: Option<f64>,
-    /// Per-example clipping norm C.
-    pub max_grad_norm: f64,
+    /// Per-example clipping norm C (`max_grad_norm` in checkpoints and reports written before
+    /// it was named `clip`, as in run configs and flags).
+    #[serde(alias = "max_grad_norm")]
+    pub clip: f64,
     /// Probability of training an example as the null class (for classifier-free guidance).
     pub class_dropout: f64,
     /// Where the rows of private classes that the base does not have start: private class name
@@ -197,7 +199,7 @@ impl FinetuneConfig {
             noise_multiplicity: 1,
             lr: mode.default_lr(),
             class_lr: None,
-            max_grad_norm: mode.default_clip(),
+            clip: mode.default_clip(),
             class_dropout: 0.1,
             class_init: None,
             allow_large_delta: false,
@@ -246,7 +248,7 @@ impl DpConfig for FinetuneConfig {
             epochs: self.epochs,
             batch_size: self.batch_size,
             physical_batch: self.physical_batch,
-            max_grad_norm: self.max_grad_norm,
+            clip: self.clip,
             rows_per_example: self.noise_multiplicity,
             seed: self.seed,
             checkpoint_every: self.checkpoint_every,
