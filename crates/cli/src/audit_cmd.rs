@@ -132,9 +132,10 @@ pub fn run(a: AuditArgs, data_dir: &Path, device: Device) -> Result<()> {
         anyhow::bail!("{source}: a [classifier] config: audit audits DP fine-tuning");
     };
     let f = &cfg.finetune;
-    let mode = f.mode.0.with_context(|| {
+    let config = f.finetune_config().with_context(|| {
         format!("{source}: mode \"base\" trains nothing, so there is nothing to audit")
     })?;
+    let mode = config.mode;
     ensure!(
         !a.out.join("audit.json").exists(),
         "{}: holds a finished audit; choose another --out",
@@ -173,14 +174,14 @@ pub fn run(a: AuditArgs, data_dir: &Path, device: Device) -> Result<()> {
     let base = run_cmd::resolve(&f.base);
     let mut job = run_cmd::finetune_job(
         f,
-        mode,
+        config,
         base.clone(),
         &cfg.private.train,
         a.out.join("finetune"),
     )?;
     job.config.noise_multiplier = a.noise_multiplier;
     job.config.gradient_canaries = a.gradient_canaries;
-    let mut reporter = Reporter::new(f.private_log);
+    let mut reporter = Reporter::new(f.private_log.into());
     let done = run_finetune(&job, &audited, device, &mut |e| reporter.on(e))?;
 
     eprintln!("== scoring the canaries");

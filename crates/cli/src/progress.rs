@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use dpsynth::pipeline::{Event, Stage, BASE_MODE};
+use dpsynth::pipeline::{config, Event, Stage, BASE_MODE};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// How often a plain progress line is written when stderr is not a terminal.
@@ -138,15 +138,24 @@ fn clock(secs: f64) -> String {
 
 /// Whether progress lines of DP training show statistics of the private data that carry no
 /// noise (the training loss). They are outside the privacy guarantee: `off` (the default)
-/// prints only the step, ε and time.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// prints only the step, ε and time. The value of `--private-log`; a run config's
+/// `[finetune] private_log` is the library's [`config::PrivateLog`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum PrivateLog {
     /// Step, ε and time only.
     #[default]
     Off,
     /// Also the training loss, a non-private statistic of the private data.
     On,
+}
+
+impl From<config::PrivateLog> for PrivateLog {
+    fn from(p: config::PrivateLog) -> Self {
+        match p {
+            config::PrivateLog::Off => Self::Off,
+            config::PrivateLog::On => Self::On,
+        }
+    }
 }
 
 /// The message of a DP training step's progress line.

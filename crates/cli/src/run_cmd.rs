@@ -8,24 +8,18 @@ use crate::progress::Reporter;
 use anyhow::{Context, Result};
 use clap::Args;
 use dpsynth::data::{self, acquire, catalog};
-use dpsynth::diffusion::sampler::SamplerConfig;
-use dpsynth::fidelity::FidelitySettings;
 use dpsynth::fsutil::write_atomic;
 use dpsynth::memorization;
-use dpsynth::nn::arch::Arch;
+use dpsynth::pipeline::config::{FinetuneSection, PrivateSection, RunConfig};
 use dpsynth::pipeline::finetune_job::FinetuneJob;
 use dpsynth::pipeline::report::{Provenance, ReportFile, RunReport};
-use dpsynth::pipeline::{
-    self, EvaluateSettings, RunMode, RunPlan, SampleSettings, Source, BASE_MODE,
-};
-use dpsynth::train::downstream::DownstreamConfig;
-use dpsynth::train::finetune::{FinetuneConfig, Mode};
+use dpsynth::pipeline::{self, RunPlan, Source, BASE_MODE};
+use dpsynth::train::finetune::FinetuneConfig;
 use privacy::Accountant;
 use serde::Deserialize;
 use tch::Device;
 
 use crate::baseline_cmd::{self, train_baseline, ClassifierSettings, Split};
-use crate::sample_cmd::Sampler;
 
 /// The `mode` of a classifier cell's report: the DP-SGD classifier trained on the private data.
 pub const CLASSIFIER_MODE: &str = "dp-sgd-classifier";
@@ -43,30 +37,21 @@ pub struct RunArgs {
     out: Option<PathBuf>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RunConfig {
-    pub(crate) out: PathBuf,
-    pub(crate) private: Private,
-    pub(crate) finetune: Finetune,
-    sample: Sample,
-    evaluate: Evaluate,
-}
-
 /// A run config with a `[classifier]` table instead of `[finetune]`, `[sample]` and
 /// `[evaluate]`: the DP-SGD classifier trained directly on the private data, the baseline of a
-/// results table.
+/// results table. (It stays here with [`ClassifierSettings`], which are also the flags of
+/// `dpsynth baseline`.)
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ClassifierRunConfig {
     out: PathBuf,
-    private: Private,
+    private: PrivateSection,
     classifier: ClassifierSettings,
 }
 
 /// What a run config asks for.
 pub(crate) enum Job {
-    /// Fine-tune (or not: mode "base"), sample, evaluate.
+    /// Fine-tune (or not: mode "base"), sample, evaluate: the library's run config.
     Pipeline(Box<RunConfig>),
     /// Train the DP-SGD classifier on the private data.
     Classifier(ClassifierRunConfig),
@@ -86,81 +71,6 @@ pub(crate) fn parse_job(text: &str, source: &str) -> Result<Job> {
             toml::from_str(text).with_context(|| format!("{source}: invalid run config"))?,
         ))
     })
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Private {
-    pub(crate) train: String,
-    pub(crate) test: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Finetune {
-    pub(crate) base: PathBuf,
-    pub(crate) mode: RunMode,
-    pub(crate) epsilon: f64,
-    pub(crate) delta: f64,
-    // the rest default to the library's values for the mode (`FinetuneConfig::new`)
-    #[serde(default)]
-    rank: Option<i64>,
-    #[serde(default)]
-    epochs: Option<f64>,
-    #[serde(default)]
-    batch: Option<usize>,
-    #[serde(default)]
-    physical_batch: Option<usize>,
-    #[serde(default)]
-    lr: Option<f64>,
-    /// Learning rate of the class embedding (default: lr).
-    #[serde(default)]
-    class_lr: Option<f64>,
-    #[serde(default)]
-    clip: Option<f64>,
-    #[serde(default)]
-    noise_multiplicity: Option<i64>,
-    /// Class-init table file (see `finetune --class-init`): private classes the base does not
-    /// have start from the mean row of related public classes.
-    #[serde(default)]
-    class_init: Option<PathBuf>,
-    /// Accept a delta at or above 1/n of the private set (experiments only).
-    #[serde(default)]
-    allow_large_delta: bool,
-    /// "on" shows the training loss (not private) in progress lines; default "off".
-    #[serde(default)]
-    pub(crate) private_log: crate::progress::PrivateLog,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Sample {
-    per_class: usize,
-    steps: usize,
-    guidance: f64,
-    seed: u64,
-    /// "ddpm" (default), "ddim" or "dpm".
-    #[serde(default)]
-    sampler: Sampler,
-    /// DDIM η; only with sampler = "ddim".
-    #[serde(default)]
-    eta: f64,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Evaluate {
-    epochs: usize,
-    val_fraction: f64,
-    /// auto (default: from the images' shape), cnn or resnet.
-    #[serde(default)]
-    arch: Arch,
-    /// pytorch-fid's Inception weights as safetensors: adds FID and KID (optional).
-    #[serde(default)]
-    inception: Option<PathBuf>,
-    /// Images of each set FID/KID read, a seeded subset (default 2,000).
-    #[serde(default)]
-    fid_images: Option<usize>,
 }
 
 /// A relative path from the config, tried against the working folder, then the repository the
@@ -184,28 +94,16 @@ fn source_commit() -> Option<&'static str> {
     Some(env!("DPSYNTH_BUILD_COMMIT")).filter(|c| !c.is_empty())
 }
 
-/// The fine-tuning job of a run config's `[finetune]` table (in `mode`, on `train`, into
-/// `out`, resuming the checkpoint there if there is one).
+/// The fine-tuning job of a run config's `[finetune]` table `f` (with `config`, the settings it
+/// gives, on `train`, into `out`, resuming the checkpoint there if there is one); its class-init
+/// table resolved as the config's other paths are.
 pub(crate) fn finetune_job(
-    f: &Finetune,
-    mode: Mode,
+    f: &FinetuneSection,
+    config: FinetuneConfig,
     base: PathBuf,
     train: &str,
     out: PathBuf,
 ) -> Result<FinetuneJob> {
-    let mut config = FinetuneConfig::new(mode, f.epsilon, f.delta);
-    if let Some(rank) = f.rank {
-        config.adapter.rank = rank;
-        config.adapter.alpha = rank as f64;
-    }
-    config.epochs = f.epochs.unwrap_or(config.epochs);
-    config.batch_size = f.batch.unwrap_or(config.batch_size);
-    config.physical_batch = f.physical_batch.unwrap_or(config.physical_batch);
-    config.lr = f.lr.unwrap_or(config.lr);
-    config.class_lr = f.class_lr;
-    config.clip = f.clip.unwrap_or(config.clip);
-    config.noise_multiplicity = f.noise_multiplicity.unwrap_or(config.noise_multiplicity);
-    config.allow_large_delta = f.allow_large_delta;
     let resume = out.join("checkpoint/checkpoint.json").exists();
     Ok(FinetuneJob {
         resume,
@@ -340,26 +238,16 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
         Job::Pipeline(cfg) => cfg,
         Job::Classifier(cfg) => return run_classifier(cfg, &a, &text, &source, data_dir, device),
     };
-    anyhow::ensure!(
-        cfg.sample.eta == 0.0 || cfg.sample.sampler == Sampler::Ddim,
-        "{source}: [sample] eta applies to sampler = \"ddim\" only"
-    );
+    let sample = cfg.sample.settings().with_context(|| source.clone())?;
     let out = output_folder(&a, &cfg.out)?;
     // Inception weights first, so a bad path fails before hours of fine-tuning
     let inception = (cfg.evaluate.inception.as_ref())
         .map(|p| crate::evaluate_cmd::load_inception(&resolve(p), device))
         .transpose()?;
-    let fid_settings = FidelitySettings {
-        max_images: cfg
-            .evaluate
-            .fid_images
-            .unwrap_or(FidelitySettings::default().max_images),
-        ..FidelitySettings::default()
-    };
-    anyhow::ensure!(
-        fid_settings.max_images >= 2,
-        "{source}: [evaluate] fid_images must be at least 2"
-    );
+    let evaluate = cfg
+        .evaluate
+        .settings(inception.as_ref())
+        .with_context(|| source.clone())?;
     let started = Instant::now();
 
     // each dataset once (fetched if it is a named dataset that is missing)
@@ -371,10 +259,10 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
     let test = load_or_fetch(&cfg.private.test, data_dir)?;
     let base = resolve(&f.base);
     let job;
-    let from = match (f.mode.0, &train) {
-        (Some(mode), Some(train)) => {
+    let from = match (f.finetune_config(), &train) {
+        (Some(config), Some(train)) => {
             let out = out.join("finetune");
-            job = finetune_job(f, mode, base.clone(), &cfg.private.train, out)?;
+            job = finetune_job(f, config, base.clone(), &cfg.private.train, out)?;
             Source::Finetune { job: &job, train }
         }
         _ => Source::Base {
@@ -387,32 +275,12 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
         source: from,
         test_spec: &cfg.private.test,
         test: &test,
-        sample: SampleSettings {
-            per_class: cfg.sample.per_class,
-            sampler: SamplerConfig {
-                kind: cfg.sample.sampler.kind(cfg.sample.eta),
-                num_steps: cfg.sample.steps,
-                spacing: cfg.sample.sampler.spacing(),
-                guidance_scale: cfg.sample.guidance,
-                batch_size: 250,
-                clip_sample: true,
-            },
-            seed: cfg.sample.seed,
-        },
-        evaluate: EvaluateSettings {
-            downstream: DownstreamConfig {
-                epochs: cfg.evaluate.epochs,
-                val_fraction: cfg.evaluate.val_fraction,
-                arch: cfg.evaluate.arch,
-                ..DownstreamConfig::default()
-            },
-            inception: inception.as_ref(),
-            fidelity: fid_settings,
-        },
+        sample,
+        evaluate,
         out: &out,
         started,
     };
-    let mut reporter = Reporter::new(f.private_log);
+    let mut reporter = Reporter::new(f.private_log.into());
     let report = pipeline::run(&plan, device, &mut |e| reporter.on(e))?;
 
     let file = ReportFile {
@@ -535,29 +403,6 @@ fn markdown(r: &RunReport, cfg: &RunConfig, source: &str, classes: &[String]) ->
 mod tests {
     use super::*;
 
-    /// The embedded default states the library's defaults (one truth for `finetune` and `run`):
-    /// the same decimal constants, so they parse to the same floats.
-    #[test]
-    fn the_default_run_states_the_library_defaults() {
-        let d: RunConfig = toml::from_str(DEFAULT_CONFIG).unwrap();
-        let f = &d.finetune;
-        let lib = FinetuneConfig::new(f.mode.0.unwrap(), f.epsilon, f.delta);
-        assert_eq!(
-            (f.lr, f.epochs, f.clip, f.batch, f.physical_batch),
-            (
-                Some(lib.lr),
-                Some(lib.epochs),
-                Some(lib.clip),
-                Some(lib.batch_size),
-                Some(lib.physical_batch)
-            )
-        );
-        assert_eq!(
-            (f.rank, f.noise_multiplicity),
-            (Some(lib.adapter.rank), Some(lib.noise_multiplicity))
-        );
-    }
-
     /// Every committed run config under configs/ (the embedded default, the smoke config and the
     /// CIFAR-10 cells not yet moved to results/) parses and points at its dataset's base model
     /// and private data. (Pretraining configs, `*-base*.toml`, are checked by the library;
@@ -642,12 +487,5 @@ mod tests {
             }
         }
         assert!(seen >= 1, "no results cells");
-    }
-
-    #[test]
-    fn unknown_keys_are_rejected() {
-        let bad = DEFAULT_CONFIG.replace("rank = 4", "rank = 4\nrnak = 5");
-        let err = toml::from_str::<RunConfig>(&bad).err().unwrap().to_string();
-        assert!(err.contains("rnak"), "{err}");
     }
 }

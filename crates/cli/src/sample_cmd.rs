@@ -7,18 +7,16 @@ use crate::progress::Progress;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use dpsynth::data::{grid, imagefolder};
-use dpsynth::diffusion::sampler::{SamplerConfig, SamplerKind, Spacing};
+use dpsynth::diffusion::sampler::{SamplerChoice, SamplerConfig};
 use dpsynth::fsutil::write_atomic;
 use dpsynth::synth::{generate, load_model_dir};
 use tch::Device;
 
-/// Sampler choice, on the command line (`--sampler`) and in run configs (`[sample] sampler`).
-#[derive(Clone, Copy, PartialEq, Eq, Default, ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// `--sampler`: the library's [`SamplerChoice`] on the command line.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Sampler {
     /// DDPM ancestral sampling over --steps evenly spaced timesteps (the default: clean images
     /// in few steps and stable under guidance).
-    #[default]
     Ddpm,
     /// DDIM (deterministic with --eta 0). With guidance above 1 it can draw broken images from
     /// small models.
@@ -26,6 +24,16 @@ pub enum Sampler {
     /// DPM-Solver++ (2M), as diffusers' DPMSolverMultistepScheduler: deterministic, second
     /// order, over "linspace" timesteps.
     Dpm,
+}
+
+impl From<Sampler> for SamplerChoice {
+    fn from(s: Sampler) -> Self {
+        match s {
+            Sampler::Ddpm => Self::Ddpm,
+            Sampler::Ddim => Self::Ddim,
+            Sampler::Dpm => Self::Dpm,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -60,46 +68,10 @@ pub struct SampleArgs {
     pub out: PathBuf,
 }
 
-impl Sampler {
-    /// The update rule, with DDIM's η.
-    pub fn kind(self, eta: f64) -> SamplerKind {
-        match self {
-            Sampler::Ddim => SamplerKind::Ddim { eta },
-            Sampler::Ddpm => SamplerKind::Ddpm,
-            Sampler::Dpm => SamplerKind::DpmSolver,
-        }
-    }
-
-    /// How its timesteps are spaced: "leading" for DDPM and DDIM, diffusers' "linspace" for
-    /// DPM-Solver.
-    pub fn spacing(self) -> Spacing {
-        match self {
-            Sampler::Ddim | Sampler::Ddpm => Spacing::Leading,
-            Sampler::Dpm => Spacing::Linspace,
-        }
-    }
-
-    /// "DDPM", "DDIM" or "DPM-Solver++(2M)", for reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Sampler::Ddim => "DDIM",
-            Sampler::Ddpm => "DDPM",
-            Sampler::Dpm => "DPM-Solver++(2M)",
-        }
-    }
-}
-
 impl SampleArgs {
     /// The sampler settings these flags describe.
     pub fn sampler_config(&self) -> SamplerConfig {
-        SamplerConfig {
-            kind: self.sampler.kind(self.eta),
-            num_steps: self.steps,
-            spacing: self.sampler.spacing(),
-            guidance_scale: self.guidance,
-            batch_size: self.batch,
-            clip_sample: true,
-        }
+        SamplerChoice::from(self.sampler).config(self.steps, self.guidance, self.batch, self.eta)
     }
 }
 

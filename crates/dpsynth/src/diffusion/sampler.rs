@@ -47,6 +47,71 @@ pub enum SamplerKind {
     DpmSolver,
 }
 
+/// A sampler as users name it (`dpsynth sample --sampler`, `sampler` in a run config's
+/// `[sample]` table): its update rule and how its timesteps are spaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SamplerChoice {
+    /// DDPM ancestral sampling (the default: clean images in few steps and stable under
+    /// guidance).
+    #[default]
+    Ddpm,
+    /// DDIM (deterministic with η = 0). With guidance above 1 it can draw broken images from
+    /// small models.
+    Ddim,
+    /// DPM-Solver++ (2M), as diffusers' DPMSolverMultistepScheduler: deterministic, second
+    /// order, over "linspace" timesteps.
+    Dpm,
+}
+
+impl SamplerChoice {
+    /// The update rule, with DDIM's η.
+    pub fn kind(self, eta: f64) -> SamplerKind {
+        match self {
+            Self::Ddim => SamplerKind::Ddim { eta },
+            Self::Ddpm => SamplerKind::Ddpm,
+            Self::Dpm => SamplerKind::DpmSolver,
+        }
+    }
+
+    /// How its timesteps are spaced: "leading" for DDPM and DDIM, diffusers' "linspace" for
+    /// DPM-Solver.
+    pub fn spacing(self) -> Spacing {
+        match self {
+            Self::Ddim | Self::Ddpm => Spacing::Leading,
+            Self::Dpm => Spacing::Linspace,
+        }
+    }
+
+    /// "DDPM", "DDIM" or "DPM-Solver++(2M)", for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ddim => "DDIM",
+            Self::Ddpm => "DDPM",
+            Self::Dpm => "DPM-Solver++(2M)",
+        }
+    }
+
+    /// The sampler settings of `num_steps` steps at guidance `guidance_scale`, `batch_size`
+    /// images per forward pass, with DDIM's `eta`, x̂0 clipped to [-1, 1].
+    pub fn config(
+        self,
+        num_steps: usize,
+        guidance_scale: f64,
+        batch_size: usize,
+        eta: f64,
+    ) -> SamplerConfig {
+        SamplerConfig {
+            kind: self.kind(eta),
+            num_steps,
+            spacing: self.spacing(),
+            guidance_scale,
+            batch_size,
+            clip_sample: true,
+        }
+    }
+}
+
 /// Options of [`sample`].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct SamplerConfig {

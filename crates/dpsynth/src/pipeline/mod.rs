@@ -1,7 +1,9 @@
 //! The whole chain of a run: DP fine-tuning → sampling → evaluation (the downstream classifier,
 //! FID/KID, memorization), returning a typed [`report::RunReport`]. The caller loads each
-//! dataset once and hands it in, writes the reports, and shows the run's [`Event`]s.
+//! dataset once and hands it in, writes the reports, and shows the run's [`Event`]s. A run's
+//! TOML config deserializes into [`config::RunConfig`], whose tables give the settings here.
 
+pub mod config;
 pub mod finetune_job;
 pub mod report;
 
