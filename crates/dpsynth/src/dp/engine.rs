@@ -204,7 +204,9 @@ impl DpSgd {
         if self.scratch.len() < entries.len() {
             self.scratch.resize_with(entries.len(), Scratch::default);
         }
-        // each layer's input and output gradient are dropped once its rule has run
+        // each layer's input and output gradient are dropped once its rule has run, except where
+        // the rule is in matmul form (`SumRule::Matmul`): its `LayerGrads` keep `x` and `gy` until
+        // `clipped_sum`
         let calls = entries.into_iter().zip(grads_out).zip(targets);
         for (((entry, gy), target), scratch) in calls.zip(&mut self.scratch) {
             if !gy.defined() {
