@@ -182,7 +182,8 @@ pub fn run(a: AuditArgs, data_dir: &Path, device: Device) -> Result<()> {
     job.config.noise_multiplier = a.noise_multiplier;
     job.config.gradient_canaries = a.gradient_canaries;
     let mut reporter = Reporter::new(f.private_log.into());
-    let done = run_finetune(&job, &audited, device, &mut |e| reporter.on(e))?;
+    // the loaded model is dropped: the canaries are scored on the saved folder
+    let done = run_finetune(&job, &audited, device, &mut |e| reporter.on(e))?.done;
 
     eprintln!("== scoring the canaries");
     let tuned = losses(&done.model_dir, &canaries, a.draws, device)?;

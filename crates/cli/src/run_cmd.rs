@@ -267,11 +267,11 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
         }
         _ => Source::Base {
             dir: &base,
+            private_train: &cfg.private.train,
             delta: f.delta,
         },
     };
     let plan = RunPlan {
-        private_train: &cfg.private.train,
         source: from,
         test_spec: &cfg.private.test,
         test: &test,
@@ -283,15 +283,16 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
     let mut reporter = Reporter::new(f.private_log.into());
     let report = pipeline::run(&plan, device, &mut |e| reporter.on(e))?;
 
+    let provenance = provenance(&source, &text);
     let file = ReportFile {
-        provenance: &provenance(&source, &text),
+        provenance: &provenance,
         report: &report,
     };
     write_atomic(
         &out.join("report.json"),
         serde_json::to_string_pretty(&serde_json::to_value(file)?)?.as_bytes(),
     )?;
-    let md = markdown(&report, &cfg, &source, &test.class_names);
+    let md = markdown(&report, &provenance, &f.base);
     write_atomic(&out.join("report.md"), md.as_bytes())?;
     println!(
         "downstream test accuracy {:.2}% at epsilon {:.3} (delta {:e}) in {:.0}s; report: {}",
@@ -304,9 +305,10 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
     Ok(())
 }
 
-/// report.md of a run (`source`: where its config came from; `classes`: the test set's class
-/// names): what report.json says, for people.
-fn markdown(r: &RunReport, cfg: &RunConfig, source: &str, classes: &[String]) -> String {
+/// report.md of a run: what report.json says (`r` and its provenance `p`), for people; `base`,
+/// the config's base folder, is named only in mode "base" (report.json has it in the config's
+/// text).
+fn markdown(r: &RunReport, p: &Provenance, base: &Path) -> String {
     // the fine-tuning's figures are there exactly when it ran
     let training = match (
         r.base_parameters,
@@ -317,12 +319,13 @@ fn markdown(r: &RunReport, cfg: &RunConfig, source: &str, classes: &[String]) ->
     ) {
         (Some(base_parameters), Some(sigma), Some(clip), Some(q), Some(secure_noise)) => format!(
             "- mode: {} ({} trainable of {} parameters)\n\
-             - privacy: epsilon = {:.3} at delta = {:e} (PLD accountant), sigma = {:.3}, clip C = {}, q = {:.5}, {} steps; noise {}\n",
+             - privacy: epsilon = {:.3} at delta = {:e} ({} accountant), sigma = {:.3}, clip C = {}, q = {:.5}, {} steps; noise {}\n",
             r.mode,
             r.trainable_parameters,
             base_parameters,
             r.epsilon_spent,
             r.delta,
+            r.accountant.to_string().to_uppercase(),
             sigma,
             clip,
             q,
@@ -331,7 +334,7 @@ fn markdown(r: &RunReport, cfg: &RunConfig, source: &str, classes: &[String]) ->
         ),
         _ => format!(
             "- mode: {BASE_MODE} (the base `{}` alone: no fine-tuning, no private training image read)\n",
-            cfg.finetune.base.display()
+            base.display()
         ),
     };
     let memorization_md = r.memorization.as_ref().map_or(String::new(), |m| {
@@ -359,14 +362,14 @@ fn markdown(r: &RunReport, cfg: &RunConfig, source: &str, classes: &[String]) ->
     let fidelity_md = r.fidelity.as_ref().map_or(String::new(), |f| {
         format!(
             "- fidelity to `{}`: {}\n",
-            cfg.private.test,
+            r.test,
             crate::evaluate_cmd::fidelity_line(f)
         )
     });
     let t = &r.seconds;
     format!(
         "# dpsynth run\n\n\
-         - config: {source}\n\
+         - config: {}\n\
          - private data: `{}`, tested on `{}`\n\
          {training}\
          - synthetic images: {} ({}-{}, guidance {})\n\
@@ -376,12 +379,13 @@ fn markdown(r: &RunReport, cfg: &RunConfig, source: &str, classes: &[String]) ->
          - time: fine-tune {:.0} s, sample {:.0} s, evaluate {:.0} s, total {:.0} s on {} thread(s)\n\n\
          ![samples](grid.png)\n\n\
          Per-class accuracy: {}\n",
-        cfg.private.train,
-        cfg.private.test,
+        p.config,
+        r.private_train,
+        r.test,
         r.synthetic_images,
-        cfg.sample.sampler.name(),
-        cfg.sample.steps,
-        cfg.sample.guidance,
+        r.sampler.kind.name(),
+        r.sampler.num_steps,
+        r.sampler.guidance_scale,
         100.0 * r.test_accuracy,
         r.downstream_best_epoch,
         r.downstream_val_examples,
@@ -389,11 +393,11 @@ fn markdown(r: &RunReport, cfg: &RunConfig, source: &str, classes: &[String]) ->
         t.sample,
         t.evaluate,
         t.total,
-        tch::get_num_threads(),
+        p.threads,
         r.per_class_accuracy
             .iter()
-            .enumerate()
-            .map(|(i, a)| format!("{}: {:.1}%", classes[i], 100.0 * a))
+            .zip(&r.test_classes)
+            .map(|(a, class)| format!("{class}: {:.1}%", 100.0 * a))
             .collect::<Vec<_>>()
             .join(", ")
     )

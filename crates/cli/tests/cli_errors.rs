@@ -429,3 +429,64 @@ fn one_class_data_is_refused_by_the_downstream_classifier() {
     );
     assert_clean_failure(code, &stderr, "needs at least two");
 }
+
+/// A run whose sampled classes are not the test set's, by name and in order, is refused before
+/// any work: the downstream accuracy would score other labels. Fine-tuning is refused naming
+/// both specs and the differing names; mode "base" also suggests fine-tuning.
+#[test]
+fn runs_refuse_a_test_set_of_other_classes() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = grey_tree(dir.path(), "xy", 28);
+    let root = dir.path().join("xz");
+    for (class, v) in [("x", 10u8), ("z", 200)] {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        image::GrayImage::from_pixel(28, 28, image::Luma([v]))
+            .save(root.join(class).join("0.png"))
+            .unwrap();
+    }
+    let test = format!("imagefolder:{}", root.display());
+    let base = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/mnist-base");
+    let run = |mode: &str, test: &str| {
+        let out = dir.path().join(format!("run-{mode}"));
+        let config = format!(
+            "out = \"{}\"\n[private]\ntrain = \"{train}\"\ntest = \"{test}\"\n\
+             [finetune]\nbase = \"{base}\"\nmode = \"{mode}\"\nepsilon = 10.0\ndelta = 1e-3\n\
+             [sample]\nper_class = 2\nsteps = 2\nguidance = 1.0\nseed = 0\n\
+             [evaluate]\nepochs = 1\nval_fraction = 0.25\n",
+            out.display()
+        );
+        let path = dir.path().join(format!("{mode}.toml"));
+        std::fs::write(&path, config).unwrap();
+        let result = dpsynth(dir.path(), &["run", "--config", path.to_str().unwrap()]);
+        assert!(!out.join("finetune").exists(), "refused before fine-tuning");
+        result
+    };
+    let (code, _, stderr) = run("loda", &test);
+    assert_clean_failure(
+        code,
+        &stderr,
+        &format!("the private training set `{train}` and the test set `{test}` do not name"),
+    );
+    assert!(
+        stderr.contains("has 'y'") && stderr.contains("has 'z'"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("fine-tune to learn"), "{stderr}");
+
+    // the base's classes are the digits
+    let (code, _, stderr) = run("base", &train);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("error: mode \"base\" samples the classes of the base"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("only the test set `{train}` has 'x', 'y'")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("fine-tune to learn other classes"),
+        "{stderr}"
+    );
+}

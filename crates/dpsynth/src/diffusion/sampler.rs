@@ -47,6 +47,17 @@ pub enum SamplerKind {
     DpmSolver,
 }
 
+impl SamplerKind {
+    /// "DDPM", "DDIM" or "DPM-Solver++(2M)", for reports (DDIM's η is not named).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ddim { .. } => "DDIM",
+            Self::Ddpm => "DDPM",
+            Self::DpmSolver => "DPM-Solver++(2M)",
+        }
+    }
+}
+
 /// A sampler as users name it (`dpsynth sample --sampler`, `sampler` in a run config's
 /// `[sample]` table): its update rule and how its timesteps are spaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -80,15 +91,6 @@ impl SamplerChoice {
         match self {
             Self::Ddim | Self::Ddpm => Spacing::Leading,
             Self::Dpm => Spacing::Linspace,
-        }
-    }
-
-    /// "DDPM", "DDIM" or "DPM-Solver++(2M)", for reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Ddim => "DDIM",
-            Self::Ddpm => "DDPM",
-            Self::Dpm => "DPM-Solver++(2M)",
         }
     }
 

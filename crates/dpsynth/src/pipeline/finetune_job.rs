@@ -1,17 +1,16 @@
 //! One DP fine-tuning job as `dpsynth finetune`, `run` and `audit` run it: the library's
 //! [`finetune`] plus the model's grid.png and report.json in the job's folder.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use tch::Device;
 
-use super::Event;
-use crate::data::{self, grid, Dataset};
+use super::{Event, GRID_PER_ROW, GRID_SCALE};
+use crate::data::{grid, Dataset};
 use crate::diffusion::sampler::SamplerConfig;
 use crate::fsutil::write_atomic;
-use crate::nn::unet::{UNetConfig, CONFIG_FILE};
-use crate::synth::{generate, load_model_dir};
+use crate::synth::{generate, load_model_dir, ModelDir};
 use crate::train::class_table;
 use crate::train::finetune::{finetune, FinetuneConfig, Finetuned};
 
@@ -55,13 +54,27 @@ impl FinetuneJob {
     }
 }
 
-/// How `ds` will be converted to the shape of the model in `base` (`None`: it has that shape,
-/// or the model's config cannot be read, which fine-tuning then reports).
-pub fn conversion_of(ds: &Dataset, base: &Path) -> Option<String> {
-    let cfg = UNetConfig::load(&base.join(CONFIG_FILE)).ok()?;
-    let [c, h, w] = cfg.sample_shape()?;
-    let to = [c as usize, h as usize, w as usize];
-    data::convert::describe([ds.channels, ds.height, ds.width], to)
+/// Images per class in the preview grid (grid.png) written beside a fine-tuned model.
+pub const PREVIEW_PER_CLASS: usize = 10;
+
+/// Denoising steps of the preview grid's sampler (DDPM).
+pub const PREVIEW_STEPS: usize = 50;
+
+/// Classifier-free guidance scale of the preview grid's sampler (1: the conditional model
+/// alone).
+pub const PREVIEW_GUIDANCE: f64 = 1.0;
+
+/// Seed of the preview grid's sampling noise.
+pub const PREVIEW_SEED: u64 = 0;
+
+/// What [`run_finetune`] produced: the library's record, and the fine-tuned model folder as
+/// loaded from disk once for the preview grid, for a run to sample from without loading it
+/// again.
+pub struct FinetuneOutcome {
+    /// The fine-tuning's record.
+    pub done: Finetuned,
+    /// The model folder `done.model_dir`, loaded.
+    pub model: ModelDir,
 }
 
 /// What reports say of where the class rows started.
@@ -70,22 +83,18 @@ pub const CLASS_ROWS_NOTE: &str = "class rows start from the base's rows of the 
      public class names, so it costs no privacy";
 
 /// Runs the fine-tuning of `job` on `train` (the private set `job.data` names), writes
-/// report.json and grid.png in `job.out`, and returns the record for callers (`run`, `audit`).
-/// Progress comes as [`Event::Converted`], the steps between [`Event::Begin`] and
-/// [`Event::End`], and [`Event::Finetuned`] once the report is written.
+/// report.json and grid.png in `job.out`, and returns the record and the loaded model for
+/// callers (`run`, `audit`). Progress comes as the steps between [`Event::Begin`] and
+/// [`Event::End`], then [`Event::Converted`] when the private images had to be converted to the
+/// model's shape (fine-tuning says how once it has loaded the base), and [`Event::Finetuned`]
+/// once the report is written.
 pub fn run_finetune(
     job: &FinetuneJob,
     train: &Dataset,
     device: Device,
     on_event: &mut dyn FnMut(Event),
-) -> Result<Finetuned> {
+) -> Result<FinetuneOutcome> {
     let cfg = &job.config;
-    if let Some(how) = conversion_of(train, &job.base) {
-        on_event(Event::Converted {
-            spec: &job.data,
-            how: &how,
-        });
-    }
     on_event(Event::Begin {
         unit: "steps",
         total: 0,
@@ -104,9 +113,27 @@ pub fn run_finetune(
         None => format!("fine-tuning {} on {}", base.display(), job.data),
     })?;
     on_event(Event::End);
+    if let Some(how) = &done.conversion {
+        on_event(Event::Converted {
+            spec: &job.data,
+            how,
+        });
+    }
     let model = load_model_dir(&done.model_dir, device)?;
-    let grid_ds = generate(&model, 10, &SamplerConfig::ddpm(50, 1.0), 0, &mut |_| {})?;
-    grid::write_grid(&grid_ds, 10, 2, &job.out.join("grid.png"))?;
+    let sampler = SamplerConfig::ddpm(PREVIEW_STEPS, PREVIEW_GUIDANCE);
+    let preview = generate(
+        &model,
+        PREVIEW_PER_CLASS,
+        &sampler,
+        PREVIEW_SEED,
+        &mut |_| {},
+    )?;
+    grid::write_grid(
+        &preview,
+        GRID_PER_ROW,
+        GRID_SCALE,
+        &job.out.join("grid.png"),
+    )?;
     let report = serde_json::json!({
         "command": "finetune",
         "base": job.base,
@@ -133,5 +160,5 @@ pub fn run_finetune(
     write_atomic(&path, serde_json::to_string_pretty(&report)?.as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;
     on_event(Event::Finetuned { job, done: &done });
-    Ok(done)
+    Ok(FinetuneOutcome { done, model })
 }

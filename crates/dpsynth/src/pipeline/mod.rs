@@ -10,7 +10,7 @@ pub mod report;
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{ensure, Result};
+use anyhow::{bail, Result};
 use privacy::Accountant;
 use serde::{Deserialize, Serialize};
 use tch::Device;
@@ -23,7 +23,7 @@ use crate::nn::inception::InceptionV3;
 use crate::synth::{generate, load_model_dir};
 use crate::train::downstream::{train_and_test, DownstreamConfig};
 use crate::train::finetune::{Finetuned, Mode, StepInfo};
-use finetune_job::{run_finetune, FinetuneJob, CLASS_ROWS_NOTE};
+use finetune_job::{run_finetune, FinetuneJob, FinetuneOutcome, CLASS_ROWS_NOTE};
 use report::{Conversion, RunReport, Seconds};
 
 /// The mode of a run that skips fine-tuning: the base is sampled as it is, no private training
@@ -32,6 +32,13 @@ pub const BASE_MODE: &str = "base";
 
 /// Closest synthetic-training pairs the memorization report lists (memorization.png).
 const CLOSEST_PAIRS: usize = 20;
+
+/// Images of each class shown in a row of a sample grid (a run's grid.png and the preview
+/// grid.png beside a fine-tuned model).
+pub const GRID_PER_ROW: usize = 10;
+
+/// How much a sample grid enlarges each image (nearest neighbour).
+pub const GRID_SCALE: u32 = 2;
 
 /// The mode of a run: a fine-tuning mode, or "base" (`None`: the base is sampled as it is).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -71,7 +78,8 @@ impl Serialize for RunMode {
 pub enum Event<'a> {
     /// A stage of a run begins.
     Stage(Stage<'a>),
-    /// The images of the set `spec` are converted to the model's shape, as `how` says.
+    /// The images of the set `spec` are converted to the model's shape, as `how` says (the
+    /// private set's once fine-tuning, which converts them, has run).
     Converted {
         /// The dataset spec.
         spec: &'a str,
@@ -157,9 +165,22 @@ pub enum Source<'a> {
     Base {
         /// The base model folder.
         dir: &'a Path,
+        /// Spec of the private training set, reported only (it is not read).
+        private_train: &'a str,
         /// δ the report states (nothing is spent).
         delta: f64,
     },
+}
+
+impl Source<'_> {
+    /// Spec of the private training set: the one the job fine-tunes on, or the one a base-alone
+    /// run reports.
+    pub fn private_train(&self) -> &str {
+        match self {
+            Source::Finetune { job, .. } => &job.data,
+            Source::Base { private_train, .. } => private_train,
+        }
+    }
 }
 
 /// How a run samples the synthetic set.
@@ -185,9 +206,8 @@ pub struct EvaluateSettings<'a> {
 
 /// One run: where it samples from, the real test set, and the settings of each stage.
 pub struct RunPlan<'a> {
-    /// Spec of the private training set (reported; mode "base" does not read it).
-    pub private_train: &'a str,
-    /// The model sampled: fine-tuned on the private set, or the base alone.
+    /// The model sampled: fine-tuned on the private set (whose spec it gives), or the base
+    /// alone.
     pub source: Source<'a>,
     /// Spec of the real test set.
     pub test_spec: &'a str,
@@ -231,25 +251,103 @@ pub fn measure_fidelity(
     Ok(Some(f))
 }
 
+/// The most differing class names an error lists of each kind.
+const LISTED_NAMES: usize = 10;
+
+/// How class lists `a` (of `a_what`) and `b` (of `b_what`) differ, for an error: the names only
+/// one has, or the first label they name differently when they hold the same names in another
+/// order (`None`: they are equal).
+fn class_difference(a_what: &str, a: &[String], b_what: &str, b: &[String]) -> Option<String> {
+    if a == b {
+        return None;
+    }
+    let only = |what: &str, x: &[String], y: &[String]| {
+        let names: Vec<&str> = (x.iter())
+            .filter(|n| !y.contains(n))
+            .map(String::as_str)
+            .collect();
+        (!names.is_empty()).then(|| {
+            let more = names.len().saturating_sub(LISTED_NAMES);
+            let listed = names[..names.len().min(LISTED_NAMES)].join("', '");
+            let more = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            format!("only {what} has '{listed}'{more}")
+        })
+    };
+    let parts: Vec<String> = [only(a_what, a, b), only(b_what, b, a)]
+        .into_iter()
+        .flatten()
+        .collect();
+    if !parts.is_empty() {
+        return Some(parts.join("; "));
+    }
+    // the same names: in another order, or some of them twice
+    let first = (a.iter().zip(b).enumerate()).find(|(_, (x, y))| x != y);
+    Some(match first {
+        Some((label, (x, y))) => format!(
+            "the same names in another order: label {label} is '{x}' in {a_what} and '{y}' in \
+             {b_what}"
+        ),
+        None => format!(
+            "the same names, but {a_what} has {} classes and {b_what} {}",
+            a.len(),
+            b.len()
+        ),
+    })
+}
+
+/// Refuses to sample `classes` (the classes of the model a run samples, by label) when they are
+/// not the test set's, by name and in order: the downstream classifier would be scored against
+/// other labels. `source` says where the classes come from.
+fn check_test_classes(plan: &RunPlan, source: &str, classes: &[String]) -> Result<()> {
+    let test = format!("the test set `{}`", plan.test_spec);
+    let Some(diff) = class_difference(source, classes, &test, &plan.test.class_names) else {
+        return Ok(());
+    };
+    match plan.source {
+        Source::Finetune { job, .. } => bail!(
+            "the private training set `{}` and the test set `{}` do not name the same classes in \
+             the same order, so the downstream accuracy would compare other labels: {diff}",
+            job.data,
+            plan.test_spec
+        ),
+        Source::Base { dir, .. } => bail!(
+            "mode \"{BASE_MODE}\" samples the classes of the base {}, which must be those of \
+             the test set `{}` by name and in order: {diff}; fine-tune to learn other classes",
+            dir.display(),
+            plan.test_spec
+        ),
+    }
+}
+
 /// Runs `plan`: fine-tunes (unless mode "base"), samples into `out/samples` and `out/grid.png`,
 /// trains the downstream classifier on the samples and tests it on the real test set (converted
 /// to the samples' shape), measures FID/KID when Inception weights are given and, when private
-/// data was read, the memorization report (`out/memorization.png`).
+/// data was read, the memorization report (`out/memorization.png`). The sampled model's classes
+/// must be the test set's, by name and in order (checked before fine-tuning too: the fine-tuned
+/// model's classes are the private training set's).
 pub fn run(plan: &RunPlan, device: Device, on_event: &mut dyn FnMut(Event)) -> Result<RunReport> {
     // 1. DP fine-tuning (none for the base alone)
     let t0 = Instant::now();
-    let (ft, base_dir, train) = match plan.source {
+    let (ft, model, train) = match plan.source {
         Source::Finetune { job, train } => {
+            let private = format!("the private training set `{}`", job.data);
+            check_test_classes(plan, &private, &train.class_names)?;
             on_event(Event::Stage(Stage::Finetune {
                 mode: job.config.mode,
                 epsilon: job.config.epsilon,
             }));
-            let ft = run_finetune(job, train, device, on_event)?;
-            (Some(ft), job.base.as_path(), Some(train))
+            // the model folder fine-tuning wrote, as it loaded it for the preview grid: the
+            // saved weights, loaded once
+            let FinetuneOutcome { done, model } = run_finetune(job, train, device, on_event)?;
+            (Some(done), model, Some(train))
         }
         Source::Base { dir, .. } => {
             on_event(Event::Stage(Stage::BaseAlone));
-            (None, dir, None)
+            (None, load_model_dir(dir, device)?, None)
         }
     };
     let finetune_secs = t0.elapsed().as_secs_f64();
@@ -259,15 +357,11 @@ pub fn run(plan: &RunPlan, device: Device, on_event: &mut dyn FnMut(Event)) -> R
     on_event(Event::Stage(Stage::Sample {
         per_class: s.per_class,
     }));
-    let model_dir = ft.as_ref().map_or(base_dir, |ft| ft.model_dir.as_path());
-    let model = load_model_dir(model_dir, device)?;
-    ensure!(
-        ft.is_some() || model.classes == plan.test.class_names,
-        "mode \"{BASE_MODE}\" samples the base's own classes ({}), which must be the test set's \
-         ({}): fine-tune to learn other classes",
-        model.classes.join(", "),
-        plan.test.class_names.join(", ")
-    );
+    let source = match &ft {
+        Some(done) => format!("the fine-tuned model {}", done.model_dir.display()),
+        None => "the base".to_string(),
+    };
+    check_test_classes(plan, &source, &model.classes)?;
     on_event(Event::Begin {
         unit: "images",
         total: (s.per_class * model.classes.len()) as u64,
@@ -279,7 +373,12 @@ pub fn run(plan: &RunPlan, device: Device, on_event: &mut dyn FnMut(Event)) -> R
     on_event(Event::End);
     let sample_secs = t0.elapsed().as_secs_f64();
     imagefolder::write(&synthetic, &plan.out.join("samples"))?;
-    grid::write_grid(&synthetic, 10, 2, &plan.out.join("grid.png"))?;
+    grid::write_grid(
+        &synthetic,
+        GRID_PER_ROW,
+        GRID_SCALE,
+        &plan.out.join("grid.png"),
+    )?;
 
     // 3. downstream evaluation
     on_event(Event::Stage(Stage::Downstream {
@@ -316,7 +415,10 @@ pub fn run(plan: &RunPlan, device: Device, on_event: &mut dyn FnMut(Event)) -> R
     let memorization = match train {
         Some(train) => {
             on_event(Event::Stage(Stage::Memorization));
-            let (train, _) = convert::to_shape(train, shape);
+            // the private images in the samples' shape: fine-tuning converted them to the
+            // model's, which is the samples' (so this borrows them and converts nothing)
+            let trained = ft.as_ref().and_then(|ft| ft.converted.as_ref());
+            let (train, _) = convert::to_shape(trained.unwrap_or(train), shape);
             let net = Some(r.model.as_ref());
             let m = memorization::measure(&synthetic, &train, &test, CLOSEST_PAIRS, net, device)?;
             let path = plan.out.join("memorization.png");
@@ -336,7 +438,7 @@ pub fn run(plan: &RunPlan, device: Device, on_event: &mut dyn FnMut(Event)) -> R
         Source::Base { delta, .. } => (None, delta, Accountant::default()),
     };
     Ok(RunReport {
-        private_train: plan.private_train.to_string(),
+        private_train: plan.source.private_train().to_string(),
         test: plan.test_spec.to_string(),
         mode: RunMode(mode),
         epsilon_spent: ft.as_ref().map_or(0.0, |ft| ft.epsilon),
@@ -359,6 +461,7 @@ pub fn run(plan: &RunPlan, device: Device, on_event: &mut dyn FnMut(Event)) -> R
         sampler: s.sampler,
         test_accuracy: r.test.accuracy,
         per_class_accuracy: r.test.per_class_accuracy,
+        test_classes: plan.test.class_names.clone(),
         confusion: r.test.confusion,
         downstream_best_epoch: r.best_epoch,
         downstream_val_accuracy: r.val_accuracy,
@@ -374,4 +477,43 @@ pub fn run(plan: &RunPlan, device: Device, on_event: &mut dyn FnMut(Event)) -> R
             total: plan.started.elapsed().as_secs_f64(),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::class_difference;
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Class lists differ by name, by order or by a repeated name, and the message says which.
+    #[test]
+    fn class_differences_name_what_differs() {
+        let digits = names(&["0", "1", "2"]);
+        assert_eq!(class_difference("A", &digits, "B", &digits), None);
+        let words = names(&["0", "one", "two"]);
+        assert_eq!(
+            class_difference("A", &digits, "B", &words).unwrap(),
+            "only A has '1', '2'; only B has 'one', 'two'"
+        );
+        let reordered = names(&["0", "2", "1"]);
+        assert_eq!(
+            class_difference("A", &digits, "B", &reordered).unwrap(),
+            "the same names in another order: label 1 is '1' in A and '2' in B"
+        );
+        let fewer = names(&["0", "1"]);
+        assert_eq!(
+            class_difference("A", &digits, "B", &fewer).unwrap(),
+            "only A has '2'"
+        );
+        let twice = names(&["0", "1", "2", "2"]);
+        assert_eq!(
+            class_difference("A", &digits, "B", &twice).unwrap(),
+            "the same names, but A has 3 classes and B 4"
+        );
+        let many: Vec<String> = (0..25).map(|i| format!("c{i}")).collect();
+        let listed = class_difference("A", &many, "B", &[]).unwrap();
+        assert!(listed.ends_with("'c9' and 15 more"), "{listed}");
+    }
 }

@@ -105,6 +105,9 @@ pub struct RunReport {
     pub test_accuracy: f64,
     /// Its accuracy within each test class.
     pub per_class_accuracy: Vec<f64>,
+    /// The test set's class names, by label (not in report.json).
+    #[serde(skip)]
+    pub test_classes: Vec<String>,
     /// Its `confusion[true][predicted]` counts on the test set.
     pub confusion: Vec<Vec<u64>>,
     /// The epoch chosen on held-out synthetic images (1-based).
@@ -159,6 +162,7 @@ mod tests {
             sampler: SamplerConfig::ddpm(10, 1.0),
             test_accuracy: 0.5,
             per_class_accuracy: vec![0.5, 0.5],
+            test_classes: vec!["0".into(), "1".into()],
             confusion: vec![vec![1, 1], vec![1, 1]],
             downstream_best_epoch: 1,
             downstream_val_accuracy: vec![0.5],

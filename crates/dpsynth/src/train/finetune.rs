@@ -277,6 +277,10 @@ pub struct Finetuned {
     pub class_rows: Option<Vec<RowStart>>,
     /// How the private images were converted to the model's shape (`None`: they had it).
     pub conversion: Option<String>,
+    /// The private images in the model's shape, as they were trained on, when they had to be
+    /// converted (`None`: the caller's set had that shape), so a caller need not convert them
+    /// again.
+    pub converted: Option<Dataset>,
     /// The gradient canaries' membership and scores, when the run planted some.
     pub canaries: Option<CanaryScores>,
 }
@@ -473,8 +477,8 @@ pub fn finetune(
     // images of another shape are converted to the model's, image by image (a fixed public
     // transform, so it changes nothing in the privacy analysis)
     let shape = [c as usize, h as usize, w as usize];
-    let (train, conversion) = crate::data::convert::to_shape(train, shape);
-    let train: &Dataset = &train;
+    let (converted, conversion) = crate::data::convert::to_shape(train, shape);
+    let train: &Dataset = &converted;
     let mut opt = t.optimizer(cfg)?;
     let run = dp_loop::train(
         cfg,
@@ -507,6 +511,10 @@ pub fn finetune(
         class_rows: t.class_rows.clone(),
         conversion,
         canaries: run.canaries,
+        converted: match converted {
+            std::borrow::Cow::Owned(ds) => Some(ds),
+            std::borrow::Cow::Borrowed(_) => None,
+        },
     })
 }
 
