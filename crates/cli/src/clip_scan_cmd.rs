@@ -53,7 +53,7 @@ pub fn run(a: ClipScanArgs, data_dir: &Path, device: Device) -> Result<()> {
     ensure!(a.batch >= 1, "--batch must be at least 1");
     let images = data::load(&a.data, data_dir)?;
     let tr = &a.trainable;
-    let cfg = tr.config(1.0, 1e-5);
+    let cfg = tr.config(1.0, 1e-5, Default::default());
     // The adapters' random initialisation comes from libtorch's generator.
     tch::manual_seed(a.seed as i64);
     let t = prepare(&tr.base, &cfg, None, device)?;
@@ -70,7 +70,7 @@ pub fn run(a: ClipScanArgs, data_dir: &Path, device: Device) -> Result<()> {
         let p = clip_pass(
             &t,
             &images,
-            tr.noise_multiplicity,
+            cfg.noise_multiplicity,
             &scan,
             c,
             device,
@@ -87,7 +87,7 @@ pub fn run(a: ClipScanArgs, data_dir: &Path, device: Device) -> Result<()> {
         "per-example gradient norms, mode {} ({params} trainable parameters), K = {}, on {} \
          images of {}:",
         cfg.mode,
-        tr.noise_multiplicity,
+        cfg.noise_multiplicity,
         norms.sorted().len(),
         a.data
     );

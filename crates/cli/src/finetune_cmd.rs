@@ -7,7 +7,10 @@ use anyhow::Result;
 use clap::Args;
 use dpsynth::data;
 use dpsynth::pipeline::finetune_job::{run_finetune, FinetuneJob};
-use dpsynth::train::finetune::{FinetuneConfig, Mode};
+use dpsynth::train::finetune::{
+    FinetuneConfig, FinetuneOverrides, Mode, DEFAULT_BATCH, DEFAULT_EPOCHS,
+    DEFAULT_NOISE_MULTIPLICITY, DEFAULT_PHYSICAL_BATCH, DEFAULT_RANK,
+};
 use privacy::Accountant;
 use tch::Device;
 
@@ -22,9 +25,8 @@ pub struct TrainableArgs {
     /// loda, lora, attention (DP-LDM), full (DP-Diffusion) or scratch (DPDM).
     #[arg(long, default_value = "loda")]
     pub mode: Mode,
-    /// Adapter rank r (loda, lora).
-    #[arg(long, default_value_t = 4)]
-    pub rank: i64,
+    #[arg(long, help = format!("Adapter rank r (loda, lora) [default: {DEFAULT_RANK}]"))]
+    pub rank: Option<i64>,
     /// Adapter scale α (update × α / r); default r.
     #[arg(long)]
     pub alpha: Option<f64>,
@@ -38,21 +40,32 @@ pub struct TrainableArgs {
     /// classes must be learned: classes the base lacks, or any class of an unconditional base).
     #[arg(long)]
     pub freeze_class_embedding: bool,
-    /// Noise multiplicity K: (timestep, noise) draws per example, averaged before clipping.
-    #[arg(long, default_value_t = 1)]
-    pub noise_multiplicity: i64,
+    #[arg(long, help = format!("Noise multiplicity K: (timestep, noise) draws per example, \
+        averaged before clipping [default: {DEFAULT_NOISE_MULTIPLICITY}]"))]
+    pub noise_multiplicity: Option<i64>,
+}
+
+/// `value` for each mode, as help texts list a mode's default ("0.003 loda, 0.003 lora, ...").
+fn by_mode(value: fn(Mode) -> f64) -> String {
+    let each = Mode::ALL.map(|m| format!("{} {m}", value(m)));
+    each.join(", ")
 }
 
 impl TrainableArgs {
-    /// The library defaults for `epsilon` and `delta` with these flags applied.
-    pub fn config(&self, epsilon: f64, delta: f64) -> FinetuneConfig {
-        let mut c = FinetuneConfig::new(self.mode, epsilon, delta);
-        c.adapter.rank = self.rank;
-        c.adapter.alpha = self.alpha.unwrap_or(self.rank as f64);
+    /// The library defaults for the mode, `epsilon` and `delta` with these flags and the
+    /// caller's `more` applied ([`FinetuneConfig::with_overrides`]: α follows the rank unless
+    /// --alpha is given).
+    pub fn config(&self, epsilon: f64, delta: f64, more: FinetuneOverrides) -> FinetuneConfig {
+        let overrides = FinetuneOverrides {
+            rank: self.rank,
+            alpha: self.alpha,
+            noise_multiplicity: self.noise_multiplicity,
+            ..more
+        };
+        let mut c = FinetuneConfig::new(self.mode, epsilon, delta).with_overrides(&overrides);
         c.adapter.attention = self.adapt_attention;
         c.adapter.time_embedding = self.adapt_time;
         c.train_class_embedding = !self.freeze_class_embedding;
-        c.noise_multiplicity = self.noise_multiplicity;
         c
     }
 }
@@ -70,28 +83,25 @@ pub struct FinetuneArgs {
     /// Target δ.
     #[arg(long, default_value_t = 1e-5)]
     pub delta: f64,
-    /// Expected logical batch size [default: the library's, 1000].
-    #[arg(long)]
+    #[arg(long, help = format!("Expected logical batch size [default: {DEFAULT_BATCH}]"))]
     pub batch: Option<usize>,
-    /// Micro-batch size (memory bound) [default: the library's, 250].
-    #[arg(long)]
+    #[arg(long, help = format!("Micro-batch size (memory bound) [default: \
+        {DEFAULT_PHYSICAL_BATCH}]"))]
     pub physical_batch: Option<usize>,
-    /// Passes over the private data [default: the library's, 1].
-    #[arg(long)]
+    #[arg(long, help = format!("Passes over the private data [default: {DEFAULT_EPOCHS}]"))]
     pub epochs: Option<f64>,
-    /// Adam learning rate [default by mode: 3e-2 loda, chosen on a public stand-in task; 2e-3
-    /// the other modes, not tuned; see docs/RESULTS.md].
-    #[arg(long)]
+    #[arg(long, help = format!("Adam learning rate [default by mode: {}; loda's chosen on a \
+        public stand-in task, the others' not tuned; see docs/RESULTS.md]",
+        by_mode(Mode::default_lr)))]
     pub lr: Option<f64>,
     /// Adam learning rate of the class embedding (default: --lr). New classes start from the
     /// null class and need a larger step than the adapters to separate.
     #[arg(long)]
     pub class_lr: Option<f64>,
-    /// Per-example clipping norm C (default by mode: 0.003 loda and lora, 0.0005 attention, 0.03
-    /// full, 1 scratch, measured on the shipped MNIST base). For another base, measure the norms
-    /// with `dpsynth clip-scan` on public images first: a C far above them adds noise and no
-    /// signal.
-    #[arg(long)]
+    #[arg(long, help = format!("Per-example clipping norm C (default by mode: {}, measured on \
+        the shipped MNIST base). For another base, measure the norms with `dpsynth clip-scan` on \
+        public images first: a C far above them adds noise and no signal",
+        by_mode(Mode::default_clip)))]
     pub clip: Option<f64>,
     /// Accountant: pld (default) or rdp.
     #[arg(long, default_value = "pld")]
@@ -129,20 +139,21 @@ pub struct FinetuneArgs {
 impl FinetuneArgs {
     /// The job these flags describe (reads the class-init table).
     pub fn job(&self) -> Result<FinetuneJob> {
-        let mut c = self.trainable.config(self.epsilon, self.delta);
+        let overrides = FinetuneOverrides {
+            epochs: self.epochs,
+            batch_size: self.batch,
+            physical_batch: self.physical_batch,
+            lr: self.lr,
+            class_lr: self.class_lr,
+            clip: self.clip,
+            allow_large_delta: self.allow_large_delta,
+            ..FinetuneOverrides::default()
+        };
+        let mut c = self.trainable.config(self.epsilon, self.delta, overrides);
         c.accountant = self.accountant;
-        c.epochs = self.epochs.unwrap_or(c.epochs);
-        c.batch_size = self.batch.unwrap_or(c.batch_size);
-        c.physical_batch = self.physical_batch.unwrap_or(c.physical_batch);
-        c.lr = self.lr.unwrap_or(c.lr);
-        c.class_lr = self.class_lr;
-        if let Some(clip) = self.clip {
-            c.clip = clip;
-        }
         c.seed = self.seed;
         c.checkpoint_every = self.checkpoint_every;
         c.checkpoint_seconds = self.checkpoint_seconds;
-        c.allow_large_delta = self.allow_large_delta;
         FinetuneJob::new(
             self.trainable.base.clone(),
             self.data.clone(),
@@ -163,4 +174,63 @@ pub fn run(a: FinetuneArgs, data_dir: &Path, device: Device) -> Result<()> {
     let train = data::load(&job.data, data_dir)?;
     let mut reporter = Reporter::new(a.private_log);
     run_finetune(&job, &train, device, &mut |e| reporter.on(e)).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use dpsynth::pipeline::config::FinetuneSection;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: FinetuneArgs,
+    }
+
+    fn config(flags: &str) -> FinetuneConfig {
+        let argv = format!("finetune --epsilon 3 --delta 1e-6 {flags}");
+        Cli::parse_from(argv.split_whitespace())
+            .args
+            .job()
+            .unwrap()
+            .config
+    }
+
+    fn json(c: &FinetuneConfig) -> serde_json::Value {
+        serde_json::to_value(c).unwrap()
+    }
+
+    /// With no flags the settings are the library's for the mode; a flag and the run config's
+    /// key of the same name give the same settings (one overlay, α = r unless --alpha).
+    #[test]
+    fn flags_overlay_the_library_defaults_as_run_configs_do() {
+        for mode in Mode::ALL {
+            let lib = FinetuneConfig::new(mode, 3.0, 1e-6);
+            assert_eq!(
+                json(&config(&format!("--mode {mode}"))),
+                json(&lib),
+                "{mode}"
+            );
+        }
+        let flags = config(
+            "--mode lora --rank 8 --epochs 2.5 --batch 64 --physical-batch 16 --lr 0.5 \
+             --class-lr 0.25 --clip 0.7 --noise-multiplicity 3 --allow-large-delta",
+        );
+        let section: FinetuneSection = toml::from_str(
+            "base = \"models/mnist-base\"\nmode = \"lora\"\nepsilon = 3.0\ndelta = 1e-6\n\
+             rank = 8\nepochs = 2.5\nbatch = 64\nphysical_batch = 16\nlr = 0.5\n\
+             class_lr = 0.25\nclip = 0.7\nnoise_multiplicity = 3\nallow_large_delta = true",
+        )
+        .unwrap();
+        assert_eq!(json(&flags), json(&section.finetune_config().unwrap()));
+        assert_eq!((flags.adapter.rank, flags.adapter.alpha), (8, 8.0));
+        let alpha = config("--rank 8 --alpha 2");
+        assert_eq!((alpha.adapter.rank, alpha.adapter.alpha), (8, 2.0));
+        let alpha = config("--alpha 2");
+        assert_eq!(
+            (alpha.adapter.rank, alpha.adapter.alpha),
+            (DEFAULT_RANK, 2.0)
+        );
+    }
 }

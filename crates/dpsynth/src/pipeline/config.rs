@@ -15,7 +15,7 @@ use crate::fidelity::FidelitySettings;
 use crate::nn::arch::Arch;
 use crate::nn::inception::InceptionV3;
 use crate::train::downstream::DownstreamConfig;
-use crate::train::finetune::FinetuneConfig;
+use crate::train::finetune::{FinetuneConfig, FinetuneOverrides};
 
 /// Images per forward pass when a run samples (no key sets it).
 pub const SAMPLE_BATCH: usize = 250;
@@ -109,23 +109,28 @@ pub enum PrivateLog {
 }
 
 impl FinetuneSection {
-    /// The fine-tuning settings: [`FinetuneConfig::new`]'s for the mode, ε and δ, with the keys
-    /// the table sets (the class-init table is the job's to read); `None` in mode "base".
-    pub fn finetune_config(&self) -> Option<FinetuneConfig> {
-        let mut c = FinetuneConfig::new(self.mode.0?, self.epsilon, self.delta);
-        if let Some(rank) = self.rank {
-            c.adapter.rank = rank;
-            c.adapter.alpha = rank as f64;
+    /// The settings the table's optional keys set (no key sets α: it follows the rank).
+    pub fn overrides(&self) -> FinetuneOverrides {
+        FinetuneOverrides {
+            rank: self.rank,
+            alpha: None,
+            epochs: self.epochs,
+            batch_size: self.batch,
+            physical_batch: self.physical_batch,
+            lr: self.lr,
+            class_lr: self.class_lr,
+            clip: self.clip,
+            noise_multiplicity: self.noise_multiplicity,
+            allow_large_delta: self.allow_large_delta,
         }
-        c.epochs = self.epochs.unwrap_or(c.epochs);
-        c.batch_size = self.batch.unwrap_or(c.batch_size);
-        c.physical_batch = self.physical_batch.unwrap_or(c.physical_batch);
-        c.lr = self.lr.unwrap_or(c.lr);
-        c.class_lr = self.class_lr.or(c.class_lr);
-        c.clip = self.clip.unwrap_or(c.clip);
-        c.noise_multiplicity = self.noise_multiplicity.unwrap_or(c.noise_multiplicity);
-        c.allow_large_delta = self.allow_large_delta;
-        Some(c)
+    }
+
+    /// The fine-tuning settings: [`FinetuneConfig::new`]'s for the mode, ε and δ, with the keys
+    /// the table sets ([`FinetuneConfig::with_overrides`]; the class-init table is the job's to
+    /// read); `None` in mode "base".
+    pub fn finetune_config(&self) -> Option<FinetuneConfig> {
+        let c = FinetuneConfig::new(self.mode.0?, self.epsilon, self.delta);
+        Some(c.with_overrides(&self.overrides()))
     }
 }
 

@@ -54,6 +54,15 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// Every mode, in the order help texts list them.
+    pub const ALL: [Mode; 5] = [
+        Self::Loda,
+        Self::Lora,
+        Self::Attention,
+        Self::Full,
+        Self::Scratch,
+    ];
+
     /// The default clipping bound C: the largest bound within about 2% of the most signal per
     /// unit of noise that `dpsynth clip-scan` found on the shipped MNIST base with public
     /// handwriting-like digits (docs/RESULTS.md, "Public pretraining data"); scratch keeps 1,
@@ -111,6 +120,21 @@ impl std::fmt::Display for Mode {
 
 /// Default steps between fine-tuning checkpoints.
 pub const DEFAULT_CHECKPOINT_EVERY: u64 = 20;
+
+/// Default adapter rank r (loda, lora); the adapter scale α defaults to r.
+pub const DEFAULT_RANK: i64 = 4;
+
+/// Default noise multiplicity K: (timestep, noise) draws per example.
+pub const DEFAULT_NOISE_MULTIPLICITY: i64 = 1;
+
+/// Default passes over the private data.
+pub const DEFAULT_EPOCHS: f64 = 1.0;
+
+/// Default expected logical batch size.
+pub const DEFAULT_BATCH: usize = 1000;
+
+/// Default largest micro-batch put through the model at once.
+pub const DEFAULT_PHYSICAL_BATCH: usize = 250;
 
 /// Settings of a DP fine-tuning run (saved in checkpoints and reports).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -187,16 +211,16 @@ impl FinetuneConfig {
                 } else {
                     AdapterKind::Loda
                 },
-                4,
+                DEFAULT_RANK,
             ),
             train_class_embedding: true,
             epsilon,
             delta,
             accountant: Accountant::Pld,
-            epochs: 1.0,
-            batch_size: 1000,
-            physical_batch: 250,
-            noise_multiplicity: 1,
+            epochs: DEFAULT_EPOCHS,
+            batch_size: DEFAULT_BATCH,
+            physical_batch: DEFAULT_PHYSICAL_BATCH,
+            noise_multiplicity: DEFAULT_NOISE_MULTIPLICITY,
             lr: mode.default_lr(),
             class_lr: None,
             clip: mode.default_clip(),
@@ -209,6 +233,25 @@ impl FinetuneConfig {
             checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
             checkpoint_seconds: checkpoint::DEFAULT_CHECKPOINT_SECONDS,
         }
+    }
+
+    /// These settings with the ones `o` sets (a run config's `[finetune]` keys, `dpsynth
+    /// finetune`'s flags); what `o` leaves unset keeps its value. The adapter scale α follows
+    /// the rank unless `o` sets it: α = r.
+    pub fn with_overrides(mut self, o: &FinetuneOverrides) -> Self {
+        if o.rank.is_some() || o.alpha.is_some() {
+            self.adapter.rank = o.rank.unwrap_or(self.adapter.rank);
+            self.adapter.alpha = o.alpha.unwrap_or(self.adapter.rank as f64);
+        }
+        self.epochs = o.epochs.unwrap_or(self.epochs);
+        self.batch_size = o.batch_size.unwrap_or(self.batch_size);
+        self.physical_batch = o.physical_batch.unwrap_or(self.physical_batch);
+        self.lr = o.lr.unwrap_or(self.lr);
+        self.class_lr = o.class_lr.or(self.class_lr);
+        self.clip = o.clip.unwrap_or(self.clip);
+        self.noise_multiplicity = o.noise_multiplicity.unwrap_or(self.noise_multiplicity);
+        self.allow_large_delta |= o.allow_large_delta;
+        self
     }
 
     /// Checks what the DP loop does not ([`DpSettings::check`] covers the rest).
@@ -232,6 +275,33 @@ impl FinetuneConfig {
         }
         Ok(())
     }
+}
+
+/// The settings a run config's `[finetune]` table and `dpsynth finetune`'s flags may change
+/// from [`FinetuneConfig::new`]'s defaults for the mode, applied by
+/// [`FinetuneConfig::with_overrides`] (`None`: the default).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FinetuneOverrides {
+    /// Adapter rank r ([`DEFAULT_RANK`]).
+    pub rank: Option<i64>,
+    /// Adapter scale α (default: the rank r).
+    pub alpha: Option<f64>,
+    /// Passes over the private data ([`DEFAULT_EPOCHS`]).
+    pub epochs: Option<f64>,
+    /// Expected logical batch size ([`DEFAULT_BATCH`]).
+    pub batch_size: Option<usize>,
+    /// Largest micro-batch ([`DEFAULT_PHYSICAL_BATCH`]).
+    pub physical_batch: Option<usize>,
+    /// Adam learning rate ([`Mode::default_lr`]).
+    pub lr: Option<f64>,
+    /// Learning rate of the class embedding (default: `lr`).
+    pub class_lr: Option<f64>,
+    /// Per-example clipping norm C ([`Mode::default_clip`]).
+    pub clip: Option<f64>,
+    /// Noise multiplicity K ([`DEFAULT_NOISE_MULTIPLICITY`]).
+    pub noise_multiplicity: Option<i64>,
+    /// Accept a δ at or above 1/n (experiments only; `false`: the default, refused).
+    pub allow_large_delta: bool,
 }
 
 /// Checkpointed state besides the tensors.
