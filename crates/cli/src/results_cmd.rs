@@ -487,14 +487,7 @@ mod tests {
             "full = \"mnist\"\nfull_examples = 60000\ntitle = \"T\"\n",
         )
         .unwrap();
-        let doc = tmp.path().join("docs/R.md");
-        std::fs::create_dir_all(doc.parent().unwrap()).unwrap();
-        std::fs::write(
-            &doc,
-            "<!-- results:mnist -->\n<!-- /results:mnist -->\n\
-             <!-- results:mnist-size -->\n<!-- /results:mnist-size -->\n",
-        )
-        .unwrap();
+        let doc = size_study_doc(tmp.path());
         let args = |check| ResultsArgs {
             dir: results.clone(),
             doc: doc.clone(),
@@ -513,6 +506,19 @@ mod tests {
         assert!(err.contains("mnist-size.svg"), "{err}");
     }
 
+    /// `docs/R.md` under `root` with empty `mnist` and `mnist-size` tables.
+    fn size_study_doc(root: &Path) -> PathBuf {
+        let doc = root.join("docs/R.md");
+        std::fs::create_dir_all(doc.parent().unwrap()).unwrap();
+        std::fs::write(
+            &doc,
+            "<!-- results:mnist -->\n<!-- /results:mnist -->\n\
+             <!-- results:mnist-size -->\n<!-- /results:mnist-size -->\n",
+        )
+        .unwrap();
+        doc
+    }
+
     /// A study whose input cannot make a sound plot fails, naming the file and what is wrong.
     #[test]
     fn a_bad_size_study_is_named() {
@@ -528,14 +534,7 @@ mod tests {
             )
             .unwrap()
         };
-        let doc = tmp.path().join("docs/R.md");
-        std::fs::create_dir_all(doc.parent().unwrap()).unwrap();
-        std::fs::write(
-            &doc,
-            "<!-- results:mnist -->\n<!-- /results:mnist -->\n\
-             <!-- results:mnist-size -->\n<!-- /results:mnist-size -->\n",
-        )
-        .unwrap();
+        let doc = size_study_doc(tmp.path());
         let run = |check| {
             run(ResultsArgs {
                 dir: results.clone(),
