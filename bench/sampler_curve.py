@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Downstream accuracy against the number of model evaluations, for each sampler.
 
-For every sampler (DDPM, DDIM with eta 0, DPM-Solver++ 2M) and every step count, samples
-`--per-class` images per class from one model folder with `dpsynth sample`, trains the
+For every sampler (DDPM, DDIM with eta 0, DPM-Solver++ 2M), guidance scale and step count,
+samples `--per-class` images per class from one model folder with `dpsynth sample`, trains the
 downstream classifier on them with `dpsynth evaluate` and tests it on `--test`. Prints a table
 of test accuracy and sampling throughput (images per second) per point and writes it to
-OUT/curve.json. With guidance 1 (the default) a step is one model evaluation, so steps = NFE.
+OUT/curve.json. A step is one model evaluation (NFE) at guidance 1 and two above it (the
+conditional and the unconditional prediction).
 
     python3 bench/sampler_curve.py --model DIR [--test optdigits:all] [--per-class 1000]
-        [--samplers ddpm,ddim,dpm] [--steps 5,10,20,50] [--threads 1] [--out DIR]
+        [--samplers ddpm,ddim,dpm] [--steps 5,10,20,50] [--guidance 1] [--threads 1]
+        [--out DIR]
 
 The default run's sampler and steps are chosen from this curve on a public stand-in: a model
 that read no private image (for example the stand-in cell's fine-tuned model,
@@ -17,7 +19,7 @@ OUT/finetune/model) scored on a public test set (`optdigits:all`), never on MNIS
 
 A finished point (its evaluate report exists) is kept, so an interrupted curve resumes. The
 sampling seed and the classifier's seed are the same at every point: the points differ only in
-the sampler and its steps. dpsynth is `$DPSYNTH`, else target/release/dpsynth.
+the sampler, its steps and the guidance. dpsynth is `$DPSYNTH`, else target/release/dpsynth.
 Standard library only; run from anywhere.
 """
 
@@ -43,9 +45,10 @@ def run(cmd, log):
         sys.exit(f"{cmd[0]} failed ({code}); the end of {log}:\n{tail}")
 
 
-def point(args, dpsynth, sampler, steps):
-    """Samples and evaluates one (sampler, steps) point unless its report exists; returns it."""
-    folder = os.path.join(args.out, f"{sampler}-{steps}")
+def point(args, dpsynth, sampler, guidance, steps):
+    """Samples and evaluates one (sampler, guidance, steps) point unless its report exists;
+    returns it."""
+    folder = os.path.join(args.out, f"{sampler}-g{guidance:g}-{steps}")
     report = os.path.join(folder, "evaluate", "report.json")
     if not os.path.exists(report):
         samples = os.path.join(folder, "samples")
@@ -56,7 +59,8 @@ def point(args, dpsynth, sampler, steps):
         run(
             common
             + ["sample", "--model", args.model, "--per-class", str(args.per_class)]
-            + ["--sampler", sampler, "--steps", str(steps), "--seed", "0"]
+            + ["--sampler", sampler, "--steps", str(steps), "--guidance", f"{guidance:g}"]
+            + ["--seed", "0"]
             + ["--out", samples],
             os.path.join(folder, "sample.log"),
         )
@@ -73,7 +77,9 @@ def point(args, dpsynth, sampler, steps):
         throughput = json.load(f)["images_per_second"]
     return {
         "sampler": sampler,
+        "guidance": guidance,
         "steps": steps,
+        "nfe": steps * (1 if guidance == 1 else 2),
         "test_accuracy": accuracy,
         "images_per_second": throughput,
     }
@@ -86,6 +92,7 @@ def main():
     p.add_argument("--per-class", type=int, default=1000, help="images sampled per class")
     p.add_argument("--samplers", default="ddpm,ddim,dpm", help="comma-separated samplers")
     p.add_argument("--steps", default="5,10,20,50", help="comma-separated step counts")
+    p.add_argument("--guidance", default="1", help="comma-separated guidance scales")
     p.add_argument("--epochs", type=int, default=15, help="downstream classifier epochs")
     p.add_argument("--threads", type=int, default=1, help="libtorch threads")
     p.add_argument("--data-dir", default="data", help="folder holding fetched datasets")
@@ -95,6 +102,10 @@ def main():
         steps = [int(s) for s in args.steps.split(",")]
     except ValueError:
         sys.exit(f"--steps: expected comma-separated integers, got {args.steps!r}")
+    try:
+        guidances = [float(g) for g in args.guidance.split(",")]
+    except ValueError:
+        sys.exit(f"--guidance: expected comma-separated numbers, got {args.guidance!r}")
     samplers = args.samplers.split(",")
     for s in samplers:
         if s not in ("ddpm", "ddim", "dpm"):
@@ -107,28 +118,30 @@ def main():
     os.makedirs(args.out, exist_ok=True)
 
     started = time.time()
-    points = [point(args, dpsynth, s, n) for s in samplers for n in steps]
+    points = [
+        point(args, dpsynth, s, g, n) for s in samplers for g in guidances for n in steps
+    ]
     curve = {
         "model": args.model,
         "test": args.test,
         "per_class": args.per_class,
         "threads": args.threads,
-        "guidance": 1.0,
         "points": points,
     }
     with open(os.path.join(args.out, "curve.json"), "w") as f:
         json.dump(curve, f, indent=2)
 
     print(f"\nmodel {args.model}, test {args.test}, {args.per_class} images per class")
-    print("| sampler | " + " | ".join(f"NFE {n}" for n in steps) + " |")
-    print("|---|" + "---:|" * len(steps))
+    print("| sampler | guidance | " + " | ".join(f"{n} steps" for n in steps) + " |")
+    print("|---|---:|" + "---:|" * len(steps))
     for s in samplers:
-        cells = [
-            f"{q['test_accuracy'] * 100:.2f}% ({q['images_per_second']:.0f}/s)"
-            for q in points
-            if q["sampler"] == s
-        ]
-        print(f"| {s} | " + " | ".join(cells) + " |")
+        for g in guidances:
+            cells = [
+                f"{q['test_accuracy'] * 100:.2f}% ({q['images_per_second']:.0f}/s)"
+                for q in points
+                if q["sampler"] == s and q["guidance"] == g
+            ]
+            print(f"| {s} | {g:g} | " + " | ".join(cells) + " |")
     print(f"\n{os.path.join(args.out, 'curve.json')} ({time.time() - started:.0f} s)")
 
 
