@@ -259,17 +259,26 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
     let test = load_or_fetch(&cfg.private.test, data_dir)?;
     let base = resolve(&f.base);
     let job;
+    let class_init;
     let from = match (f.finetune_config(), &train) {
         (Some(config), Some(train)) => {
             let out = out.join("finetune");
             job = finetune_job(f, config, base.clone(), &cfg.private.train, out)?;
             Source::Finetune { job: &job, train }
         }
-        _ => Source::Base {
-            dir: &base,
-            private_train: &cfg.private.train,
-            delta: f.delta,
-        },
+        _ => {
+            let table = f.class_init.as_deref().map(resolve);
+            class_init = table
+                .as_deref()
+                .map(dpsynth::train::class_table::load_class_init)
+                .transpose()?;
+            Source::Base {
+                dir: &base,
+                private_train: &cfg.private.train,
+                delta: f.delta,
+                class_init: class_init.as_ref(),
+            }
+        }
     };
     let plan = RunPlan {
         source: from,
@@ -333,8 +342,9 @@ fn markdown(r: &RunReport, p: &Provenance, base: &Path) -> String {
             if secure_noise { "from OS-seeded ChaCha20" } else { "seeded (NOT private)" },
         ),
         _ => format!(
-            "- mode: {BASE_MODE} (the base `{}` alone: no fine-tuning, no private training image read)\n",
-            base.display()
+            "- mode: {BASE_MODE} (the base `{}` alone{}: no fine-tuning, no private training image read)\n",
+            base.display(),
+            if r.class_rows.is_some() { ", class rows started from public class names" } else { "" }
         ),
     };
     let memorization_md = r.memorization.as_ref().map_or(String::new(), |m| {

@@ -67,3 +67,59 @@ fn twelve_class_64px_colour_folder_runs_on_the_colour_base() {
     }
     eprintln!("{}", report["seconds"]);
 }
+
+/// A folder whose classes the base does not name: mode "base" refuses it and points to
+/// class_init; with a class-init table it samples the base alone, each class's row started from
+/// its public classes' rows, and the report says where each row started.
+#[test]
+fn the_base_alone_samples_new_class_names_from_a_class_init_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("digits");
+    for (c, name) in ["one", "seven"].iter().enumerate() {
+        std::fs::create_dir_all(root.join(name)).unwrap();
+        for i in 0..2u8 {
+            image::GrayImage::from_pixel(28, 28, image::Luma([60 * c as u8 + 10 * i]))
+                .save(root.join(name).join(format!("{i}.png")))
+                .unwrap();
+        }
+    }
+    let spec = format!("imagefolder:{}", root.display());
+    let base = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/mnist-base");
+    let table = dir.path().join("class-init.toml");
+    std::fs::write(&table, "one = [\"1\"]\nseven = [\"7\", \"1\"]\n").unwrap();
+    let run = |class_init: &str, out: &str| {
+        let config = format!(
+            "out = \"{}\"\n[private]\ntrain = \"{spec}\"\ntest = \"{spec}\"\n\
+             [finetune]\nbase = \"{base}\"\nmode = \"base\"\nepsilon = 1.0\ndelta = 1e-5\n\
+             {class_init}\n\
+             [sample]\nper_class = 2\nsteps = 2\nguidance = 1.0\nseed = 0\n\
+             [evaluate]\nepochs = 1\nval_fraction = 0.25\n",
+            dir.path().join(out).display()
+        );
+        let path = dir.path().join(format!("{out}.toml"));
+        std::fs::write(&path, config).unwrap();
+        dpsynth(&["--threads", "1", "run", "--config", path.to_str().unwrap()])
+    };
+
+    let (code, _, stderr) = run("", "plain");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("class_init"), "{stderr}");
+
+    let (code, _, stderr) = run(&format!("class_init = \"{}\"", table.display()), "init");
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("init/report.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        report["class_rows"],
+        serde_json::json!([{"mean": ["1"]}, {"mean": ["7", "1"]}])
+    );
+    assert_eq!(report["epsilon_spent"], 0.0);
+    assert!(root.join("one").exists());
+    let md = std::fs::read_to_string(dir.path().join("init/report.md")).unwrap();
+    assert!(
+        md.contains("class rows started from public class names"),
+        "{md}"
+    );
+}

@@ -84,7 +84,8 @@ pub struct FinetuneSection {
     #[serde(default)]
     pub noise_multiplicity: Option<i64>,
     /// Class-init table file (see `finetune --class-init`): private classes the base does not
-    /// have start from the mean row of related public classes.
+    /// have start from the mean row of related public classes. In mode "base" it gives the
+    /// base, unfine-tuned, a row for each class of the test set.
     #[serde(default)]
     pub class_init: Option<PathBuf>,
     /// Accept a δ at or above 1/n of the private set (experiments only).

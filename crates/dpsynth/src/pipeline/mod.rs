@@ -21,6 +21,7 @@ use crate::fidelity::{self, Fidelity, FidelitySettings};
 use crate::memorization;
 use crate::nn::inception::InceptionV3;
 use crate::synth::{generate, load_model_dir};
+use crate::train::class_table::{self, ClassInit, RowStart};
 use crate::train::downstream::{train_and_test, DownstreamConfig};
 use crate::train::finetune::{Finetuned, Mode, StepInfo};
 use finetune_job::{run_finetune, FinetuneJob, FinetuneOutcome, CLASS_ROWS_NOTE};
@@ -169,6 +170,10 @@ pub enum Source<'a> {
         private_train: &'a str,
         /// δ the report states (nothing is spent).
         delta: f64,
+        /// A public class-init table: the base's class rows are first rebuilt for the test
+        /// set's classes, each from its related public classes' rows (their mean) or the null
+        /// row. It reads only the base and public names.
+        class_init: Option<&'a ClassInit>,
     },
 }
 
@@ -316,11 +321,26 @@ fn check_test_classes(plan: &RunPlan, source: &str, classes: &[String]) -> Resul
         ),
         Source::Base { dir, .. } => bail!(
             "mode \"{BASE_MODE}\" samples the classes of the base {}, which must be those of \
-             the test set `{}` by name and in order: {diff}; fine-tune to learn other classes",
+             the test set `{}` by name and in order: {diff}; fine-tune to learn other classes, \
+             or give a class_init table that starts each test class from public classes",
             dir.display(),
             plan.test_spec
         ),
     }
+}
+
+/// Rebuilds the class table of `model` for `classes` from the public table `init` (each row the
+/// mean of its public classes' rows, or the null row): the base alone, with class rows started
+/// from public names. Returns where each row started, for the report.
+fn with_class_rows(
+    model: &mut crate::synth::ModelDir,
+    classes: &[String],
+    init: &ClassInit,
+) -> Result<Vec<RowStart>> {
+    let rows = class_table::plan_rows(&model.classes, classes, Some(init))?;
+    model.unet = class_table::rebuild(&model.unet, &model.classes, &rows)?;
+    model.classes = classes.to_vec();
+    Ok(rows)
 }
 
 /// Runs `plan`: fine-tunes (unless mode "base"), samples into `out/samples` and `out/grid.png`,
@@ -332,7 +352,7 @@ fn check_test_classes(plan: &RunPlan, source: &str, classes: &[String]) -> Resul
 pub fn run(plan: &RunPlan, device: Device, on_event: &mut dyn FnMut(Event)) -> Result<RunReport> {
     // 1. DP fine-tuning (none for the base alone)
     let t0 = Instant::now();
-    let (ft, model, train) = match plan.source {
+    let (ft, model, train, base_rows) = match plan.source {
         Source::Finetune { job, train } => {
             let private = format!("the private training set `{}`", job.data);
             check_test_classes(plan, &private, &train.class_names)?;
@@ -343,11 +363,17 @@ pub fn run(plan: &RunPlan, device: Device, on_event: &mut dyn FnMut(Event)) -> R
             // the model folder fine-tuning wrote, as it loaded it for the preview grid: the
             // saved weights, loaded once
             let FinetuneOutcome { done, model } = run_finetune(job, train, device, on_event)?;
-            (Some(done), model, Some(train))
+            (Some(done), model, Some(train), None)
         }
-        Source::Base { dir, .. } => {
+        Source::Base {
+            dir, class_init, ..
+        } => {
             on_event(Event::Stage(Stage::BaseAlone));
-            (None, load_model_dir(dir, device)?, None)
+            let mut model = load_model_dir(dir, device)?;
+            let rows = class_init
+                .map(|init| with_class_rows(&mut model, &plan.test.class_names, init))
+                .transpose()?;
+            (None, model, None, rows)
         }
     };
     let finetune_secs = t0.elapsed().as_secs_f64();
@@ -451,7 +477,10 @@ pub fn run(plan: &RunPlan, device: Device, on_event: &mut dyn FnMut(Event)) -> R
         secure_noise: ft.as_ref().map(|ft| ft.secure_noise),
         trainable_parameters: ft.as_ref().map_or(0, |ft| ft.trainable_parameters),
         base_parameters: ft.as_ref().map(|ft| ft.base_parameters),
-        class_rows: ft.as_ref().and_then(|ft| ft.class_rows.clone()),
+        class_rows: ft
+            .as_ref()
+            .and_then(|ft| ft.class_rows.clone())
+            .or(base_rows),
         conversion: Conversion {
             private_train: ft.as_ref().and_then(|ft| ft.conversion.clone()),
             test: test_conversion,
