@@ -5,13 +5,17 @@ Same U-Net config (bench/unet_mnist.json), same work: non-private training steps
 with class dropout 0.1, backward, AdamW lr 1e-4) on random data, then DDIM sampling with
 classifier-free guidance as one forward of 2B rows per step. Needs torch and diffusers (see
 scripts/fixtures/unet_parity.py for a venv that has both without touching the cached torch venv).
+`--train-iters 0` skips training and `--sample-batch 0` or `--sample-steps 0` sampling; `--json`
+adds a last line with every figure as one JSON object (as bench_unet's `--json`).
 
     python bench/peers/diffusers_unet.py [--config bench/unet_mnist.json] [--device cpu|cuda]
         [--train-batch 64] [--train-iters 10] [--sample-batch 16] [--sample-steps 50]
-        [--guidance 3.0] [--threads N]
+        [--guidance 3.0] [--threads N] [--json]
 """
 import argparse
 import json
+import os
+import sys
 import time
 
 import diffusers
@@ -35,6 +39,7 @@ def main():
     p.add_argument("--sample-steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="print the figures as JSON, last line")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -50,6 +55,23 @@ def main():
     )
     c, s = cfg["in_channels"], cfg["sample_size"]
     null = cfg["num_class_embeds"] - 1
+    report = {
+        "impl": "diffusers",
+        "config": a.config,
+        "params": params,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "train": train(unet, a, device, c, s, null) if a.train_iters > 0 else None,
+        "sample": None,
+    }
+    if a.sample_batch > 0 and a.sample_steps > 0:
+        report["sample"] = sample(unet, a, device, c, s, null)
+    if a.json:
+        print(json.dumps(report))
+
+
+def train(unet, a, device, c, s, null):
+    """Times non-private training steps after 2 warm-up steps."""
     train_sched = DDPMScheduler(num_train_timesteps=1000)
     opt = torch.optim.AdamW(unet.parameters(), lr=1e-4)
     b = a.train_batch
@@ -81,7 +103,11 @@ def main():
         f"train: batch {b}, {a.train_iters} iters in {secs:.2f}s wall, {cpu:.2f}s CPU: "
         f"{n / secs:.1f} samples/s, {n / cpu:.1f} samples/CPU-s"
     )
+    return {"batch": b, "iters": a.train_iters, "wall_s": secs, "cpu_s": cpu}
 
+
+def sample(unet, a, device, c, s, null):
+    """Times DDIM sampling with guidance after a 2-step warm-up."""
     unet.eval()
     sched = DDIMScheduler(num_train_timesteps=1000)
     n = a.sample_batch
@@ -111,7 +137,20 @@ def main():
         f"sample: DDIM-{a.sample_steps} guidance {a.guidance}, {n} images in {secs:.2f}s wall, {cpu:.2f}s CPU: "
         f"{n / secs:.2f} images/s, {n / cpu:.2f} images/CPU-s"
     )
+    return {
+        "batch": a.sample_batch,
+        "steps": a.sample_steps,
+        "guidance": a.guidance,
+        "images": n,
+        "wall_s": secs,
+        "cpu_s": cpu,
+    }
 
 
 if __name__ == "__main__":
     main()
+    # Skip the interpreter's teardown: with this torch it touches ~125 MiB more pages, which
+    # would show in the peak resident set a parent reads from wait4 (bench/scaling.py).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

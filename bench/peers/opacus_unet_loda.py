@@ -19,12 +19,19 @@ clipping; Opacus 1.6 has ghost norms for Linear and Embedding only, so the adapt
 materialised per-sample gradients). Peak memory (VmHWM) comes from child processes that set up
 and then run only one kind of step.
 
+`--config JSON` takes a randomly initialised U-Net of that diffusers config (seed 0) and the DDPM
+linear schedule (1e-4 to 0.02 over 1000 steps, as `bench_unet`) instead of the base folder, with
+the same adapters and trainable set. `--only KIND` times that one kind alone (no non-private
+reference, no peak-memory children) and prints the JSON line; `bench/scaling.py` runs it so.
+
     python bench/peers/opacus_unet_loda.py [--threads N] [--batch 64] [--reps 20] [--modes hooks,ghost]
+        [--base DIR | --config JSON] [--only nonprivate|hooks|ghost]
 """
 
 import argparse
 import json
 import os
+import sys
 import warnings
 
 import torch
@@ -83,13 +90,18 @@ def resnets(unet):
         yield from block.resnets
 
 
-def build(base_dir, rank, alpha):
-    """The base U-Net, frozen, with LoDA on every ResNet conv and a trainable class embedding."""
+def build(a, rank, alpha):
+    """The base U-Net (or, with `--config`, a random one of that config), frozen, with LoDA on
+    every ResNet conv and a trainable class embedding."""
     from diffusers import UNet2DModel
     from diffusers.utils import logging
 
     logging.set_verbosity_error()  # "accelerate not found": loading speed only
-    unet = UNet2DModel.from_pretrained(base_dir)
+    if a.config:
+        with open(a.config) as f:
+            unet = UNet2DModel(**json.load(f))
+    else:
+        unet = UNet2DModel.from_pretrained(a.base)
     unet.requires_grad_(False)
     count = 0
     for r in resnets(unet):
@@ -103,10 +115,13 @@ def build(base_dir, rank, alpha):
     return unet, count
 
 
-def schedule(base_dir):
-    """alphas_cumprod of the model's scheduler_config.json (DDPM linear betas)."""
-    with open(os.path.join(base_dir, "scheduler_config.json")) as f:
-        cfg = json.load(f)
+def schedule(a):
+    """alphas_cumprod of the model's scheduler_config.json (DDPM linear betas); with `--config`,
+    the DDPM linear schedule."""
+    cfg = {"beta_start": 1e-4, "beta_end": 0.02, "num_train_timesteps": 1000}
+    if not a.config:
+        with open(os.path.join(a.base, "scheduler_config.json")) as f:
+            cfg = json.load(f)
     assert cfg.get("beta_schedule", "linear") == "linear", cfg
     betas = torch.linspace(cfg["beta_start"], cfg["beta_end"], cfg["num_train_timesteps"])
     return torch.cumprod(1.0 - betas, 0), cfg["num_train_timesteps"]
@@ -127,8 +142,8 @@ class EpsLoss(nn.Module):
 def make_step(kind, a):
     """Returns (step closure, trainable parameter count) for `kind` (nonprivate, hooks, ghost)."""
     torch.manual_seed(0)
-    unet, _ = build(a.base, a.rank, a.rank)
-    acp, steps = schedule(a.base)
+    unet, _ = build(a, a.rank, a.rank)
+    acp, steps = schedule(a)
     null = unet.config.num_class_embeds - 1
     b = a.batch
     x0 = torch.rand(b, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
@@ -161,6 +176,7 @@ def make_step(kind, a):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", default=os.path.join(ROOT, "models", "mnist-base"))
+    ap.add_argument("--config", default=None, help="a diffusers config.json: random weights")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--rank", type=int, default=4)
     ap.add_argument("--reps", type=int, default=20)
@@ -168,6 +184,7 @@ def main():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--modes", default="hooks,ghost")
     ap.add_argument("--peak", default=None, help="child mode: setup or a step kind")
+    ap.add_argument("--only", default=None, help="time this one kind alone")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -182,7 +199,7 @@ def main():
         print(f"vmhwm_mib={vm_hwm_mib():.1f}")
         return
 
-    kinds = ["nonprivate"] + [m for m in a.modes.split(",") if m]
+    kinds = [a.only] if a.only else ["nonprivate"] + [m for m in a.modes.split(",") if m]
     counts = []
 
     def make(kind):
@@ -191,11 +208,30 @@ def main():
         return step
 
     steps = build_steps(kinds, make, a.warmup)
+    if a.only and a.only not in steps:
+        raise SystemExit(f"{a.only} is unavailable")
     trainable = counts[0]
     wall, cpu = time_interleaved(steps, a.reps)
+    if a.only:
+        print(f"{a.only}: {trainable} trainable, batch {a.batch}, {wall[a.only]:.1f} ms wall")
+        print(
+            json.dumps(
+                {
+                    "impl": "pytorch/opacus",
+                    "config": a.config or a.base,
+                    "trainable": trainable,
+                    "batch": a.batch,
+                    "threads": torch.get_num_threads(),
+                    "reps": a.reps,
+                    a.only: {"wall_ms": wall[a.only], "cpu_ms": cpu[a.only]},
+                }
+            )
+        )
+        return
 
     def peak(kind):
         args = ["--batch", a.batch, "--base", a.base, "--rank", a.rank, "--warmup", a.warmup]
+        args += ["--config", a.config] if a.config else []
         return child_peak(__file__, kind, args + ["--threads", torch.get_num_threads()])
 
     import diffusers
@@ -204,8 +240,9 @@ def main():
     setup = peak("setup")
     print(
         f"PyTorch {torch.__version__}, diffusers {diffusers.__version__}, Opacus "
-        f"{opacus.__version__}; {a.base}, LoDA r = {a.rank}, {trainable} trainable parameters; "
-        f"batch {a.batch}, K = 1, f32, CPU, {torch.get_num_threads()} threads, {a.reps} reps (median)"
+        f"{opacus.__version__}; {a.config or a.base}, LoDA r = {a.rank}, {trainable} trainable "
+        f"parameters; batch {a.batch}, K = 1, f32, CPU, {torch.get_num_threads()} threads, "
+        f"{a.reps} reps (median)"
     )
     print("step          wall ms   CPU ms  wall ms/ex  CPU ms/ex  wall/np  CPU/np  peak RSS +MiB")
     result = {"impl": "pytorch/opacus", "batch": a.batch, "threads": torch.get_num_threads()}
@@ -224,3 +261,8 @@ def main():
 
 if __name__ == "__main__":
     main()
+    # Skip the interpreter's teardown: with this torch it touches ~125 MiB more pages, which
+    # would show in the peak resident set a parent reads from wait4 (bench/scaling.py).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -3,11 +3,15 @@
 //! the ResNet convs, class embedding trained, per-example clipping). The PyTorch + diffusers peer
 //! is `bench/peers/diffusers_unet.py`; see `bench/README.md`. `--config` takes a diffusers
 //! `config.json` or a pretraining TOML (`configs/*-base.toml`, its `[model]` table).
+//! `--train-iters 0` skips training and `--sample-batch 0` or `--sample-steps 0` sampling (so
+//! that one process measures one thing, as `bench/scaling.py` runs it); `--json` adds a last
+//! line with every figure as one JSON object.
 //!
 //! ```text
 //! cargo run --release -p dpsynth --example bench_unet -- \
 //!     [--config bench/unet_mnist.json] [--device cpu|cuda] [--train-batch 64] [--train-iters 10]
 //!     [--sample-batch 16] [--sample-steps 50] [--guidance 3.0] [--dp-iters 0] [--threads N]
+//!     [--json]
 //! ```
 
 use std::path::PathBuf;
@@ -21,6 +25,7 @@ use dpsynth::dp::engine::{DpSgd, DpSgdConfig};
 use dpsynth::nn::adapter::{attach, AdapterConfig, AdapterKind};
 use dpsynth::nn::unet::{UNet, UNetConfig};
 use dpsynth::train::pretrain::PretrainConfig;
+use serde_json::{json, Value};
 use tch::nn::OptimizerConfig;
 use tch::{Device, Kind, Tensor};
 
@@ -34,6 +39,7 @@ struct Args {
     guidance: f64,
     dp_iters: usize,
     threads: Option<i32>,
+    json: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -47,9 +53,14 @@ fn parse_args() -> Result<Args> {
         guidance: 3.0,
         dp_iters: 0,
         threads: None,
+        json: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--json" {
+            a.json = true;
+            continue;
+        }
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
         let bad = || format!("bad value {value:?} for {flag}");
         match flag.as_str() {
@@ -136,14 +147,46 @@ fn main() -> Result<()> {
         tch::get_num_threads()
     );
 
-    // training: forward + backward + AdamW on random data
+    let mut report = json!({
+        "impl": "dpsynth",
+        "config": args.config,
+        "params": params,
+        "device": format!("{:?}", args.device),
+        "threads": tch::get_num_threads(),
+        "train": null,
+        "sample": null,
+        "dp_loda": null,
+    });
+    if args.train_iters > 0 {
+        report["train"] = train(&unet, &schedule, &args, [c, h, w], classes)?;
+    }
+    if args.sample_batch > 0 && args.sample_steps > 0 {
+        report["sample"] = sampling(&unet, &schedule, &args, [c, h, w], classes)?;
+    }
+    if args.dp_iters > 0 {
+        report["dp_loda"] = dp_loda(&mut unet, &schedule, &args, [c, h, w], classes)?;
+    }
+    if args.json {
+        println!("{report}");
+    }
+    Ok(())
+}
+
+/// Times non-private training: forward + backward + AdamW on random data, after 2 warm-up steps.
+fn train(
+    unet: &UNet,
+    schedule: &NoiseSchedule,
+    args: &Args,
+    [c, h, w]: [i64; 3],
+    classes: i64,
+) -> Result<Value> {
     let mut opt = tch::nn::AdamW::default().build(&unet.vs, 1e-4)?;
     let b = args.train_batch;
     let x0 = Tensor::rand([b, c, h, w], (Kind::Float, args.device)) * 2.0 - 1.0;
     let labels = Tensor::randint(classes, [b], (Kind::Int64, args.device));
     let loss_cfg = LossConfig::default();
     let mut step = || -> Result<()> {
-        let loss = eps_loss(&unet, &schedule, &x0, &labels, &loss_cfg)?.mean(Kind::Float);
+        let loss = eps_loss(unet, schedule, &x0, &labels, &loss_cfg)?.mean(Kind::Float);
         opt.zero_grad();
         loss.backward();
         opt.step();
@@ -165,8 +208,17 @@ fn main() -> Result<()> {
         n / secs,
         n / cpu
     );
+    Ok(json!({"batch": b, "iters": args.train_iters, "wall_s": secs, "cpu_s": cpu}))
+}
 
-    // sampling: DDIM with guidance (one forward of 2B rows per step)
+/// Times DDIM sampling with guidance (one forward of 2B rows per step), after a 2-step warm-up.
+fn sampling(
+    unet: &UNet,
+    schedule: &NoiseSchedule,
+    args: &Args,
+    [c, h, w]: [i64; 3],
+    classes: i64,
+) -> Result<Value> {
     let cfg = SamplerConfig {
         batch_size: args.sample_batch,
         ..SamplerConfig::ddim(args.sample_steps, args.guidance)
@@ -177,9 +229,9 @@ fn main() -> Result<()> {
         num_steps: 2,
         ..cfg
     };
-    let _ = sample(&unet, &schedule, &labels, [c, h, w], &warm, 0, args.device)?;
+    let _ = sample(unet, schedule, &labels, [c, h, w], &warm, 0, args.device)?;
     let (images, secs, cpu) = timed(args.device, || {
-        sample(&unet, &schedule, &labels, [c, h, w], &cfg, 1, args.device)
+        sample(unet, schedule, &labels, [c, h, w], &cfg, 1, args.device)
     })?;
     let n = images.size()[0] as f64;
     println!(
@@ -189,10 +241,14 @@ fn main() -> Result<()> {
         n / secs,
         n / cpu
     );
-    if args.dp_iters > 0 {
-        dp_loda(&mut unet, &schedule, &args, [c, h, w], classes)?;
-    }
-    Ok(())
+    Ok(json!({
+        "batch": args.sample_batch,
+        "steps": args.sample_steps,
+        "guidance": args.guidance,
+        "images": n,
+        "wall_s": secs,
+        "cpu_s": cpu,
+    }))
 }
 
 /// Times DP-SGD steps of LoDA fine-tuning on random data: a logical batch of `--train-batch`
@@ -203,7 +259,7 @@ fn dp_loda(
     args: &Args,
     [c, h, w]: [i64; 3],
     classes: i64,
-) -> Result<()> {
+) -> Result<Value> {
     for (k, v) in unet.vs.variables() {
         let _ = v.set_requires_grad(k.starts_with("class_embedding."));
     }
@@ -246,5 +302,11 @@ fn dp_loda(
         n / secs,
         n / cpu
     );
-    Ok(())
+    Ok(json!({
+        "trainable": trainable,
+        "batch": b,
+        "steps": args.dp_iters,
+        "wall_s": secs,
+        "cpu_s": cpu,
+    }))
 }
