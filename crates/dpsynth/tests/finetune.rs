@@ -15,7 +15,7 @@ use dpsynth::nn::unet::UNet;
 use dpsynth::synth::load_model_dir;
 use dpsynth::train::clip_scan::{clip_pass, ClipScanConfig};
 use dpsynth::train::finetune::{finetune, prepare, FinetuneConfig, Finetuned, Mode};
-use dpsynth::train::pretrain::{LabelUse, PretrainConfig};
+use dpsynth::train::pretrain::PretrainConfig;
 use tch::{Device, Kind, Tensor};
 
 mod common;
@@ -206,17 +206,18 @@ fn class_init_naming_unknown_classes_is_refused() {
     }
 }
 
-/// The shipped `models/cifar-base` is the model of `configs/cifar-base.toml`, has placeholder
-/// class names for the ten classes it never saw, and is trained: on flat colour fields (what
-/// dead-leaves images are made of) noised to t = 500 it predicts the noise far better than the
-/// all-zero guess, whose mean squared error is 1.
+/// The shipped `models/cifar-base` is the model of `configs/tiny-imagenet-base.toml`, names the
+/// 200 Tiny ImageNet classes, and is trained: on flat colour fields noised to t = 500 its
+/// null-class prediction of the noise is far better than the all-zero guess, whose mean squared
+/// error is 1 (the pretrained model's is about 0.003).
 #[test]
 fn shipped_cifar_base_matches_its_config_and_denoises() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let md = load_model_dir(&root.join("models/cifar-base"), Device::Cpu).unwrap();
-    let cfg = PretrainConfig::load(&root.join("configs/cifar-base.toml")).unwrap();
+    let cfg = PretrainConfig::load(&root.join("configs/tiny-imagenet-base.toml")).unwrap();
     assert_eq!(md.unet.config(), &cfg.model);
-    assert_eq!(md.classes.len(), 10);
+    assert_eq!(md.classes.len(), 200);
+    assert_eq!(md.classes[0], "goldfish");
     tch::manual_seed(0);
     let n = 8;
     let colour = Tensor::rand([n, 3, 1, 1], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
@@ -234,36 +235,6 @@ fn shipped_cifar_base_matches_its_config_and_denoises() {
         .mean(Kind::Float)
         .double_value(&[]);
     assert!(mse < 0.2, "epsilon-prediction error {mse} at t = 500");
-}
-
-/// The CIFAR-10 pretraining configs: 32×32×3, 10 classes + null, public sources only, all used
-/// as the null class, and a model of at most 40 MB of float32 weights.
-#[test]
-fn cifar_base_configs_parse() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
-    for (name, sources) in [
-        (
-            "cifar-base.toml",
-            &["dead-leaves:train", "photo-crops:train"][..],
-        ),
-        ("cifar-base-deadleaves.toml", &["dead-leaves:train"][..]),
-        ("cifar-base-photos.toml", &["photo-crops:train"][..]),
-    ] {
-        let cfg = PretrainConfig::load(&dir.join(name)).unwrap();
-        let m = &cfg.model;
-        assert_eq!((m.in_channels, m.out_channels), (3, 3), "{name}");
-        assert_eq!(m.sample_size.unwrap().hw(), (32, 32), "{name}");
-        assert_eq!(m.num_class_embeds, Some(11), "{name}");
-        let specs: Vec<&str> = cfg.data.iter().map(|d| d.spec.as_str()).collect();
-        assert_eq!(specs, sources, "{name}");
-        assert!(
-            cfg.data.iter().all(|d| d.labels == LabelUse::Null),
-            "{name}"
-        );
-        let unet = UNet::new(m.clone(), Device::Cpu).unwrap();
-        let params: i64 = unet.vs.variables().values().map(|v| v.numel() as i64).sum();
-        assert!(params * 4 <= 40 << 20, "{name}: {params} parameters");
-    }
 }
 
 /// Every pretraining config in configs/ (`*-base*.toml`) loads, and its sources are public
@@ -292,7 +263,7 @@ fn every_pretraining_config_loads_and_reads_public_data_only() {
         }
         seen += 1;
     }
-    assert!(seen >= 6, "only {seen} pretraining configs");
+    assert!(seen >= 4, "only {seen} pretraining configs");
 }
 
 /// The clip scan's per-example norms are those of plain autograd gradients taken one image at a
