@@ -2,6 +2,8 @@
 //! parameters, and DP-SGD's per-example gradient norms for them equal a brute-force loop of
 //! batch-size-1 backward passes (float64, relative error ≤ 1e-5).
 
+mod common;
+
 use dpsynth::diffusion::loss::{eps_loss_with, Draws};
 use dpsynth::diffusion::NoiseSchedule;
 use dpsynth::dp::engine::{DpSgd, DpSgdConfig};
@@ -197,16 +199,7 @@ fn check_clipped_sum(kind: AdapterKind, k: i64) {
         );
     }
     assert!(stats.clipped >= 1 && stats.clipped < b as usize);
-    let wants: Vec<Tensor> = (0..params.len())
-        .map(|j| {
-            brute
-                .iter()
-                .zip(&factors)
-                .map(|(g, f)| &g[j] * *f)
-                .reduce(|a, b| a + b)
-                .unwrap()
-        })
-        .collect();
+    let wants = common::scaled_sum(&brute, &factors);
     let total = wants
         .iter()
         .map(|w| w.square().sum(Kind::Double).double_value(&[]))

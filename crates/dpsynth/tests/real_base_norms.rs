@@ -32,6 +32,8 @@
 //! they agree to rounding, ~1e-15 relative; 1e-6 is far above that and far below any missing
 //! term, wrong scale or mixed-up example.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -358,16 +360,7 @@ fn check(k: i64) {
         .iter()
         .map(|n| (clip / (n + CLIP_EPS)).min(1.0))
         .collect();
-    let wants: Vec<Tensor> = (0..t.trainable.len())
-        .map(|j| {
-            brute
-                .iter()
-                .zip(&factors)
-                .map(|(g, f)| &g[j] * *f)
-                .reduce(|a, b| a + b)
-                .unwrap()
-        })
-        .collect();
+    let wants = common::scaled_sum(&brute, &factors);
     let total = wants.iter().map(sq).sum::<f64>().sqrt();
     let got = dp.finish_step().unwrap();
     let err = got

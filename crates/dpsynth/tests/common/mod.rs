@@ -1,5 +1,5 @@
 //! Fixtures shared by the fine-tuning tests: tiny colour base models (class-conditional and
-//! unconditional) and private data.
+//! unconditional), private data, and the brute-force reference of a clipped sum.
 #![allow(dead_code)] // each test crate uses some of them
 
 use std::path::Path;
@@ -8,7 +8,7 @@ use dpsynth::data::Dataset;
 use dpsynth::nn::unet::{UNet, UNetConfig};
 use dpsynth::synth::{save_extras, SchedulerConfig};
 use dpsynth::train::finetune::{FinetuneConfig, Mode};
-use tch::Device;
+use tch::{Device, Tensor};
 
 /// The tiny 8×8 colour U-Net's config, with `num_class_embeds` (`None`: unconditional).
 fn tiny_config(num_class_embeds: Option<i64>) -> UNetConfig {
@@ -73,4 +73,19 @@ pub fn finetune_config(mode: Mode) -> FinetuneConfig {
         accountant: privacy::Accountant::Rdp,
         ..FinetuneConfig::new(mode, 10.0, 1e-5)
     }
+}
+
+/// The reference clipped sum of per-example gradients: for each trainable tensor j,
+/// Σ_i factors[i] · per_example[i][j] (the factors being min(1, C / (‖g_i‖ + ε))).
+pub fn scaled_sum(per_example: &[Vec<Tensor>], factors: &[f64]) -> Vec<Tensor> {
+    (0..per_example[0].len())
+        .map(|j| {
+            per_example
+                .iter()
+                .zip(factors)
+                .map(|(g, f)| &g[j] * *f)
+                .reduce(|a, b| a + b)
+                .expect("at least one example")
+        })
+        .collect()
 }
