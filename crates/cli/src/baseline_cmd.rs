@@ -242,7 +242,7 @@ pub fn train_baseline(
     let mut last_eps = 0.0;
     let trained = train_classifier(&train, model_cfg, &cfg, Some(run.out), device, &mut |st| {
         bar.set_length(st.total_steps);
-        bar.set_position(st.step);
+        bar.set_step(st.step);
         if let Some(e) = st.epsilon {
             last_eps = e;
         }

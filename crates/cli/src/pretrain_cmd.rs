@@ -45,7 +45,7 @@ pub fn run(a: PretrainArgs, data_dir: &Path, device: Device) -> Result<()> {
         &mut |s| {
             let m: f64 = smooth.map_or(s.loss, |m: f64| 0.98 * m + 0.02 * s.loss);
             smooth = Some(m);
-            bar.set_position(s.step);
+            bar.set_step(s.step);
             bar.set_message(format!("loss {m:.4}  {:.0} img/s", s.images_per_sec));
         },
     )?;

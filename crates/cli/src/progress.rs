@@ -26,7 +26,8 @@ struct Plain {
     last: Instant,
     len: u64,
     pos: u64,
-    /// Where this process started counting (a resumed run starts past 0), for the ETA.
+    /// Where this process started counting (a resumed run starts past 0), for the ETA; set by
+    /// the first position seen.
     origin: Option<u64>,
     msg: String,
 }
@@ -34,6 +35,11 @@ struct Plain {
 impl Progress {
     /// A bar of `len` `unit`s; `len` may be 0 and set later with [`Progress::set_length`].
     pub fn new(len: u64, unit: &'static str) -> Self {
+        Self::with_plain(len, unit, !std::io::stderr().is_terminal())
+    }
+
+    /// A bar that also writes plain lines when `plain` is set.
+    fn with_plain(len: u64, unit: &'static str, plain: bool) -> Self {
         let bar = ProgressBar::new(len);
         bar.set_style(
             ProgressStyle::with_template(&format!(
@@ -41,7 +47,7 @@ impl Progress {
             ))
             .expect("valid template"),
         );
-        let plain = (!std::io::stderr().is_terminal()).then(|| {
+        let plain = plain.then(|| {
             let now = Instant::now();
             RefCell::new(Plain {
                 unit,
@@ -68,17 +74,28 @@ impl Progress {
         }
     }
 
-    /// Sets the position; writes a plain line when one is due. The first position seen is where
-    /// this process started (a resumed run's checkpoint), so the ETA counts only its own work.
+    /// Sets the count of work done in this process, which started at 0 (images, batch by
+    /// batch); writes a plain line when one is due.
     pub fn set_position(&self, pos: u64) {
+        self.advance(pos, 0);
+    }
+
+    /// Sets the step reached, counted one step at a time; writes a plain line when one is due.
+    /// The first step seen is one past where this process started (a resumed run starts past
+    /// its checkpoint), so the ETA counts only this process's own work.
+    pub fn set_step(&self, step: u64) {
+        self.advance(step, step.saturating_sub(1));
+    }
+
+    /// Moves to `pos`; `origin` is where this process started, used the first time.
+    fn advance(&self, pos: u64, origin: u64) {
         self.bar.set_position(pos);
         if !self.started.replace(true) {
             self.bar.reset_eta();
         }
         if let Some(p) = &self.plain {
             let mut p = p.borrow_mut();
-            // the first report comes after one unit of work
-            p.origin.get_or_insert(pos.saturating_sub(1));
+            p.origin.get_or_insert(origin);
             p.pos = pos;
             if p.last.elapsed() >= PLAIN_EVERY {
                 p.last = Instant::now();
@@ -197,7 +214,7 @@ impl Reporter {
             Event::Step(s) => {
                 if let Some(bar) = &self.bar {
                     bar.set_length(s.total_steps);
-                    bar.set_position(s.step);
+                    bar.set_step(s.step);
                     if let Some(e) = s.epsilon {
                         self.epsilon = e;
                     }
@@ -279,6 +296,20 @@ mod tests {
         assert_eq!(clock(0.0), "0:00:00");
         assert_eq!(clock(59.6), "0:01:00");
         assert_eq!(clock(3725.0), "1:02:05");
+    }
+
+    #[test]
+    fn eta_counts_from_zero_for_batches_and_from_the_first_step_for_steps() {
+        let origin = |p: &Progress| p.plain.as_ref().unwrap().borrow().origin;
+        // images come in batches: the first report, 250 of 3,000, is 250 images of work
+        let images = Progress::with_plain(3000, "images", true);
+        images.set_position(250);
+        assert_eq!(origin(&images), Some(0));
+        // steps come one at a time: a run resumed at step 40 first reports step 41
+        let steps = Progress::with_plain(100, "steps", true);
+        steps.set_step(41);
+        steps.set_step(42);
+        assert_eq!(origin(&steps), Some(40));
     }
 
     #[test]
