@@ -80,6 +80,23 @@ impl Progress {
         self.advance(pos, 0);
     }
 
+    /// Starts the count at `pos`, work an earlier run did (the images a resumed sampling read
+    /// from its progress file): shown as done, while the ETA counts only the work of this
+    /// process from there. Call it before the first position.
+    pub fn start_at(&self, pos: u64) {
+        self.bar.set_position(pos);
+        // indicatif rates the position changes it records: record `pos` now, then forget the
+        // time so far, so the rate starts from the resumed count
+        self.bar.tick();
+        self.bar.reset_eta();
+        self.started.set(true);
+        if let Some(p) = &self.plain {
+            let mut p = p.borrow_mut();
+            p.origin = Some(pos);
+            p.pos = pos;
+        }
+    }
+
     /// Sets the step reached, counted one step at a time; writes a plain line when one is due.
     /// The first step seen is one past where this process started (a resumed run starts past
     /// its checkpoint), so the ETA counts only this process's own work.
@@ -226,6 +243,12 @@ impl Reporter {
                     bar.set_position(n);
                 }
             }
+            Event::SamplingResumed { done, total, file } => {
+                eprintln!("{}", resumed_line(done, total, file));
+                if let Some(bar) = &self.bar {
+                    bar.start_at(done);
+                }
+            }
             Event::End => {
                 if let Some(bar) = self.bar.take() {
                     bar.finish();
@@ -262,6 +285,17 @@ impl Reporter {
             Event::Fidelity(f) => println!("{}", crate::evaluate_cmd::fidelity_line(f)),
         }
     }
+}
+
+/// The line that says a sampling resumes after `done` of `total` images, from `file`.
+pub fn resumed_line(done: u64, total: u64, file: &std::path::Path) -> String {
+    use crate::size_plot::thousands;
+    format!(
+        "== sampling: resuming after {} of {} images ({})",
+        thousands(done),
+        thousands(total),
+        file.display()
+    )
 }
 
 /// The line that announces a stage of a run.
@@ -310,6 +344,21 @@ mod tests {
         steps.set_step(41);
         steps.set_step(42);
         assert_eq!(origin(&steps), Some(40));
+    }
+
+    #[test]
+    fn a_resumed_count_starts_the_eta_at_the_resumed_images() {
+        let origin = |p: &Progress| p.plain.as_ref().unwrap().borrow().origin;
+        // 3,000 images read from the progress file: the first batch sampled is 250 images
+        let images = Progress::with_plain(10_000, "images", true);
+        images.start_at(3000);
+        images.set_position(3250);
+        assert_eq!(origin(&images), Some(3000));
+        assert_eq!(images.plain.as_ref().unwrap().borrow().pos, 3250);
+        assert_eq!(
+            resumed_line(3000, 10_000, std::path::Path::new("out/p")),
+            "== sampling: resuming after 3,000 of 10,000 images (out/p)"
+        );
     }
 
     #[test]

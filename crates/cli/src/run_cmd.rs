@@ -32,7 +32,8 @@ pub struct RunArgs {
     /// TOML config (see configs/run-default.toml, the embedded default).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Output folder (overrides the config's `out`). Must not hold a previous run.
+    /// Output folder (overrides the config's `out`). Must not hold a finished run; a run
+    /// interrupted while fine-tuning or sampling continues where it stopped.
     #[arg(long)]
     out: Option<PathBuf>,
 }

@@ -1,15 +1,15 @@
 //! `dpsynth sample`: a labelled synthetic dataset from a model folder.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
-use crate::progress::Progress;
+use crate::progress::{resumed_line, Progress};
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use dpsynth::data::{grid, imagefolder};
 use dpsynth::diffusion::sampler::{SamplerChoice, SamplerConfig};
 use dpsynth::fsutil::write_atomic;
-use dpsynth::synth::{generate, load_model_dir};
+use dpsynth::synth::load_model_dir;
+use dpsynth::synth::resume::{self, Sampling, PART_IMAGES};
 use tch::Device;
 
 /// `--sampler`: the library's [`SamplerChoice`] on the command line.
@@ -63,7 +63,9 @@ pub struct SampleArgs {
     /// Seed of the sampling noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Output folder: images/ (ImageFolder), grid.png, report.json. Must not exist.
+    /// Output folder: images/ (ImageFolder), grid.png, report.json. Must not hold images/ (a
+    /// finished sampling). While sampling, sampling/partial.safetensors there keeps the finished
+    /// images; the same command run again resumes after them.
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -75,12 +77,12 @@ impl SampleArgs {
     }
 }
 
-/// Runs `dpsynth sample`.
+/// Runs `dpsynth sample`, resuming the progress file an interrupted run left in `--out`.
 pub fn run(a: SampleArgs, device: Device) -> Result<()> {
     anyhow::ensure!(a.per_class > 0, "--per-class must be at least 1");
     anyhow::ensure!(
         !a.out.join("images").exists(),
-        "{}: already holds images/; choose another --out",
+        "{}: already holds images/ (a finished sampling); choose another --out",
         a.out.display()
     );
     anyhow::ensure!(
@@ -90,16 +92,21 @@ pub fn run(a: SampleArgs, device: Device) -> Result<()> {
     );
     let model = load_model_dir(&a.model, device)?;
     let cfg = a.sampler_config();
-    let total = a.per_class * model.classes.len();
+    let sampling = Sampling::open(&model, a.per_class, &cfg, a.seed, &a.out, PART_IMAGES)?;
+    let total = sampling.total();
     let bar = Progress::new(total as u64, "images");
-    let start = Instant::now();
-    let ds = generate(&model, a.per_class, &cfg, a.seed, &mut |n| {
-        bar.set_position(n as u64)
-    })?;
-    let secs = start.elapsed().as_secs_f64();
+    if sampling.resumed() > 0 {
+        let done = sampling.resumed() as u64;
+        eprintln!("{}", resumed_line(done, total as u64, sampling.file()));
+        bar.start_at(done);
+    }
+    let sampled = sampling.run(&mut |n| bar.set_position(n as u64))?;
+    // over every run that sampled some of the images
+    let (ds, secs) = (sampled.dataset, sampled.seconds);
     bar.finish();
     imagefolder::write(&ds, &a.out.join("images"))?;
     grid::write_grid(&ds, a.per_class.min(10), 2, &a.out.join("grid.png"))?;
+    resume::remove(&a.out)?;
     let report = serde_json::json!({
         "command": "sample",
         "model": a.model,

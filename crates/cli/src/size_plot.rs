@@ -269,7 +269,7 @@ pub fn svg(title: &str, points: &Points) -> String {
 }
 
 /// `60000` as `60,000`.
-fn thousands(n: u64) -> String {
+pub(crate) fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {

@@ -7,6 +7,8 @@
 //! folder fine-tuned with adapters adds `adapter_config.json` and `adapter_model.safetensors`
 //! (their format is documented with `dpsynth export`, which keeps them for LoDA).
 
+pub mod resume;
+
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -220,7 +222,8 @@ pub fn load_base_dir(dir: &Path, device: Device) -> Result<ModelDir> {
     })
 }
 
-/// Samples `per_class` images of every class (labels in class order), as a dataset.
+/// Samples `per_class` images of every class (labels in class order), as a dataset, in one go
+/// (the commands' long samplings go through [`resume::Sampling`], which saves its progress).
 pub fn generate(
     model: &ModelDir,
     per_class: usize,

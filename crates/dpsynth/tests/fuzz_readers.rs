@@ -16,6 +16,8 @@ use dpsynth::data::{
 use dpsynth::nn::unet::{UNet, UNetConfig};
 use dpsynth::train::pretrain::PretrainConfig;
 
+mod common;
+
 /// Inputs per reader.
 const ROUNDS: usize = 300;
 
@@ -213,6 +215,28 @@ fn checkpoints() {
     fuzz("checkpoint tensors", 15, &valid_tensors, |p| {
         std::fs::copy(p, &tensor_file).unwrap();
         dpsynth::train::checkpoint::load::<serde_json::Value>(&ckpt).is_ok()
+    });
+}
+
+#[test]
+fn sampling_progress_files() {
+    use dpsynth::diffusion::sampler::SamplerConfig;
+    use dpsynth::synth::resume::{progress_file, Sampling};
+    let dir = tempfile::tempdir().unwrap();
+    common::tiny_base(&dir.path().join("base"));
+    let model = dpsynth::synth::load_model_dir(&dir.path().join("base"), tch::Device::Cpu).unwrap();
+    let cfg = SamplerConfig {
+        batch_size: 2,
+        ..SamplerConfig::ddpm(2, 1.0)
+    };
+    let out = dir.path().join("out");
+    let mut sampling = Sampling::open(&model, 1, &cfg, 0, &out, 2).unwrap();
+    sampling.sample_part(&mut |_| {}).unwrap();
+    let file = progress_file(&out);
+    let valid = std::fs::read(&file).unwrap();
+    fuzz("sampling progress", 17, &valid, |p| {
+        std::fs::copy(p, &file).unwrap();
+        Sampling::open(&model, 1, &cfg, 0, &out, 2).is_ok()
     });
 }
 

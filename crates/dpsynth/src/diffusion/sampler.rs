@@ -314,6 +314,27 @@ pub fn sample_with_progress(
     device: Device,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Tensor> {
+    sample_from(
+        model, schedule, labels, 0, shape, cfg, seed, device, progress,
+    )
+}
+
+/// [`sample_with_progress`] for the images `first..first + labels.len()` of a run: `labels`
+/// are those images' labels, each image gets its own noise stream (image index, `seed`), so
+/// the images are those an uninterrupted run from image 0 draws (what lets sampling resume,
+/// [`crate::synth::resume`]). `progress` counts the `first` images as done.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_from(
+    model: &impl EpsModel,
+    schedule: &NoiseSchedule,
+    labels: &[i64],
+    first: usize,
+    shape: [i64; 3],
+    cfg: &SamplerConfig,
+    seed: u64,
+    device: Device,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Tensor> {
     let ts = timesteps(schedule.num_train_timesteps(), cfg.num_steps, cfg.spacing)?;
     ensure!(cfg.batch_size >= 1, "sampler batch size must be >= 1");
     ensure!(
@@ -337,7 +358,7 @@ pub fn sample_with_progress(
     }
     let mut out = Vec::new();
     for (chunk_index, chunk) in labels.chunks(cfg.batch_size).enumerate() {
-        let first = chunk_index * cfg.batch_size;
+        let first = first + chunk_index * cfg.batch_size;
         let mut noise = ImageNoise::new(seed, first, chunk.len(), shape);
         let y = Tensor::from_slice(chunk).to_device(device);
         let x = noise.next(device);

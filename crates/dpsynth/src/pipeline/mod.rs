@@ -20,7 +20,8 @@ use crate::diffusion::sampler::SamplerConfig;
 use crate::fidelity::{self, Fidelity, FidelitySettings};
 use crate::memorization;
 use crate::nn::inception::InceptionV3;
-use crate::synth::{generate, load_model_dir};
+use crate::synth::load_model_dir;
+use crate::synth::resume::{self, Sampling, PART_IMAGES};
 use crate::train::class_table::{self, ClassInit, RowStart};
 use crate::train::downstream::{train_and_test, DownstreamConfig};
 use crate::train::finetune::{Finetuned, Mode, StepInfo};
@@ -98,6 +99,17 @@ pub enum Event<'a> {
     Step(&'a StepInfo),
     /// This many units of the counted work are done.
     Done(u64),
+    /// Sampling resumes its progress file `file`: `done` of the `total` images were sampled by
+    /// an earlier run (it comes after the sampling's [`Event::Begin`]; the [`Event::Done`]s
+    /// that follow count them).
+    SamplingResumed {
+        /// Images read from the file.
+        done: u64,
+        /// Images in all.
+        total: u64,
+        /// The progress file.
+        file: &'a Path,
+    },
     /// The counted work ended.
     End,
     /// A downstream epoch ended.
@@ -222,7 +234,8 @@ pub struct RunPlan<'a> {
     pub sample: SampleSettings,
     /// Evaluation.
     pub evaluate: EvaluateSettings<'a>,
-    /// Output folder: finetune/, samples/, grid.png and memorization.png go there.
+    /// Output folder: finetune/, samples/, grid.png and memorization.png go there, and
+    /// sampling's progress file ([`resume::PROGRESS_FILE`]) while it samples.
     pub out: &'a Path,
     /// When the run began (its loading of the data counts in the total time).
     pub started: Instant,
@@ -343,13 +356,25 @@ fn with_class_rows(
     Ok(rows)
 }
 
-/// Runs `plan`: fine-tunes (unless mode "base"), samples into `out/samples` and `out/grid.png`,
-/// trains the downstream classifier on the samples and tests it on the real test set (converted
-/// to the samples' shape), measures FID/KID when Inception weights are given and, when private
-/// data was read, the memorization report (`out/memorization.png`). The sampled model's classes
-/// must be the test set's, by name and in order (checked before fine-tuning too: the fine-tuned
-/// model's classes are the private training set's).
+/// Runs `plan`: fine-tunes (unless mode "base"), samples into `out/samples` and `out/grid.png`
+/// (resuming the progress file an interrupted sampling left in `out`, [`resume`]), trains the
+/// downstream classifier on the samples and tests it on the real test set (converted to the
+/// samples' shape), measures FID/KID when Inception weights are given and, when private data
+/// was read, the memorization report (`out/memorization.png`). The sampled model's classes must
+/// be the test set's, by name and in order (checked before fine-tuning too: the fine-tuned
+/// model's classes are the private training set's). An `out` already holding `samples/` is
+/// refused before anything runs.
 pub fn run(plan: &RunPlan, device: Device, on_event: &mut dyn FnMut(Event)) -> Result<RunReport> {
+    // refused before hours of fine-tuning and sampling end in a refusal to overwrite them
+    let samples = plan.out.join("samples");
+    if samples.exists() {
+        bail!(
+            "{}: holds the samples of a run that stopped after sampling; remove it and grid.png \
+             beside it to sample again, or choose another output folder",
+            samples.display()
+        );
+    }
+
     // 1. DP fine-tuning (none for the base alone)
     let t0 = Instant::now();
     let (ft, model, train, base_rows) = match plan.source {
@@ -388,23 +413,36 @@ pub fn run(plan: &RunPlan, device: Device, on_event: &mut dyn FnMut(Event)) -> R
         None => "the base".to_string(),
     };
     check_test_classes(plan, &source, &model.classes)?;
+    let sampling = Sampling::open(
+        &model,
+        s.per_class,
+        &s.sampler,
+        s.seed,
+        plan.out,
+        PART_IMAGES,
+    )?;
     on_event(Event::Begin {
         unit: "images",
-        total: (s.per_class * model.classes.len()) as u64,
+        total: sampling.total() as u64,
     });
-    let t0 = Instant::now();
-    let synthetic = generate(&model, s.per_class, &s.sampler, s.seed, &mut |n| {
-        on_event(Event::Done(n as u64))
-    })?;
+    if sampling.resumed() > 0 {
+        on_event(Event::SamplingResumed {
+            done: sampling.resumed() as u64,
+            total: sampling.total() as u64,
+            file: sampling.file(),
+        });
+    }
+    let sampled = sampling.run(&mut |n| on_event(Event::Done(n as u64)))?;
     on_event(Event::End);
-    let sample_secs = t0.elapsed().as_secs_f64();
-    imagefolder::write(&synthetic, &plan.out.join("samples"))?;
+    let (synthetic, sample_secs) = (sampled.dataset, sampled.seconds);
+    imagefolder::write(&synthetic, &samples)?;
     grid::write_grid(
         &synthetic,
         GRID_PER_ROW,
         GRID_SCALE,
         &plan.out.join("grid.png"),
     )?;
+    resume::remove(plan.out)?;
 
     // 3. downstream evaluation
     on_event(Event::Stage(Stage::Downstream {

@@ -51,7 +51,8 @@ pub struct Conversion {
 pub struct Seconds {
     /// DP fine-tuning.
     pub finetune: f64,
-    /// Sampling.
+    /// Sampling; a resumed sampling adds the time earlier runs spent on the images they saved
+    /// (so it may exceed `total`, this process's time).
     pub sample: f64,
     /// The downstream classifier and FID/KID.
     pub evaluate: f64,
