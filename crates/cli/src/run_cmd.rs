@@ -454,9 +454,9 @@ mod tests {
         assert_eq!(default.sample.per_class * 10, 10_000);
     }
 
-    /// Every results cell (`results/<dataset>/<cell>/config.toml`) parses, names a mode, a
-    /// base folder that exists in the repository and its dataset's data, and writes under
-    /// `out/results/<dataset>/<cell>`.
+    /// Every results cell (`results/<dataset>/<cell>/config.toml`) parses, names a mode, valid
+    /// sampler settings, a base folder (and class-init table) that exists in the repository and
+    /// its dataset's data, and writes under `out/results/<dataset>/<cell>`.
     #[test]
     fn results_cell_configs_parse() {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -481,6 +481,12 @@ mod tests {
                             repo.join(&cfg.finetune.base).join("config.json").is_file(),
                             "{name}"
                         );
+                        if let Some(table) = &cfg.finetune.class_init {
+                            assert!(repo.join(table).is_file(), "{name}: {table:?}");
+                        }
+                        cfg.sample
+                            .settings()
+                            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
                         (cfg.out, cfg.private)
                     }
                     Job::Classifier(cfg) => (cfg.out, cfg.private),
