@@ -222,6 +222,14 @@ pub fn load_base_dir(dir: &Path, device: Device) -> Result<ModelDir> {
     })
 }
 
+/// The labels of `per_class` images of each of `classes` classes, class by class: the order in
+/// which [`generate`] and [`resume::Sampling`] sample (an image's index keys its noise).
+fn class_labels(classes: usize, per_class: usize) -> Vec<i64> {
+    (0..classes as i64)
+        .flat_map(|c| std::iter::repeat_n(c, per_class))
+        .collect()
+}
+
 /// Samples `per_class` images of every class (labels in class order), as a dataset, in one go
 /// (the commands' long samplings go through [`resume::Sampling`], which saves its progress).
 pub fn generate(
@@ -235,9 +243,7 @@ pub fn generate(
         .unet
         .sample_shape()
         .context("the model config has no sample_size")?;
-    let labels: Vec<i64> = (0..model.classes.len() as i64)
-        .flat_map(|c| std::iter::repeat_n(c, per_class))
-        .collect();
+    let labels = class_labels(model.classes.len(), per_class);
     let images = sample_with_progress(
         &model.unet,
         &model.schedule,

@@ -20,7 +20,6 @@
 //! uninterrupted one, and the file is a quarter of float32's size (30 MB for 10,000 CIFAR-10
 //! images).
 
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -326,9 +325,7 @@ impl<'a> Sampling<'a> {
     ) -> Result<Self> {
         let settings = Settings::of(model, per_class, cfg, seed)?;
         let shape = settings.shape;
-        let labels: Vec<i64> = (0..model.classes.len() as i64)
-            .flat_map(|c| std::iter::repeat_n(c, per_class))
-            .collect();
+        let labels = super::class_labels(model.classes.len(), per_class);
         let text = serde_json::to_string(&settings)?;
         let file = progress_file(out);
         let (images, earlier_seconds) = if file.exists() {
@@ -436,20 +433,14 @@ impl<'a> Sampling<'a> {
                 "data_offsets": [0, self.images.len()],
             },
         });
-        let mut header = serde_json::to_vec(&header)?;
+        let mut bytes = serde_json::to_vec(&header)?;
         // safetensors pads the header with spaces to 8 bytes
-        header.resize(header.len().div_ceil(8) * 8, b' ');
-        let file = &self.file;
-        let tmp = fsutil::temp_beside(file, ".safetensors.partial")
-            .with_context(|| format!("{}: cannot create a temp file beside it", file.display()))?;
-        let mut w = BufWriter::new(tmp.as_file());
-        (w.write_all(&(header.len() as u64).to_le_bytes()))
-            .and_then(|_| w.write_all(&header))
-            .and_then(|_| w.write_all(&self.images))
-            .and_then(|_| w.flush())
-            .with_context(|| format!("writing {}", tmp.path().display()))?;
-        drop(w);
-        fsutil::persist(tmp, file).with_context(|| format!("writing {}", file.display()))
+        bytes.resize(bytes.len().div_ceil(8) * 8, b' ');
+        let len = (bytes.len() as u64).to_le_bytes();
+        bytes.splice(0..0, len);
+        bytes.extend_from_slice(&self.images);
+        fsutil::write_atomic(&self.file, &bytes)
+            .with_context(|| format!("writing {}", self.file.display()))
     }
 
     /// Samples every part left (saving each) and returns the images: those of the progress
