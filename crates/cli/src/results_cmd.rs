@@ -1,16 +1,18 @@
-//! `dpsynth results`: the tables of docs/RESULTS.md, made from the committed reports.
+//! `dpsynth results`: the tables of docs/RESULTS.md and docs/SELECTION.md, made from the
+//! committed reports.
 //!
 //! A results cell is a folder `results/<dataset>/<cell>/` with the run's `config.toml` and its
 //! `report.json` (any command's report with a `test_accuracy`). Repeats of one setting are cells
 //! named `<setting>-s1`, `<setting>-s2`, ...; the table shows their mean and standard deviation.
 //! The table of a dataset is written between the lines `<!-- results:DATASET -->` and
-//! `<!-- /results:DATASET -->` of the document. Cells holding a `dpsynth audit` report instead
+//! `<!-- /results:DATASET -->`, which exactly one of the documents holds: the headline results
+//! in docs/RESULTS.md, the public runs that chose settings in docs/SELECTION.md. Cells holding a `dpsynth audit` report instead
 //! (`"command": "audit"`) make a second table, between `<!-- audits:DATASET -->` and
 //! `<!-- /audits:DATASET -->`. A folder with a `plot.toml` is a size study ([`crate::size_plot`]):
-//! its plot is written as `DATASET.svg` beside the document, and every cell folder in it must be
+//! its plot is written as `DATASET.svg` beside the first document, and every cell folder in it must be
 //! named `<method>-n<N>-eps<E>-s<K>`, so no cell is in its table but off its plot. `--check` fails
-//! when the document or a plot and the reports disagree, and on a `DATASET.svg` beside the document
-//! whose folder has no `plot.toml`, so no figure can drift from its report.
+//! when a document or a plot and the reports disagree, and on a `DATASET.svg` beside the first
+//! document whose folder has no `plot.toml`, so no figure can drift from its report.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,9 +27,10 @@ pub struct ResultsArgs {
     /// Folder of results cells (`DATASET/CELL/report.json`).
     #[arg(long, default_value = "results")]
     dir: PathBuf,
-    /// Document whose marked tables are regenerated.
-    #[arg(long, default_value = "docs/RESULTS.md")]
-    doc: PathBuf,
+    /// Documents whose marked tables are regenerated (repeat the flag for several; each table's
+    /// markers must be in exactly one). Size-study plots are written beside the first.
+    #[arg(long = "doc", default_values = ["docs/RESULTS.md", "docs/SELECTION.md"])]
+    docs: Vec<PathBuf>,
     /// Change nothing; fail if the document's tables differ from the reports.
     #[arg(long)]
     check: bool,
@@ -207,17 +210,23 @@ fn headline(settings: &BTreeMap<String, Setting>) -> Option<String> {
 }
 
 /// The markdown tables of one dataset's settings: the headline (method × ε) when there is one,
-/// then every setting.
+/// then every setting it does not show.
 fn table(settings: &BTreeMap<String, Setting>) -> String {
-    let all = settings_table(settings);
-    match headline(settings) {
-        Some(h) => format!("{h}\nAll settings:\n\n{all}"),
-        None => all,
+    let Some(h) = headline(settings) else {
+        return settings_table(settings.iter());
+    };
+    let mut others = settings
+        .iter()
+        .filter(|(name, _)| parse_full_cell(name).is_none())
+        .peekable();
+    match others.peek() {
+        Some(_) => format!("{h}\nOther settings:\n\n{}", settings_table(others)),
+        None => h,
     }
 }
 
-/// The markdown table of every setting.
-fn settings_table(settings: &BTreeMap<String, Setting>) -> String {
+/// The markdown table of `settings`.
+fn settings_table<'a>(settings: impl Iterator<Item = (&'a String, &'a Setting)>) -> String {
     let mut out = String::from(
         "| setting | tested on | ε spent | runs | accuracy (mean ± sd) |\n|---|---|---|---|---|\n",
     );
@@ -231,6 +240,38 @@ fn settings_table(settings: &BTreeMap<String, Setting>) -> String {
         );
     }
     out
+}
+
+/// A document and its text.
+struct Doc {
+    path: PathBuf,
+    text: String,
+}
+
+/// Replaces the table marked `kind:dataset` in the one document of `docs` that holds its
+/// markers. Errors name the documents when none or several hold them.
+fn replace_in_docs(docs: &mut [Doc], kind: &str, dataset: &str, body: &str) -> Result<()> {
+    let open = format!("<!-- {kind}:{dataset} -->\n");
+    let holders: Vec<usize> = (0..docs.len())
+        .filter(|&i| docs[i].text.contains(&open))
+        .collect();
+    match holders[..] {
+        [i] => {
+            docs[i].text = replace_marked(&docs[i].text, kind, dataset, body, &docs[i].path)?;
+            Ok(())
+        }
+        [] => bail!(
+            "{}: no lines `{}` and `<!-- /{kind}:{dataset} -->` to hold the table of \
+             results/{dataset}",
+            doc_list(docs.iter().map(|d| d.path.as_path())),
+            open.trim_end()
+        ),
+        _ => bail!(
+            "{}: each holds `{}`; the table of results/{dataset} belongs in one",
+            doc_list(holders.iter().map(|&i| docs[i].path.as_path())),
+            open.trim_end()
+        ),
+    }
 }
 
 /// `doc` with the table marked `kind:dataset` (`results` or `audits`) replaced by `body`.
@@ -301,15 +342,33 @@ fn study_plot(
 
 /// Runs `dpsynth results`.
 pub fn run(a: ResultsArgs) -> Result<()> {
-    let doc = std::fs::read_to_string(&a.doc)
-        .with_context(|| format!("{}: cannot read", a.doc.display()))?;
+    ensure!(!a.docs.is_empty(), "--doc: name at least one document");
+    let old = a
+        .docs
+        .iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("{}: cannot read", path.display()))?;
+            Ok(Doc {
+                path: path.clone(),
+                text,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let first = &a.docs[0];
     let mut datasets: Vec<PathBuf> = std::fs::read_dir(&a.dir)
         .with_context(|| format!("{}: cannot list", a.dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_dir())
         .collect();
     datasets.sort();
-    let mut new = doc.clone();
+    let mut new: Vec<Doc> = old
+        .iter()
+        .map(|d| Doc {
+            path: d.path.clone(),
+            text: d.text.clone(),
+        })
+        .collect();
     // every dataset's settings, so a study's plot finds its whole-set cells without a second read
     let mut read: BTreeMap<String, BTreeMap<String, Setting>> = BTreeMap::new();
     let mut studies = Vec::new();
@@ -324,11 +383,11 @@ pub fn run(a: ResultsArgs) -> Result<()> {
         let plot_toml = dir.join("plot.toml");
         let study = plot_toml.is_file();
         let (settings, audits) = read_dataset(dir, study)?;
-        new = replace_marked(&new, "results", &name, &table(&settings), &a.doc)?;
+        replace_in_docs(&mut new, "results", &name, &table(&settings))?;
         if !audits.is_empty() {
-            new = replace_marked(&new, "audits", &name, &audit_table(&audits), &a.doc)?;
+            replace_in_docs(&mut new, "audits", &name, &audit_table(&audits))?;
         }
-        let svg_path = a.doc.with_file_name(format!("{name}.svg"));
+        let svg_path = first.with_file_name(format!("{name}.svg"));
         if study {
             studies.push((
                 name.clone(),
@@ -351,16 +410,18 @@ pub fn run(a: ResultsArgs) -> Result<()> {
             );
         };
         let svg = study_plot(plot_toml, config, &read[name], full)?;
-        plots.push((a.doc.with_file_name(format!("{name}.svg")), svg));
+        plots.push((first.with_file_name(format!("{name}.svg")), svg));
     }
     if a.check {
-        ensure!(
-            new == doc,
-            "{}: its results tables differ from the reports under {}: run `scripts/results` \
-             and commit the result",
-            a.doc.display(),
-            a.dir.display()
-        );
+        for (n, o) in new.iter().zip(&old) {
+            ensure!(
+                n.text == o.text,
+                "{}: its results tables differ from the reports under {}: run \
+                 `scripts/results` and commit the result",
+                o.path.display(),
+                a.dir.display()
+            );
+        }
         for (path, svg) in &plots {
             ensure!(
                 std::fs::read_to_string(path).ok().as_deref() == Some(svg.as_str()),
@@ -380,7 +441,7 @@ pub fn run(a: ResultsArgs) -> Result<()> {
         }
         println!(
             "{}: tables agree with the reports ({} dataset folders)",
-            a.doc.display(),
+            doc_list(a.docs.iter().map(PathBuf::as_path)),
             datasets.len()
         );
     } else {
@@ -396,15 +457,28 @@ pub fn run(a: ResultsArgs) -> Result<()> {
             dpsynth::fsutil::write_atomic(path, svg.as_bytes())
                 .with_context(|| format!("writing {}", path.display()))?;
         }
-        if new != doc {
-            dpsynth::fsutil::write_atomic(&a.doc, new.as_bytes())
-                .with_context(|| format!("writing {}", a.doc.display()))?;
-            println!("{}: tables rewritten from the reports", a.doc.display());
-        } else {
-            println!("{}: tables already agree with the reports", a.doc.display());
+        for (n, o) in new.iter().zip(&old) {
+            if n.text != o.text {
+                dpsynth::fsutil::write_atomic(&n.path, n.text.as_bytes())
+                    .with_context(|| format!("writing {}", n.path.display()))?;
+                println!("{}: tables rewritten from the reports", n.path.display());
+            } else {
+                println!(
+                    "{}: tables already agree with the reports",
+                    n.path.display()
+                );
+            }
         }
     }
     Ok(())
+}
+
+/// `paths`, comma-separated.
+fn doc_list<'a>(paths: impl Iterator<Item = &'a Path>) -> String {
+    paths
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -425,6 +499,7 @@ mod tests {
         cell(&results, "loda-eps10-s1", 0.90);
         cell(&results, "loda-eps10-s2", 0.92);
         cell(&results, "loda-eps10-s3", 0.94);
+        cell(&results, "loda-lr1e-2", 0.80);
         let doc = tmp.path().join("R.md");
         std::fs::write(
             &doc,
@@ -433,7 +508,7 @@ mod tests {
         .unwrap();
         let args = |check| ResultsArgs {
             dir: tmp.path().join("results"),
-            doc: doc.clone(),
+            docs: vec![doc.clone()],
             check,
         };
         assert!(
@@ -442,8 +517,11 @@ mod tests {
         );
         run(args(false)).unwrap();
         let text = std::fs::read_to_string(&doc).unwrap();
+        // below it, only the settings it does not show
         assert!(
-            text.contains("| loda-eps10 | `mnist:test` | 9.99 | 3 | 92.00% ± 2.00 |"),
+            text.contains("Other settings:\n\n| setting |")
+                && text.contains("| loda-lr1e-2 | `mnist:test` | 9.99 | 1 | 80.00% |")
+                && !text.contains("| loda-eps10 | `"),
             "{text}"
         );
         assert!(text.ends_with("<!-- /results:mnist -->\nend\n"), "{text}");
@@ -456,6 +534,53 @@ mod tests {
         cell(&results, "loda-eps10-s3", 0.95);
         let err = run(args(true)).unwrap_err().to_string();
         assert!(err.contains("differ from the reports"), "{err}");
+    }
+
+    /// Each table goes to the one document that holds its markers; none or two is an error
+    /// naming the documents.
+    #[test]
+    fn each_table_lives_in_exactly_one_document() {
+        let tmp = tempfile::tempdir().unwrap();
+        cell(&tmp.path().join("results/mnist"), "loda-eps10-s1", 0.90);
+        cell(&tmp.path().join("results/stand-in"), "loda-lr1e-2", 0.80);
+        let (a, b) = (tmp.path().join("A.md"), tmp.path().join("B.md"));
+        let marks = |d: &str| format!("<!-- results:{d} -->\n<!-- /results:{d} -->\n");
+        let args = |check| ResultsArgs {
+            dir: tmp.path().join("results"),
+            docs: vec![a.clone(), b.clone()],
+            check,
+        };
+        std::fs::write(&a, marks("mnist")).unwrap();
+        std::fs::write(&b, "# B\n").unwrap();
+        let err = run(args(false)).unwrap_err().to_string();
+        assert!(
+            err.contains("A.md, ") && err.contains("B.md") && err.contains("results:stand-in"),
+            "{err}"
+        );
+        std::fs::write(&b, marks("stand-in") + &marks("mnist")).unwrap();
+        let err = run(args(false)).unwrap_err().to_string();
+        assert!(
+            err.contains("each holds") && err.contains("results:mnist"),
+            "{err}"
+        );
+        std::fs::write(&b, marks("stand-in")).unwrap();
+        run(args(false)).unwrap();
+        run(args(true)).unwrap();
+        let (ta, tb) = (
+            std::fs::read_to_string(&a).unwrap(),
+            std::fs::read_to_string(&b).unwrap(),
+        );
+        assert!(
+            ta.contains("| loda | 90.00% (1 run) |") && !ta.contains("loda-lr1e-2"),
+            "{ta}"
+        );
+        assert!(
+            tb.contains("| loda-lr1e-2 |") && !tb.contains("| loda |"),
+            "{tb}"
+        );
+        std::fs::write(&b, marks("stand-in")).unwrap();
+        let err = run(args(true)).unwrap_err().to_string();
+        assert!(err.contains("B.md") && err.contains("differ"), "{err}");
     }
 
     #[test]
@@ -490,7 +615,7 @@ mod tests {
         let doc = size_study_doc(tmp.path());
         let args = |check| ResultsArgs {
             dir: results.clone(),
-            doc: doc.clone(),
+            docs: vec![doc.clone()],
             check,
         };
         let err = run(args(true)).unwrap_err().to_string();
@@ -538,7 +663,7 @@ mod tests {
         let run = |check| {
             run(ResultsArgs {
                 dir: results.clone(),
-                doc: doc.clone(),
+                docs: vec![doc.clone()],
                 check,
             })
             .map_err(|e| format!("{e:#}"))
@@ -608,7 +733,7 @@ mod tests {
         std::fs::write(&doc, marks).unwrap();
         let args = || ResultsArgs {
             dir: tmp.path().join("results"),
-            doc: doc.clone(),
+            docs: vec![doc.clone()],
             check: false,
         };
         let err = run(args()).unwrap_err().to_string();
