@@ -74,7 +74,7 @@ pub struct ClassifierSettings {
     #[arg(long, default_value_t = 256)]
     pub physical_batch: usize,
     /// SGD learning rate; 2 is the best of 0.5, 2 and 4 on the public stand-in task
-    /// (docs/RESULTS.md).
+    /// (docs/SELECTION.md).
     #[arg(long, default_value_t = 2.0)]
     pub lr: f64,
     /// SGD momentum.

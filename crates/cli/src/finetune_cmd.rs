@@ -91,7 +91,7 @@ pub struct FinetuneArgs {
     #[arg(long, help = format!("Passes over the private data [default: {DEFAULT_EPOCHS}]"))]
     pub epochs: Option<f64>,
     #[arg(long, help = format!("Adam learning rate [default by mode: {}; loda's chosen on a \
-        public stand-in task, the others' not tuned; see docs/RESULTS.md]",
+        public stand-in task, the others' not tuned; see docs/SELECTION.md]",
         by_mode(Mode::default_lr)))]
     pub lr: Option<f64>,
     /// Adam learning rate of the class embedding (default: --lr). New classes start from the

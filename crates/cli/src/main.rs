@@ -81,8 +81,8 @@ enum Command {
     /// The main job: DP fine-tuning on private data, sampling, and the downstream test, from one
     /// config (the embedded default: MNIST, the shipped base model, DP-LoDA at epsilon 10).
     Run(run_cmd::RunArgs),
-    /// Regenerate the results tables of docs/RESULTS.md from the committed reports under
-    /// results/ (`--check`: fail if they disagree).
+    /// Regenerate the results tables of docs/RESULTS.md and docs/SELECTION.md from the committed
+    /// reports under results/ (`--check`: fail if they disagree).
     Results(results_cmd::ResultsArgs),
 }
 

@@ -6,11 +6,11 @@
 //! named `<setting>-s1`, `<setting>-s2`, ...; the table shows their mean and standard deviation.
 //! The table of a dataset is written between the lines `<!-- results:DATASET -->` and
 //! `<!-- /results:DATASET -->`, which exactly one of the documents holds: the headline results
-//! in docs/RESULTS.md, the public runs that chose settings in docs/SELECTION.md. Cells holding a `dpsynth audit` report instead
-//! (`"command": "audit"`) make a second table, between `<!-- audits:DATASET -->` and
-//! `<!-- /audits:DATASET -->`. A folder with a `plot.toml` is a size study ([`crate::size_plot`]):
-//! its plot is written as `DATASET.svg` beside the first document, and every cell folder in it must be
-//! named `<method>-n<N>-eps<E>-s<K>`, so no cell is in its table but off its plot. `--check` fails
+//! in docs/RESULTS.md, the public runs that chose settings in docs/SELECTION.md. Cells holding
+//! a `dpsynth audit` report instead (`"command": "audit"`) make a second table, between
+//! `<!-- audits:DATASET -->` and `<!-- /audits:DATASET -->`. A folder with a `plot.toml` is a
+//! size study ([`crate::size_plot`]): its plot is written as `DATASET.svg` beside the first
+//! document, and every cell folder in it must be named `<method>-n<N>-eps<E>-s<K>`, so no cell is in its table but off its plot. `--check` fails
 //! when a document or a plot and the reports disagree, and on a `DATASET.svg` beside the first
 //! document whose folder has no `plot.toml`, so no figure can drift from its report.
 

@@ -65,7 +65,7 @@ impl Mode {
 
     /// The default clipping bound C: the largest bound within about 2% of the most signal per
     /// unit of noise that `dpsynth clip-scan` found on the shipped MNIST base with public
-    /// handwriting-like digits (docs/RESULTS.md, "Public pretraining data"); scratch keeps 1,
+    /// handwriting-like digits (docs/SELECTION.md, "Public pretraining data"); scratch keeps 1,
     /// where a random-init U-Net's norms lie. Per-example gradient norms depend on the model and
     /// the data, so scan another base before trusting these.
     pub fn default_clip(self) -> f64 {
@@ -78,7 +78,7 @@ impl Mode {
     }
 
     /// The default Adam learning rate: for loda, the better of 1e-2 and 3e-2 on the public
-    /// stand-in task (results/handwriting-digits, docs/RESULTS.md); the other modes keep the
+    /// stand-in task (results/handwriting-digits, docs/SELECTION.md); the other modes keep the
     /// recipe's 2e-3, which was not tuned.
     pub fn default_lr(self) -> f64 {
         match self {
