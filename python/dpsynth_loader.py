@@ -19,6 +19,8 @@ The folder (see `dpsynth export --help` and `crates/cli/src/export_cmd.rs`):
   LoRA export, already containing the adapters);
 - `scheduler_config.json`: the noise schedule (diffusers scheduler keys);
 - `classes.json`: class names, class `i` being label `i`;
+- only when a class has several class-embedding rows (fine-tuned with `class_init_rows = "each"`):
+  `class_rows.json`, for each row (label) the index in `classes.json` of its class;
 - only in an unmerged export (LoDA, or LoRA with `--unmerged`):
   - `adapter_config.json`: `kind` ("loda" or "lora"), `rank` r, `alpha`, `activation` ("silu",
     "tanh" or "relu"; LoDA only), `layers` (the adapted modules by their diffusers names);
@@ -102,11 +104,16 @@ def attach_adapters(unet, folder):
 
 def load_exported(folder):
     """Loads `dpsynth export` output: returns (UNet2DModel with adapters attached if the export
-    has any, in eval mode and without gradients; DDPMScheduler; list of class names)."""
+    has any, in eval mode and without gradients; DDPMScheduler; the class name of each label).
+    A class with several rows (`class_rows.json`) has several labels, each its name."""
     unet = UNet2DModel.from_pretrained(folder).eval().requires_grad_(False)
     if os.path.exists(os.path.join(folder, "adapter_config.json")):
         attach_adapters(unet, folder)
     scheduler = DDPMScheduler.from_pretrained(folder)
     with open(os.path.join(folder, "classes.json")) as f:
         classes = json.load(f)
+    rows = os.path.join(folder, "class_rows.json")
+    if os.path.exists(rows):
+        with open(rows) as f:
+            classes = [classes[c] for c in json.load(f)]
     return unet, scheduler, classes

@@ -72,7 +72,14 @@ pub fn run(a: ExportArgs, device: Device) -> Result<()> {
     if acfg.kind == AdapterKind::Lora && !a.unmerged {
         let merged = merge_lora(&mut model.unet)
             .map_err(|e| anyhow::anyhow!("{}: {e}", a.model.display()))?;
-        save_model_dir(&a.out, &model.unet, &model.scheduler, &model.classes, None)?;
+        save_model_dir(
+            &a.out,
+            &model.unet,
+            &model.scheduler,
+            &model.classes,
+            &model.row_classes,
+            None,
+        )?;
         println!(
             "{}: {merged} LoRA adapters merged into the base weights; a plain UNet2DModel folder",
             a.out.display()
@@ -87,6 +94,7 @@ pub fn run(a: ExportArgs, device: Device) -> Result<()> {
             &model.unet,
             &model.scheduler,
             &model.classes,
+            &model.row_classes,
             Some((&acfg, store)),
         )?;
         println!(

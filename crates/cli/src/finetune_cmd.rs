@@ -111,6 +111,11 @@ pub struct FinetuneArgs {
     /// instead of the null class. Reads only public names: no privacy cost.
     #[arg(long)]
     pub class_init: Option<PathBuf>,
+    /// How a class the class-init table gives several public classes starts: mean (one row,
+    /// their mean) or each (one row per public class, each its own row; the class's images are
+    /// trained and sampled across them).
+    #[arg(long, default_value = "mean")]
+    pub class_init_rows: dpsynth::train::class_table::InitRows,
     /// Accept a δ at or above 1/n of the private set (experiments only: it guarantees nothing).
     #[arg(long)]
     pub allow_large_delta: bool,
@@ -146,6 +151,7 @@ impl FinetuneArgs {
             lr: self.lr,
             class_lr: self.class_lr,
             clip: self.clip,
+            class_init_rows: self.class_init_rows,
             allow_large_delta: self.allow_large_delta,
             ..FinetuneOverrides::default()
         };

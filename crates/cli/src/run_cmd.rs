@@ -278,6 +278,7 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
                 private_train: &cfg.private.train,
                 delta: f.delta,
                 class_init: class_init.as_ref(),
+                class_init_rows: f.class_init_rows,
             }
         }
     };

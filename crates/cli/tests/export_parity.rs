@@ -269,7 +269,15 @@ fn write_fixture_model(dir: &Path, kind: AdapterKind, seed: i64) {
     perturb(&store, 0.3);
     let classes = ["zero", "one", "two"].map(String::from);
     let scheduler = SchedulerConfig::of(BetaSchedule::DDPM_LINEAR, 1000);
-    save_model_dir(dir, &unet, &scheduler, &classes, Some((&cfg, &store))).unwrap();
+    save_model_dir(
+        dir,
+        &unet,
+        &scheduler,
+        &classes,
+        &[0, 1, 2],
+        Some((&cfg, &store)),
+    )
+    .unwrap();
 }
 
 #[test]

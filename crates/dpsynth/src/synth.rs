@@ -5,10 +5,14 @@
 //! `scheduler_config.json` (diffusers' scheduler keys `beta_schedule`, `beta_start`, `beta_end`,
 //! `num_train_timesteps`) and `classes.json` (a JSON array of class names, dpsynth's own). A
 //! folder fine-tuned with adapters adds `adapter_config.json` and `adapter_model.safetensors`
-//! (their format is documented with `dpsynth export`, which keeps them for LoDA).
+//! (their format is documented with `dpsynth export`, which keeps them for LoDA). A folder whose
+//! classes have several class-embedding rows each (fine-tuned with `class_rows = "each"`) adds
+//! `class_rows.json`: a JSON array with, for each non-null row, the index in `classes.json` of
+//! the class it draws. Without it, row i is class i.
 
 pub mod resume;
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -29,6 +33,8 @@ pub const CLASSES_FILE: &str = "classes.json";
 pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 /// File name of the adapter config in a fine-tuned model folder.
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
+/// File name of the row → class table of a folder whose classes have several embedding rows.
+pub const CLASS_ROWS_FILE: &str = "class_rows.json";
 
 /// The scheduler keys dpsynth reads and writes (a subset of diffusers' `DDPMScheduler` config).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,8 +99,11 @@ pub struct ModelDir {
     pub schedule: NoiseSchedule,
     /// The scheduler settings the schedule came from.
     pub scheduler: SchedulerConfig,
-    /// Class names, one per non-null class embedding (none for an unconditional base).
+    /// Class names (none for an unconditional base).
     pub classes: Vec<String>,
+    /// The class (index into `classes`) each non-null class-embedding row draws: `0, 1, ...`
+    /// unless the folder's `class_rows.json` gives a class several rows.
+    pub row_classes: Vec<usize>,
     /// The adapters attached to the U-Net, if the folder carries any.
     pub adapter: Option<crate::nn::adapter::AdapterConfig>,
     /// The store holding the adapters' weights (kept alive with the model).
@@ -114,17 +123,29 @@ pub fn save_extras(dir: &Path, scheduler: &SchedulerConfig, classes: &[String]) 
 }
 
 /// Writes a model folder: the U-Net (`config.json`, `diffusion_pytorch_model.safetensors`), its
-/// scheduler and class names, and with `adapters` their weights (`adapter_model.safetensors`)
-/// and config (`adapter_config.json`, listing the adapted layers). Each file atomically.
+/// scheduler and class names, `class_rows.json` when `row_classes` gives a class several rows,
+/// and with `adapters` their weights (`adapter_model.safetensors`) and config
+/// (`adapter_config.json`, listing the adapted layers). Each file atomically.
 pub fn save_model_dir(
     dir: &Path,
     unet: &UNet,
     scheduler: &SchedulerConfig,
     classes: &[String],
+    row_classes: &[usize],
     adapters: Option<(&crate::nn::adapter::AdapterConfig, &tch::nn::VarStore)>,
 ) -> Result<()> {
     unet.save(dir)?;
     save_extras(dir, scheduler, classes)?;
+    let rows_path = dir.join(CLASS_ROWS_FILE);
+    if is_identity(row_classes) {
+        if rows_path.exists() {
+            std::fs::remove_file(&rows_path)
+                .with_context(|| format!("removing {}", rows_path.display()))?;
+        }
+    } else {
+        write_atomic(&rows_path, serde_json::to_string(row_classes)?.as_bytes())
+            .with_context(|| format!("writing {}", rows_path.display()))?;
+    }
     if let Some((acfg, store)) = adapters {
         crate::nn::unet::weights::save_safetensors(store, &dir.join(ADAPTER_WEIGHTS))?;
         let acfg = crate::nn::adapter::AdapterConfig {
@@ -200,26 +221,125 @@ pub fn load_base_dir(dir: &Path, device: Device) -> Result<ModelDir> {
     } else {
         (0..null).map(|c| c.to_string()).collect()
     };
-    if classes.len() as i64 != null {
-        bail!(
-            "{}: {} class names for a model with {null} classes{}",
-            classes_path.display(),
-            classes.len(),
-            if unet.null_class().is_none() {
-                " (unconditional: no num_class_embeds)"
-            } else {
-                ""
-            }
-        );
-    }
+    let rows_path = dir.join(CLASS_ROWS_FILE);
+    let row_classes = if rows_path.exists() {
+        read_row_classes(&rows_path, classes.len(), null as usize)?
+    } else {
+        if classes.len() as i64 != null {
+            bail!(
+                "{}: {} class names for a model with {null} classes{}",
+                classes_path.display(),
+                classes.len(),
+                if unet.null_class().is_none() {
+                    " (unconditional: no num_class_embeds)"
+                } else {
+                    ""
+                }
+            );
+        }
+        (0..classes.len()).collect()
+    };
     Ok(ModelDir {
         unet,
         schedule,
         scheduler,
         classes,
+        row_classes,
         adapter,
         adapter_store,
     })
+}
+
+/// Reads a `class_rows.json` at `path` for a model of `classes` classes and `rows` non-null
+/// class rows: one class index per row, each class with at least one row.
+fn read_row_classes(path: &Path, classes: usize, rows: usize) -> Result<Vec<usize>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let row_classes: Vec<usize> = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: expected a JSON array of class indices, one per class row",
+            path.display()
+        )
+    })?;
+    anyhow::ensure!(
+        row_classes.len() == rows,
+        "{}: {} rows listed for a model with {rows} class rows",
+        path.display(),
+        row_classes.len()
+    );
+    if let Some(bad) = row_classes.iter().find(|&&c| c >= classes) {
+        bail!(
+            "{}: class index {bad} for a model with {classes} classes",
+            path.display()
+        );
+    }
+    for c in 0..classes {
+        anyhow::ensure!(
+            row_classes.contains(&c),
+            "{}: class {c} has no row",
+            path.display()
+        );
+    }
+    Ok(row_classes)
+}
+
+/// Whether row i draws class i for every row (the folder needs no `class_rows.json`).
+pub fn is_identity(row_classes: &[usize]) -> bool {
+    row_classes.iter().enumerate().all(|(i, &c)| i == c)
+}
+
+/// The class-embedding row of each image of `labels` (class indices) for a model whose rows
+/// draw `row_classes`: the n-th image of a class takes the class's rows in turn, so a class's
+/// images are spread evenly over its rows. With one row per class this is `labels`.
+pub fn rows_in_turn(row_classes: &[usize], labels: &[i64]) -> Vec<i64> {
+    let rows_of = rows_of_classes(row_classes);
+    let mut seen = vec![0usize; rows_of.len()];
+    labels
+        .iter()
+        .map(|&l| {
+            let rows = &rows_of[l as usize];
+            let row = rows[seen[l as usize] % rows.len()];
+            seen[l as usize] += 1;
+            row
+        })
+        .collect()
+}
+
+/// `data`, labelled with `model`'s classes, relabelled by the class row each image is scored
+/// with ([`rows_in_turn`]; each row named after its class): what a loss on a model with several
+/// rows per class conditions on. `data` itself when every class has one row.
+pub fn labels_as_rows<'a>(model: &ModelDir, data: &'a Dataset) -> Result<Cow<'a, Dataset>> {
+    if is_identity(&model.row_classes) {
+        return Ok(Cow::Borrowed(data));
+    }
+    anyhow::ensure!(
+        model.row_classes.len() <= 256,
+        "{} class rows: more than a dataset's 256 labels",
+        model.row_classes.len()
+    );
+    let labels: Vec<i64> = data.labels.iter().map(|&l| l as i64).collect();
+    Ok(Cow::Owned(Dataset {
+        labels: rows_in_turn(&model.row_classes, &labels)
+            .into_iter()
+            .map(|r| r as u8)
+            .collect(),
+        class_names: model
+            .row_classes
+            .iter()
+            .map(|&c| model.classes[c].clone())
+            .collect(),
+        ..data.clone()
+    }))
+}
+
+/// Each class's rows, by class index, for a model whose rows draw `row_classes`.
+pub fn rows_of_classes(row_classes: &[usize]) -> Vec<Vec<i64>> {
+    let classes = row_classes.iter().max().map_or(0, |&m| m + 1);
+    let mut rows_of: Vec<Vec<i64>> = vec![Vec::new(); classes];
+    for (row, &c) in row_classes.iter().enumerate() {
+        rows_of[c].push(row as i64);
+    }
+    rows_of
 }
 
 /// The labels of `per_class` images of each of `classes` classes, class by class: the order in
@@ -247,7 +367,7 @@ pub fn generate(
     let images = sample_with_progress(
         &model.unet,
         &model.schedule,
-        &labels,
+        &rows_in_turn(&model.row_classes, &labels),
         shape,
         cfg,
         seed,

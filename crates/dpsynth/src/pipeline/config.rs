@@ -14,6 +14,7 @@ use crate::diffusion::sampler::SamplerChoice;
 use crate::fidelity::FidelitySettings;
 use crate::nn::arch::Arch;
 use crate::nn::inception::InceptionV3;
+use crate::train::class_table::InitRows;
 use crate::train::downstream::DownstreamConfig;
 use crate::train::finetune::{FinetuneConfig, FinetuneOverrides};
 
@@ -88,6 +89,11 @@ pub struct FinetuneSection {
     /// base, unfine-tuned, a row for each class of the test set.
     #[serde(default)]
     pub class_init: Option<PathBuf>,
+    /// "mean" (the default): a class of the class-init table starts from the mean row of its
+    /// public classes; "each": from each of their rows, as a class with several rows, trained
+    /// and sampled across them.
+    #[serde(default)]
+    pub class_init_rows: InitRows,
     /// Accept a δ at or above 1/n of the private set (experiments only).
     #[serde(default)]
     pub allow_large_delta: bool,
@@ -122,6 +128,7 @@ impl FinetuneSection {
             class_lr: self.class_lr,
             clip: self.clip,
             noise_multiplicity: self.noise_multiplicity,
+            class_init_rows: self.class_init_rows,
             allow_large_delta: self.allow_large_delta,
         }
     }
@@ -327,7 +334,7 @@ mod tests {
         let text = "base = \"b\"\nmode = \"lora\"\nepsilon = 3.0\ndelta = 1e-6\nrank = 8\n\
                     epochs = 2.5\nbatch = 64\nphysical_batch = 16\nlr = 0.5\nclass_lr = 0.25\n\
                     clip = 0.7\nnoise_multiplicity = 3\nclass_init = \"t.toml\"\n\
-                    allow_large_delta = true\nprivate_log = \"on\"";
+                    class_init_rows = \"each\"\nallow_large_delta = true\nprivate_log = \"on\"";
         let f: FinetuneSection = toml::from_str(text).unwrap();
         assert_eq!(f.class_init, Some(PathBuf::from("t.toml")));
         assert_eq!(f.private_log, PrivateLog::On);
@@ -338,6 +345,7 @@ mod tests {
         assert_eq!((c.epochs, c.batch_size, c.physical_batch), (2.5, 64, 16));
         assert_eq!((c.lr, c.class_lr, c.clip), (0.5, Some(0.25), 0.7));
         assert_eq!(c.noise_multiplicity, 3);
+        assert_eq!(c.class_init_rows, InitRows::Each);
         assert!(c.allow_large_delta);
         // the job reads the class-init table, not the config
         assert!(c.class_init.is_none());

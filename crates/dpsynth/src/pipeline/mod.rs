@@ -22,7 +22,7 @@ use crate::memorization;
 use crate::nn::inception::InceptionV3;
 use crate::synth::load_model_dir;
 use crate::synth::resume::{self, Sampling, PART_IMAGES};
-use crate::train::class_table::{self, ClassInit, RowStart};
+use crate::train::class_table::{self, ClassInit, InitRows, RowStart};
 use crate::train::downstream::{train_and_test, DownstreamConfig};
 use crate::train::finetune::{Finetuned, Mode, StepInfo};
 use finetune_job::{run_finetune, FinetuneJob, FinetuneOutcome, CLASS_ROWS_NOTE};
@@ -183,9 +183,12 @@ pub enum Source<'a> {
         /// δ the report states (nothing is spent).
         delta: f64,
         /// A public class-init table: the base's class rows are first rebuilt for the test
-        /// set's classes, each from its related public classes' rows (their mean) or the null
-        /// row. It reads only the base and public names.
+        /// set's classes, each from its related public classes' rows (their mean, or each of
+        /// them with `class_init_rows` each) or the null row. It reads only the base and public
+        /// names.
         class_init: Option<&'a ClassInit>,
+        /// Mean or each ([`InitRows`]).
+        class_init_rows: InitRows,
     },
 }
 
@@ -342,18 +345,21 @@ fn check_test_classes(plan: &RunPlan, source: &str, classes: &[String]) -> Resul
     }
 }
 
-/// Rebuilds the class table of `model` for `classes` from the public table `init` (each row the
-/// mean of its public classes' rows, or the null row): the base alone, with class rows started
-/// from public names. Returns where each row started, for the report.
+/// Rebuilds the class table of `model` for `classes` from the public table `init` (each class
+/// from the mean of its public classes' rows, or each of them as its own row, as `rows` says, or
+/// the null row): the base alone, with class rows started from public names. Returns where each
+/// class started, for the report.
 fn with_class_rows(
     model: &mut crate::synth::ModelDir,
     classes: &[String],
     init: &ClassInit,
+    rows: InitRows,
 ) -> Result<Vec<RowStart>> {
-    let rows = class_table::plan_rows(&model.classes, classes, Some(init))?;
-    model.unet = class_table::rebuild(&model.unet, &model.classes, &rows)?;
+    let plan = class_table::plan_rows(&model.classes, classes, Some(init), rows)?;
+    model.unet = class_table::rebuild(&model.unet, &model.classes, &plan)?;
     model.classes = classes.to_vec();
-    Ok(rows)
+    model.row_classes = class_table::row_classes(&plan);
+    Ok(plan)
 }
 
 /// Runs `plan`: fine-tunes (unless mode "base"), samples into `out/samples` and `out/grid.png`
@@ -391,12 +397,17 @@ pub fn run(plan: &RunPlan, device: Device, on_event: &mut dyn FnMut(Event)) -> R
             (Some(done), model, Some(train), None)
         }
         Source::Base {
-            dir, class_init, ..
+            dir,
+            class_init,
+            class_init_rows,
+            ..
         } => {
             on_event(Event::Stage(Stage::BaseAlone));
             let mut model = load_model_dir(dir, device)?;
             let rows = class_init
-                .map(|init| with_class_rows(&mut model, &plan.test.class_names, init))
+                .map(|init| {
+                    with_class_rows(&mut model, &plan.test.class_names, init, class_init_rows)
+                })
                 .transpose()?;
             (None, model, None, rows)
         }

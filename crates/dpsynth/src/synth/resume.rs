@@ -110,8 +110,9 @@ impl Settings {
     }
 }
 
-/// sha256 (hex) of what the sampled model computes: its U-Net, scheduler and adapter configs
-/// and every weight of the U-Net and of its adapters (by name, kind, shape and bytes). It reads
+/// sha256 (hex) of what the sampled model computes: its U-Net, scheduler and adapter configs,
+/// its row → class table when a class has several rows, and every weight of the U-Net and of
+/// its adapters (by name, kind, shape and bytes). It reads
 /// the weights in memory, so it does not depend on where the model folder is or when it was
 /// written (a run resumed on another machine or after a copy matches), but any changed weight,
 /// including class rows rebuilt from a class-init table, does. It runs once per sampling.
@@ -124,6 +125,10 @@ pub fn model_fingerprint(model: &ModelDir) -> Result<String> {
     feed(&serde_json::to_vec(model.unet.config())?);
     feed(&serde_json::to_vec(&model.scheduler)?);
     feed(&serde_json::to_vec(&model.adapter)?);
+    // a class with several rows samples them in turn (a model without, as before: no bytes)
+    if !super::is_identity(&model.row_classes) {
+        feed(&serde_json::to_vec(&model.row_classes)?);
+    }
     let stores = [Some(&model.unet.vs), model.adapter_store.as_ref()];
     for (i, store) in stores.into_iter().enumerate() {
         let Some(store) = store else { continue };
@@ -288,6 +293,8 @@ pub struct Sampling<'a> {
     cfg: SamplerConfig,
     seed: u64,
     labels: Vec<i64>,
+    /// The class-embedding row each image is sampled from ([`super::rows_in_turn`]).
+    rows: Vec<i64>,
     shape: [i64; 3],
     /// This run's [`Settings`] as JSON, as saved.
     settings: String,
@@ -341,6 +348,7 @@ impl<'a> Sampling<'a> {
             model,
             cfg: *cfg,
             seed,
+            rows: super::rows_in_turn(&model.row_classes, &labels),
             labels,
             shape,
             settings: text,
@@ -394,7 +402,7 @@ impl<'a> Sampling<'a> {
         let x = sample_from(
             unet,
             &self.model.schedule,
-            labels,
+            &self.rows[first..end],
             first,
             self.shape,
             &self.cfg,

@@ -8,7 +8,9 @@
 //! - else the mean of the base rows of the public classes a class-init table lists for it
 //!   (`class_init` in a run config, `--class-init FILE` on `finetune`; a class map of
 //!   `crate::data::class_map`), e.g. CIFAR-10's `cat` from Tiny ImageNet's `tabby`, `Persian
-//!   cat` and `Egyptian cat`;
+//!   cat` and `Egyptian cat`; or, with [`InitRows::Each`], one row per listed public class,
+//!   each that class's own row (the class then has several rows: its images are trained and
+//!   sampled across them, `crate::synth::rows_in_turn`);
 //! - else the base's null row, so the class begins as the base's unconditional model.
 //!
 //! An unconditional base (a diffusers `UNet2DModel` without `num_class_embeds`, as most public
@@ -24,7 +26,7 @@
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use crate::nn::unet::UNet;
@@ -38,7 +40,32 @@ pub fn load_class_init(path: &Path) -> Result<ClassInit> {
     Ok(crate::data::class_map::load(path)?)
 }
 
-/// Where one private class's row starts.
+/// How a private class with several related public classes starts (`class_init_rows` in a run
+/// config, `--class-init-rows` on `finetune`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitRows {
+    /// One row, the mean of the public classes' rows.
+    #[default]
+    Mean,
+    /// One row per public class, each a copy of that class's row: the private class is
+    /// trained and sampled as a mixture of them.
+    Each,
+}
+
+impl std::str::FromStr for InitRows {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "mean" => Ok(Self::Mean),
+            "each" => Ok(Self::Each),
+            other => bail!("unknown class-init rows '{other}': expected mean or each"),
+        }
+    }
+}
+
+/// Where one private class's row (or rows) start.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RowStart {
@@ -46,16 +73,38 @@ pub enum RowStart {
     Same(String),
     /// The mean of the base's rows of these public classes.
     Mean(Vec<String>),
+    /// One row per public class, each a copy of its base row.
+    Each(Vec<String>),
     /// The base's null row.
     Null,
 }
 
-/// The start of each private class's row, in label order. Errors name the table's entries that
-/// name a class the private data or the base does not have.
+impl RowStart {
+    /// The class rows this start gives the class.
+    pub fn rows(&self) -> usize {
+        match self {
+            RowStart::Each(names) => names.len(),
+            _ => 1,
+        }
+    }
+}
+
+/// The class (index into the plan) each row of a table rebuilt by [`rebuild`] draws, in row
+/// order (the null row excluded).
+pub fn row_classes(plan: &[RowStart]) -> Vec<usize> {
+    plan.iter()
+        .enumerate()
+        .flat_map(|(c, start)| std::iter::repeat_n(c, start.rows()))
+        .collect()
+}
+
+/// The start of each private class's row (or rows, `rows`), in label order. Errors name the
+/// table's entries that name a class the private data or the base does not have.
 pub fn plan_rows(
     base_classes: &[String],
     private: &[String],
     init: Option<&ClassInit>,
+    rows: InitRows,
 ) -> Result<Vec<RowStart>> {
     if let Some(table) = init {
         for (name, public) in table {
@@ -78,7 +127,10 @@ pub fn plan_rows(
             if base_classes.contains(name) {
                 RowStart::Same(name.clone())
             } else if let Some(public) = init.and_then(|t| t.get(name)).filter(|p| !p.is_empty()) {
-                RowStart::Mean(public.clone())
+                match rows {
+                    InitRows::Mean => RowStart::Mean(public.clone()),
+                    InitRows::Each => RowStart::Each(public.clone()),
+                }
             } else {
                 RowStart::Null
             }
@@ -86,8 +138,9 @@ pub fn plan_rows(
         .collect())
 }
 
-/// A copy of `base` (same weights, same device) whose class table has one row per entry of
-/// `plan` plus the null row, started as the plan says. `base_classes` names the base's rows.
+/// A copy of `base` (same weights, same device) whose class table has the rows of each entry of
+/// `plan` ([`RowStart::rows`], in order: [`row_classes`]) plus the null row, started as the
+/// plan says. `base_classes` names the base's rows.
 /// For an unconditional base (no class embedding) the null row is zero, so the copy computes
 /// exactly what the base does; its plan can hold only [`RowStart::Null`].
 pub fn rebuild(unet: &UNet, base_classes: &[String], plan: &[RowStart]) -> Result<UNet> {
@@ -100,7 +153,7 @@ pub fn rebuild(unet: &UNet, base_classes: &[String], plan: &[RowStart]) -> Resul
         ),
     };
     let mut config = unet.config().clone();
-    config.num_class_embeds = Some(plan.len() as i64 + 1);
+    config.num_class_embeds = Some(plan.iter().map(RowStart::rows).sum::<usize>() as i64 + 1);
     let out = UNet::new(config, unet.device())?;
     let _guard = tch::no_grad_guard();
     let from = unet.vs.variables();
@@ -121,18 +174,23 @@ pub fn rebuild(unet: &UNet, base_classes: &[String], plan: &[RowStart]) -> Resul
         let table = table.context("the base model is unconditional: it has no class rows")?;
         Ok(table.weight.get(i as i64))
     };
-    let rows = plan
-        .iter()
-        .map(|start| match start {
-            RowStart::Same(name) => row(name),
+    let mut rows = Vec::new();
+    for start in plan {
+        match start {
+            RowStart::Same(name) => rows.push(row(name)?),
             RowStart::Mean(names) => {
-                let rows = names.iter().map(|n| row(n)).collect::<Result<Vec<_>>>()?;
-                Ok(Tensor::stack(&rows, 0).mean_dim(0, false, rows[0].kind()))
+                let public = names.iter().map(|n| row(n)).collect::<Result<Vec<_>>>()?;
+                rows.push(Tensor::stack(&public, 0).mean_dim(0, false, public[0].kind()));
             }
-            RowStart::Null => Ok(null_row.shallow_clone()),
-        })
-        .chain(std::iter::once(Ok(null_row.shallow_clone())))
-        .collect::<Result<Vec<_>>>()?;
+            RowStart::Each(names) => {
+                for n in names {
+                    rows.push(row(n)?);
+                }
+            }
+            RowStart::Null => rows.push(null_row.shallow_clone()),
+        }
+    }
+    rows.push(null_row.shallow_clone());
     let mut new_table = out
         .class_embedding
         .as_ref()

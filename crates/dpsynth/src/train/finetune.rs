@@ -24,7 +24,7 @@ use privacy::Accountant;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Tensor};
 
-use super::class_table::{self, ClassInit, RowStart};
+use super::class_table::{self, ClassInit, InitRows, RowStart};
 pub use super::dp_loop::StepInfo;
 use super::dp_loop::{self, Checkpointing, DpConfig, DpSettings, DpState, MicroBatchLoss};
 use super::gradient_canaries::CanaryScores;
@@ -180,6 +180,10 @@ pub struct FinetuneConfig {
     /// row). Public names only: no privacy cost.
     #[serde(default)]
     pub class_init: Option<ClassInit>,
+    /// Whether a class the class-init table gives several public classes starts from their
+    /// mean row or with one row per public class (trained and sampled across them).
+    #[serde(default)]
+    pub class_init_rows: InitRows,
     /// Accept δ ≥ 1/n (experiments only: such a δ guarantees nothing).
     #[serde(default)]
     pub allow_large_delta: bool,
@@ -226,6 +230,7 @@ impl FinetuneConfig {
             clip: mode.default_clip(),
             class_dropout: 0.1,
             class_init: None,
+            class_init_rows: InitRows::Mean,
             allow_large_delta: false,
             noise_multiplier: None,
             gradient_canaries: 0,
@@ -250,6 +255,7 @@ impl FinetuneConfig {
         self.class_lr = o.class_lr.or(self.class_lr);
         self.clip = o.clip.unwrap_or(self.clip);
         self.noise_multiplicity = o.noise_multiplicity.unwrap_or(self.noise_multiplicity);
+        self.class_init_rows = o.class_init_rows;
         self.allow_large_delta |= o.allow_large_delta;
         self
     }
@@ -300,6 +306,8 @@ pub struct FinetuneOverrides {
     pub clip: Option<f64>,
     /// Noise multiplicity K ([`DEFAULT_NOISE_MULTIPLICITY`]).
     pub noise_multiplicity: Option<i64>,
+    /// Mean or each row per class-init class ([`InitRows::Mean`]).
+    pub class_init_rows: InitRows,
     /// Accept a δ at or above 1/n (experiments only; `false`: the default, refused).
     pub allow_large_delta: bool,
 }
@@ -427,12 +435,18 @@ pub fn prepare(
     };
     let class_rows = match private_classes {
         Some(private) if unconditional || private != model.classes.as_slice() => {
-            let plan = class_table::plan_rows(&model.classes, private, cfg.class_init.as_ref())?;
+            let plan = class_table::plan_rows(
+                &model.classes,
+                private,
+                cfg.class_init.as_ref(),
+                cfg.class_init_rows,
+            )?;
             let frozen =
                 !cfg.train_class_embedding && !matches!(cfg.mode, Mode::Full | Mode::Scratch);
             class_table::ensure_learnable(&plan, frozen, unconditional, base)?;
             model.unet = class_table::rebuild(&model.unet, &model.classes, &plan)?;
             model.classes = private.to_vec();
+            model.row_classes = class_table::row_classes(&plan);
             Some(plan)
         }
         _ => None,
@@ -493,13 +507,17 @@ pub fn prepare(
 }
 
 /// The diffusion model's per-example loss: the ε-prediction error of K (timestep, noise) draws
-/// per image, with class dropout to the null class.
+/// per image, with class dropout to the null class. An image of a class with several rows
+/// ([`InitRows::Each`]) is trained as one of them, drawn uniformly at each step: a choice that
+/// does not look at the image, so it changes nothing in the privacy analysis.
 struct EpsLoss<'a> {
     unet: &'a UNet,
     schedule: &'a NoiseSchedule,
     train: &'a Dataset,
     cfg: LossConfig,
     null: i64,
+    /// Each class's rows, when some class has several (`None`: row = class).
+    rows_of: Option<Vec<Vec<i64>>>,
     device: Device,
 }
 
@@ -507,7 +525,23 @@ impl MicroBatchLoss for EpsLoss<'_> {
     type Prepared = (Tensor, Draws);
 
     fn prepare(&mut self, indices: &[usize]) -> Result<Self::Prepared> {
-        let (x0, y) = self.train.batch(indices, self.device);
+        let (x0, mut y) = self.train.batch(indices, self.device);
+        if let Some(rows_of) = &self.rows_of {
+            let classes = Vec::<i64>::try_from(&y.to_device(Device::Cpu))?;
+            let u = Vec::<f64>::try_from(&Tensor::rand(
+                [classes.len() as i64],
+                (tch::Kind::Double, Device::Cpu),
+            ))?;
+            let rows: Vec<i64> = classes
+                .iter()
+                .zip(&u)
+                .map(|(&c, &u)| {
+                    let rows = &rows_of[c as usize];
+                    rows[((u * rows.len() as f64) as usize).min(rows.len() - 1)]
+                })
+                .collect();
+            y = Tensor::from_slice(&rows).to_device(self.device);
+        }
         let draws = draw(self.schedule, &x0, &y, &self.cfg, Some(self.null))?;
         Ok((x0, draws))
     }
@@ -564,6 +598,8 @@ pub fn finetune(
                 class_dropout: cfg.class_dropout,
             },
             null,
+            rows_of: (!crate::synth::is_identity(&t.model.row_classes))
+                .then(|| crate::synth::rows_of_classes(&t.model.row_classes)),
             device,
         },
         Some(checkpointing),
@@ -597,6 +633,7 @@ fn save_model(t: &Trainee, classes: &[String], dir: &Path) -> Result<()> {
         &t.model.unet,
         &t.model.scheduler,
         classes,
+        &t.model.row_classes,
         t.model.adapter.as_ref().zip(t.adapters.as_ref()),
     )
 }
