@@ -6,7 +6,7 @@
 //! `num_train_timesteps`) and `classes.json` (a JSON array of class names, dpsynth's own). A
 //! folder fine-tuned with adapters adds `adapter_config.json` and `adapter_model.safetensors`
 //! (their format is documented with `dpsynth export`, which keeps them for LoDA). A folder whose
-//! classes have several class-embedding rows each (fine-tuned with `class_rows = "each"`) adds
+//! classes have several class-embedding rows each (`class_init_rows = "each"`) adds
 //! `class_rows.json`: a JSON array with, for each non-null row, the index in `classes.json` of
 //! the class it draws. Without it, row i is class i.
 
