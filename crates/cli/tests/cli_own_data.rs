@@ -122,4 +122,28 @@ fn the_base_alone_samples_new_class_names_from_a_class_init_table() {
         md.contains("class rows started from public class names"),
         "{md}"
     );
+
+    // each public class its own row: seven's two images come from rows 7 and 1 in turn
+    let (code, _, stderr) = run(
+        &format!(
+            "class_init = \"{}\"\nclass_init_rows = \"each\"",
+            table.display()
+        ),
+        "each",
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("each/report.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        report["class_rows"],
+        serde_json::json!([{"each": ["1"]}, {"each": ["7", "1"]}])
+    );
+    for class in ["one", "seven"] {
+        let n = std::fs::read_dir(dir.path().join("each/samples").join(class))
+            .unwrap()
+            .count();
+        assert_eq!(n, 2, "{class}");
+    }
 }
