@@ -210,8 +210,11 @@ fn headline(settings: &BTreeMap<String, Setting>) -> Option<String> {
 }
 
 /// The markdown tables of one dataset's settings: the headline (method × ε) when there is one,
-/// then every setting it does not show.
+/// then every setting it does not show; a line saying so when no cell has a report yet.
 fn table(settings: &BTreeMap<String, Setting>) -> String {
+    if settings.is_empty() {
+        return "No cell has run yet.\n".to_string();
+    }
     let Some(h) = headline(settings) else {
         return settings_table(settings.iter());
     };
@@ -592,6 +595,7 @@ mod tests {
             err.contains("R.md") && err.contains("<!-- results:cifar10 -->"),
             "{err}"
         );
+        assert_eq!(table(&BTreeMap::new()), "No cell has run yet.\n");
         assert_eq!(setting_name("loda-eps10-s12"), "loda-eps10");
         assert_eq!(
             setting_name("base-alone-fonts-optdigits"),
