@@ -80,11 +80,8 @@ fn losses(dir: &Path, canaries: &Dataset, draws: i64, device: Device) -> Result<
         conditioning,
         ..HeldoutConfig::default()
     };
-    // a class with several rows scores its canaries with each row in turn
-    let scored = match conditioning {
-        Conditioning::Labels => dpsynth::synth::labels_as_rows(&model, canaries)?,
-        Conditioning::Null => std::borrow::Cow::Borrowed(canaries),
-    };
+    // a class with several rows scores its images with each row in turn
+    let scored = dpsynth::synth::as_scored(&model, canaries, conditioning)?;
     let r = heldout_loss(
         &model.unet,
         &model.schedule,

@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use anyhow::{ensure, Result};
 use clap::Args;
 use dpsynth::nn::adapter::{layer_names, merge_lora, AdapterKind};
-use dpsynth::synth::{load_model_dir, save_model_dir, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
+use dpsynth::synth::{load_model_dir, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use tch::Device;
 
 #[derive(Args)]
@@ -72,14 +72,7 @@ pub fn run(a: ExportArgs, device: Device) -> Result<()> {
     if acfg.kind == AdapterKind::Lora && !a.unmerged {
         let merged = merge_lora(&mut model.unet)
             .map_err(|e| anyhow::anyhow!("{}: {e}", a.model.display()))?;
-        save_model_dir(
-            &a.out,
-            &model.unet,
-            &model.scheduler,
-            &model.classes,
-            &model.row_classes,
-            None,
-        )?;
+        model.save(&a.out, None)?;
         println!(
             "{}: {merged} LoRA adapters merged into the base weights; a plain UNet2DModel folder",
             a.out.display()
@@ -89,14 +82,7 @@ pub fn run(a: ExportArgs, device: Device) -> Result<()> {
             AdapterKind::Lora => "LoRA",
             AdapterKind::Loda => "LoDA",
         };
-        save_model_dir(
-            &a.out,
-            &model.unet,
-            &model.scheduler,
-            &model.classes,
-            &model.row_classes,
-            Some((&acfg, store)),
-        )?;
+        model.save(&a.out, Some((&acfg, store)))?;
         println!(
             "{}: a UNet2DModel folder plus {} {kind} adapters ({ADAPTER_CONFIG}, \
              {ADAPTER_WEIGHTS}); load it with python/dpsynth_loader.py",

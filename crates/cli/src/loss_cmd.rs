@@ -91,10 +91,7 @@ pub fn run(a: LossArgs, data_dir: &Path, device: Device) -> Result<()> {
     };
     let bar = Progress::new(a.limit.min(data.len()) as u64, "images");
     // a class with several rows scores its images with each row in turn
-    let scored = match conditioning {
-        Conditioning::Labels => dpsynth::synth::labels_as_rows(&model, &data)?,
-        Conditioning::Null => std::borrow::Cow::Borrowed(&data),
-    };
+    let scored = dpsynth::synth::as_scored(&model, &data, conditioning)?;
     let r = heldout_loss(
         &model.unet,
         &model.schedule,

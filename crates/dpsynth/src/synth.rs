@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use crate::data::Dataset;
+use crate::diffusion::heldout::Conditioning;
 use crate::diffusion::sampler::{sample_with_progress, SamplerConfig};
 use crate::diffusion::{BetaSchedule, NoiseSchedule};
 use crate::fsutil::write_atomic;
@@ -120,6 +121,24 @@ pub fn save_extras(dir: &Path, scheduler: &SchedulerConfig, classes: &[String]) 
         write_atomic(&p, json.as_bytes()).with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(())
+}
+
+impl ModelDir {
+    /// Writes this model to `dir` ([`save_model_dir`]), with `adapters` when it carries some.
+    pub fn save(
+        &self,
+        dir: &Path,
+        adapters: Option<(&crate::nn::adapter::AdapterConfig, &tch::nn::VarStore)>,
+    ) -> Result<()> {
+        save_model_dir(
+            dir,
+            &self.unet,
+            &self.scheduler,
+            &self.classes,
+            &self.row_classes,
+            adapters,
+        )
+    }
 }
 
 /// Writes a model folder: the U-Net (`config.json`, `diffusion_pytorch_model.safetensors`), its
@@ -305,11 +324,16 @@ pub fn rows_in_turn(row_classes: &[usize], labels: &[i64]) -> Vec<i64> {
         .collect()
 }
 
-/// `data`, labelled with `model`'s classes, relabelled by the class row each image is scored
-/// with ([`rows_in_turn`]; each row named after its class): what a loss on a model with several
-/// rows per class conditions on. `data` itself when every class has one row.
-pub fn labels_as_rows<'a>(model: &ModelDir, data: &'a Dataset) -> Result<Cow<'a, Dataset>> {
-    if is_identity(&model.row_classes) {
+/// `data` as a held-out loss of `model` with `conditioning` reads it: with its own labels (those
+/// of `model`'s classes) on a model with several rows per class, each image relabelled by the
+/// row it is scored with ([`rows_in_turn`]; each row named after its class); otherwise `data`
+/// itself.
+pub fn as_scored<'a>(
+    model: &ModelDir,
+    data: &'a Dataset,
+    conditioning: Conditioning,
+) -> Result<Cow<'a, Dataset>> {
+    if conditioning == Conditioning::Null || is_identity(&model.row_classes) {
         return Ok(Cow::Borrowed(data));
     }
     anyhow::ensure!(

@@ -112,10 +112,10 @@ impl Settings {
 
 /// sha256 (hex) of what the sampled model computes: its U-Net, scheduler and adapter configs,
 /// its row → class table when a class has several rows, and every weight of the U-Net and of
-/// its adapters (by name, kind, shape and bytes). It reads
-/// the weights in memory, so it does not depend on where the model folder is or when it was
-/// written (a run resumed on another machine or after a copy matches), but any changed weight,
-/// including class rows rebuilt from a class-init table, does. It runs once per sampling.
+/// its adapters (by name, kind, shape and bytes). It reads the weights in memory, so it does not
+/// depend on where the model folder is or when it was written (a run resumed on another machine
+/// or after a copy matches), but any changed weight, including class rows rebuilt from a
+/// class-init table, does. It runs once per sampling.
 pub fn model_fingerprint(model: &ModelDir) -> Result<String> {
     let mut h = Sha256::new();
     let mut feed = |bytes: &[u8]| {

@@ -35,7 +35,7 @@ use crate::diffusion::schedule::NoiseSchedule;
 use crate::dp::optim::{Optimizer, OptimizerConfig};
 use crate::nn::adapter::{attach, AdapterConfig, AdapterKind};
 use crate::nn::unet::UNet;
-use crate::synth::{load_base_dir, save_model_dir, ModelDir};
+use crate::synth::{load_base_dir, ModelDir};
 
 /// What is trained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -606,7 +606,11 @@ pub fn finetune(
         on_step,
     )?;
     let model_dir = out.join("model");
-    save_model(&t, &train.class_names, &model_dir)?;
+    // the class table prepare() built is the private data's: its classes are train's
+    t.model.save(
+        &model_dir,
+        t.model.adapter.as_ref().zip(t.adapters.as_ref()),
+    )?;
     Ok(Finetuned {
         model_dir,
         epsilon: run.epsilon,
@@ -622,18 +626,4 @@ pub fn finetune(
             std::borrow::Cow::Borrowed(_) => None,
         },
     })
-}
-
-/// Writes the fine-tuned model folder: the U-Net (base weights plus whatever was trained), the
-/// scheduler and the private data's class names, and for adapter modes the adapter config and
-/// weights.
-fn save_model(t: &Trainee, classes: &[String], dir: &Path) -> Result<()> {
-    save_model_dir(
-        dir,
-        &t.model.unet,
-        &t.model.scheduler,
-        classes,
-        &t.model.row_classes,
-        t.model.adapter.as_ref().zip(t.adapters.as_ref()),
-    )
 }
