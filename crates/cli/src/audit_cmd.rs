@@ -20,9 +20,9 @@ use std::time::Instant;
 use anyhow::{ensure, Context, Result};
 use clap::Args;
 use dpsynth::data::Dataset;
-use dpsynth::diffusion::heldout::{heldout_loss, seeded_subset, Conditioning, HeldoutConfig};
+use dpsynth::diffusion::heldout::{seeded_subset, Conditioning, HeldoutConfig};
 use dpsynth::fsutil::write_atomic;
-use dpsynth::synth::load_model_dir;
+use dpsynth::synth::{load_model_dir, model_heldout_loss};
 use rand::Rng;
 use tch::Device;
 
@@ -80,16 +80,7 @@ fn losses(dir: &Path, canaries: &Dataset, draws: i64, device: Device) -> Result<
         conditioning,
         ..HeldoutConfig::default()
     };
-    // a class with several rows scores its images with each row in turn
-    let scored = dpsynth::synth::as_scored(&model, canaries, conditioning)?;
-    let r = heldout_loss(
-        &model.unet,
-        &model.schedule,
-        &scored,
-        &cfg,
-        device,
-        &mut |_| {},
-    )?;
+    let r = model_heldout_loss(&model, canaries, &cfg, device, &mut |_| {})?;
     let order = seeded_subset(canaries.len(), canaries.len(), SCORE_SEED);
     let mut out = vec![0.0; canaries.len()];
     for (k, &i) in order.iter().enumerate() {

@@ -7,10 +7,10 @@ use anyhow::{ensure, Context, Result};
 use clap::{Args, ValueEnum};
 use dpsynth::data::Dataset;
 use dpsynth::data::{self, catalog::spec_help};
-use dpsynth::diffusion::heldout::{heldout_loss, paired_difference, Conditioning, HeldoutConfig};
+use dpsynth::diffusion::heldout::{paired_difference, Conditioning, HeldoutConfig};
 use dpsynth::fsutil::write_atomic;
 use dpsynth::nn::unet::UNet;
-use dpsynth::synth::load_model_dir;
+use dpsynth::synth::{load_model_dir, model_heldout_loss};
 use tch::Device;
 
 /// The class label given with each image (`--labels`).
@@ -90,16 +90,9 @@ pub fn run(a: LossArgs, data_dir: &Path, device: Device) -> Result<()> {
         conditioning,
     };
     let bar = Progress::new(a.limit.min(data.len()) as u64, "images");
-    // a class with several rows scores its images with each row in turn
-    let scored = dpsynth::synth::as_scored(&model, &data, conditioning)?;
-    let r = heldout_loss(
-        &model.unet,
-        &model.schedule,
-        &scored,
-        &cfg,
-        device,
-        &mut |n| bar.set_position(n as u64),
-    )
+    let r = model_heldout_loss(&model, &data, &cfg, device, &mut |n| {
+        bar.set_position(n as u64)
+    })
     .with_context(|| format!("scoring {} on {}", a.model.display(), a.data))?;
     bar.finish();
     println!(

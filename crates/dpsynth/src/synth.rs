@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use crate::data::Dataset;
-use crate::diffusion::heldout::Conditioning;
+use crate::diffusion::heldout::{heldout_loss, Conditioning, HeldoutConfig, HeldoutLoss};
 use crate::diffusion::sampler::{sample_with_progress, SamplerConfig};
 use crate::diffusion::{BetaSchedule, NoiseSchedule};
 use crate::fsutil::write_atomic;
@@ -324,11 +324,23 @@ pub fn rows_in_turn(row_classes: &[usize], labels: &[i64]) -> Vec<i64> {
         .collect()
 }
 
+/// The held-out loss of `model` on `data` ([`heldout_loss`]). On a model with several rows per
+/// class, conditioned scoring takes a class's rows in turn ([`rows_in_turn`]), as sampling does.
+pub fn model_heldout_loss(
+    model: &ModelDir,
+    data: &Dataset,
+    cfg: &HeldoutConfig,
+    device: Device,
+    progress: &mut dyn FnMut(usize),
+) -> Result<HeldoutLoss> {
+    let scored = as_scored(model, data, cfg.conditioning)?;
+    heldout_loss(&model.unet, &model.schedule, &scored, cfg, device, progress)
+}
+
 /// `data` as a held-out loss of `model` with `conditioning` reads it: with its own labels (those
 /// of `model`'s classes) on a model with several rows per class, each image relabelled by the
-/// row it is scored with ([`rows_in_turn`]; each row named after its class); otherwise `data`
-/// itself.
-pub fn as_scored<'a>(
+/// row it is scored with (each row named after its class); otherwise `data` itself.
+fn as_scored<'a>(
     model: &ModelDir,
     data: &'a Dataset,
     conditioning: Conditioning,

@@ -12,34 +12,17 @@ use dpsynth::synth::resume::model_fingerprint;
 use dpsynth::synth::{generate, load_model_dir, rows_in_turn, CLASS_ROWS_FILE};
 use dpsynth::train::class_table::InitRows;
 use dpsynth::train::finetune::{finetune, prepare, FinetuneConfig, Mode};
-use tch::{Device, Kind, Tensor};
+use tch::Device;
 
 mod common;
-use common::{finetune_config, private_data, tiny_base};
+use common::{car_cat_config, class_table, private_data, same_row, tiny_base};
 
-/// The loda test config with `car` related to the base's classes 1 and 3 and `cat` to 2, one
-/// row per public class.
+/// The class-init test config ([`car_cat_config`]) with one row per public class.
 fn each_config() -> FinetuneConfig {
-    let mut cfg = finetune_config(Mode::Loda);
-    cfg.class_init = Some(
-        [
-            ("car".to_string(), vec!["1".to_string(), "3".to_string()]),
-            ("cat".to_string(), vec!["2".to_string()]),
-        ]
-        .into_iter()
-        .collect(),
-    );
-    cfg.class_init_rows = InitRows::Each;
-    cfg
-}
-
-fn table(vars: &std::collections::HashMap<String, Tensor>) -> Tensor {
-    vars["class_embedding.weight"].to_kind(Kind::Double)
-}
-
-/// Rows copied from the base are equal to rounding of f32 (1e-6 of values of order 1).
-fn same(a: &Tensor, b: &Tensor) -> bool {
-    (a - b).abs().max().double_value(&[]) < 1e-6
+    FinetuneConfig {
+        class_init_rows: InitRows::Each,
+        ..car_cat_config(Mode::Loda)
+    }
 }
 
 #[test]
@@ -47,7 +30,7 @@ fn each_public_class_gives_the_private_class_its_own_row() {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().join("base");
     tiny_base(&base);
-    let base_table = table(
+    let base_table = class_table(
         &load_model_dir(&base, Device::Cpu)
             .unwrap()
             .unet
@@ -58,14 +41,20 @@ fn each_public_class_gives_the_private_class_its_own_row() {
     let t = prepare(&base, &each_config(), Some(&data.class_names), Device::Cpu).unwrap();
     // plane, car (2 rows), bird, cat, deer, null
     assert_eq!(t.model.row_classes, [0, 1, 1, 2, 3, 4]);
-    let rows = table(&t.model.unet.vs.variables());
+    let rows = class_table(&t.model.unet.vs.variables());
     assert_eq!(rows.size(), [7, 32]);
-    assert!(same(&rows.get(1), &base_table.get(1)), "car's first row");
-    assert!(same(&rows.get(2), &base_table.get(3)), "car's second row");
-    assert!(same(&rows.get(4), &base_table.get(2)), "cat");
+    assert!(
+        same_row(&rows.get(1), &base_table.get(1)),
+        "car's first row"
+    );
+    assert!(
+        same_row(&rows.get(2), &base_table.get(3)),
+        "car's second row"
+    );
+    assert!(same_row(&rows.get(4), &base_table.get(2)), "cat");
     for (r, name) in [(0, "plane"), (3, "bird"), (5, "deer"), (6, "null")] {
         assert!(
-            same(&rows.get(r), &base_table.get(4)),
+            same_row(&rows.get(r), &base_table.get(4)),
             "{name} starts from null"
         );
     }
@@ -94,7 +83,7 @@ fn a_class_is_trained_across_its_rows() {
     let mut cfg = each_config();
     cfg.noise_multiplier = Some(0.0);
     cfg.class_dropout = 0.0;
-    let start = table(
+    let start = class_table(
         &prepare(&base, &cfg, Some(&cars.class_names), Device::Cpu)
             .unwrap()
             .model
@@ -104,7 +93,7 @@ fn a_class_is_trained_across_its_rows() {
     );
     let out = tmp.path().join("o");
     let done = finetune(&base, &cars, &cfg, &out, false, Device::Cpu, &mut |_| {}).unwrap();
-    let end = table(
+    let end = class_table(
         &load_model_dir(&done.model_dir, Device::Cpu)
             .unwrap()
             .unet

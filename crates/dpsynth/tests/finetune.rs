@@ -19,7 +19,7 @@ use dpsynth::train::pretrain::PretrainConfig;
 use tch::{Device, Kind, Tensor};
 
 mod common;
-use common::{finetune_config, private_data, tiny_base};
+use common::{car_cat_config, class_table, finetune_config, private_data, same_row, tiny_base};
 
 /// A fine-tuning run of `mode` with the test config, which must succeed.
 fn finetune_ok(base: &Path, data: &Dataset, mode: Mode, out: &Path) -> Finetuned {
@@ -51,10 +51,15 @@ fn finetune_error(base: &Path, data: &Dataset, cfg: &FinetuneConfig, tmp: &Path)
     .to_string()
 }
 
-fn class_table(dir: &Path) -> Tensor {
-    let m = load_model_dir(dir, Device::Cpu).unwrap();
-    let vars = m.unet.vs.variables();
-    vars["class_embedding.weight"].to_kind(Kind::Double)
+/// The class-embedding table of the model folder `dir`.
+fn model_class_table(dir: &Path) -> Tensor {
+    class_table(
+        &load_model_dir(dir, Device::Cpu)
+            .unwrap()
+            .unet
+            .vs
+            .variables(),
+    )
 }
 
 #[test]
@@ -71,7 +76,7 @@ fn new_classes_are_learned_under_dp_and_named_in_the_model_folder() {
         assert!(model.adapter.is_some());
         // the embedding rows of the private classes moved; the null row (never a label here
         // unless dropped out) is part of the same trained table
-        let moved = (class_table(&done.model_dir) - class_table(&base))
+        let moved = (model_class_table(&done.model_dir) - model_class_table(&base))
             .narrow(0, 0, 4)
             .abs()
             .sum_dim_intlist(1, false, Kind::Double);
@@ -95,7 +100,7 @@ fn placeholder_classes_start_from_the_null_embedding() {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().join("base");
     tiny_base(&base);
-    let before = class_table(&base);
+    let before = model_class_table(&base);
     let null_row = before.narrow(0, 4, 1);
     // mean |row − null| per coordinate, for each of the four classes
     let gap = |table: &Tensor| -> Vec<f64> {
@@ -109,7 +114,7 @@ fn placeholder_classes_start_from_the_null_embedding() {
     for mode in [Mode::Loda, Mode::Full, Mode::Scratch] {
         let out = tmp.path().join(format!("init-{mode}"));
         let done = finetune_ok(&base, &data, mode, &out);
-        let after = gap(&class_table(&done.model_dir));
+        let after = gap(&model_class_table(&done.model_dir));
         if mode == Mode::Scratch {
             assert!(after.iter().all(|&g| g > 0.5), "{mode}: {after:?}");
         } else {
@@ -146,7 +151,7 @@ fn more_private_classes_than_the_base_grow_the_table() {
     let model = load_model_dir(&done.model_dir, Device::Cpu).unwrap();
     assert_eq!(model.classes, data.class_names);
     assert_eq!(model.unet.num_class_embeds(), Some(6));
-    assert_eq!(class_table(&done.model_dir).size(), [6, 32]);
+    assert_eq!(model_class_table(&done.model_dir).size(), [6, 32]);
 }
 
 /// A class-init table starts a private class from the mean of the named base rows; a class
@@ -157,27 +162,20 @@ fn class_init_starts_rows_from_public_classes() {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().join("base");
     tiny_base(&base);
-    let base_table = class_table(&base);
+    let base_table = model_class_table(&base);
     let row = |i: i64| base_table.get(i);
-    let mut cfg = finetune_config(Mode::Loda);
-    cfg.class_init = Some(
-        [
-            ("car".to_string(), vec!["1".to_string(), "3".to_string()]),
-            ("cat".to_string(), vec!["2".to_string()]),
-        ]
-        .into_iter()
-        .collect(),
-    );
     let data = private_data(5);
+    let cfg = car_cat_config(Mode::Loda);
     let t = prepare(&base, &cfg, Some(&data.class_names), Device::Cpu).unwrap();
-    let table = t.model.unet.vs.variables()["class_embedding.weight"].to_kind(Kind::Double);
+    let table = class_table(&t.model.unet.vs.variables());
     assert_eq!(table.size(), [6, 32]);
-    // copies and a mean of two f32 rows: equal to rounding of f32 (1e-6 of values of order 1)
-    let same = |a: Tensor, b: Tensor| (a - b).abs().max().double_value(&[]) < 1e-6;
-    assert!(same(table.get(1), (row(1) + row(3)) / 2.0), "car");
-    assert!(same(table.get(3), row(2)), "cat");
+    assert!(same_row(&table.get(1), &((row(1) + row(3)) / 2.0)), "car");
+    assert!(same_row(&table.get(3), &row(2)), "cat");
     for (c, name) in [(0, "plane"), (2, "bird"), (4, "deer"), (5, "null")] {
-        assert!(same(table.get(c), row(4)), "{name} should start from null");
+        assert!(
+            same_row(&table.get(c), &row(4)),
+            "{name} should start from null"
+        );
     }
     let vars = t.model.unet.vs.variables();
     let base_vars = UNet::load(&base, Device::Cpu).unwrap().vs.variables();

@@ -1,5 +1,6 @@
 //! Fixtures shared by the fine-tuning tests: tiny colour base models (class-conditional and
-//! unconditional), private data, and the brute-force reference of a clipped sum.
+//! unconditional), private data, a class-init table, and the brute-force reference of a clipped
+//! sum.
 #![allow(dead_code)] // each test crate uses some of them
 
 use std::path::Path;
@@ -8,7 +9,7 @@ use dpsynth::data::Dataset;
 use dpsynth::nn::unet::{UNet, UNetConfig};
 use dpsynth::synth::{save_extras, SchedulerConfig};
 use dpsynth::train::finetune::{FinetuneConfig, Mode};
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// The tiny 8×8 colour U-Net's config, with `num_class_embeds` (`None`: unconditional).
 fn tiny_config(num_class_embeds: Option<i64>) -> UNetConfig {
@@ -73,6 +74,32 @@ pub fn finetune_config(mode: Mode) -> FinetuneConfig {
         accountant: privacy::Accountant::Rdp,
         ..FinetuneConfig::new(mode, 10.0, 1e-5)
     }
+}
+
+/// `finetune_config(mode)` with a class-init table relating the private `car` to the tiny base's
+/// classes 1 and 3 and `cat` to its class 2 (every other private class has no entry).
+pub fn car_cat_config(mode: Mode) -> FinetuneConfig {
+    let mut cfg = finetune_config(mode);
+    cfg.class_init = Some(
+        [
+            ("car".to_string(), vec!["1".to_string(), "3".to_string()]),
+            ("cat".to_string(), vec!["2".to_string()]),
+        ]
+        .into_iter()
+        .collect(),
+    );
+    cfg
+}
+
+/// The class-embedding table of a model's variables, in double precision.
+pub fn class_table(vars: &std::collections::HashMap<String, Tensor>) -> Tensor {
+    vars["class_embedding.weight"].to_kind(Kind::Double)
+}
+
+/// Whether two rows are equal to rounding of f32: rows copied from the base, or the mean of two,
+/// differ by at most 1e-6 on values of order 1.
+pub fn same_row(a: &Tensor, b: &Tensor) -> bool {
+    (a - b).abs().max().double_value(&[]) < 1e-6
 }
 
 /// The reference clipped sum of per-example gradients: for each trainable tensor j,
