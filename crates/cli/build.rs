@@ -21,6 +21,21 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={}", repo.join(p).display());
     }
+    // a commit moves the branch HEAD names (a loose ref, or packed-refs), not HEAD itself
+    if let Some(branch) = std::fs::read_to_string(repo.join(".git/HEAD"))
+        .ok()
+        .and_then(|h| {
+            h.strip_prefix("ref: ")
+                .map(|r| repo.join(".git").join(r.trim()))
+        })
+    {
+        let watched = if branch.exists() {
+            branch
+        } else {
+            repo.join(".git/packed-refs")
+        };
+        println!("cargo:rerun-if-changed={}", watched.display());
+    }
     let git = |args: &[&str]| {
         Command::new("git")
             .arg("-C")
