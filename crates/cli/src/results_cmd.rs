@@ -199,7 +199,9 @@ fn headline(settings: &BTreeMap<String, Setting>) -> Option<String> {
     out += "\n|---|";
     out += &"---|".repeat(epsilons.len());
     out += "\n";
-    for (method, row) in &cells {
+    let mut methods: Vec<_> = cells.iter().collect();
+    methods.sort_by(|a, b| natural_cmp(a.0, b.0));
+    for (method, row) in methods {
         out += &format!("| {method} |");
         for e in &epsilons {
             out += &format!(" {} |", row.get(e).map_or("not run", String::as_str));
@@ -233,6 +235,8 @@ fn settings_table<'a>(settings: impl Iterator<Item = (&'a String, &'a Setting)>)
     let mut out = String::from(
         "| setting | tested on | ε spent | runs | accuracy (mean ± sd) |\n|---|---|---|---|---|\n",
     );
+    let mut settings: Vec<_> = settings.collect();
+    settings.sort_by(|a, b| natural_cmp(a.0, b.0));
     for (name, s) in settings {
         let eps = s.epsilon.map_or("none".to_string(), |e| format!("{e:.2}"));
         out += &format!(
@@ -243,6 +247,65 @@ fn settings_table<'a>(settings: impl Iterator<Item = (&'a String, &'a Setting)>)
         );
     }
     out
+}
+
+/// One piece of a setting name: a number (`5000`, `0.5`, `3e-3`) or the text between numbers.
+enum Token<'a> {
+    Number(f64),
+    Text(&'a str),
+}
+
+/// `name` cut into numbers and the text between them.
+fn tokens(name: &str) -> Vec<Token<'_>> {
+    let b = name.as_bytes();
+    let digits = |mut i: usize| {
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        i
+    };
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let start = i;
+        if b[i].is_ascii_digit() {
+            i = digits(i);
+            if i + 1 < b.len() && b[i] == b'.' && b[i + 1].is_ascii_digit() {
+                i = digits(i + 1);
+            }
+            // an exponent only where digits follow: `3e-3`, not the `e` of `eps`
+            let sign = usize::from(i + 1 < b.len() && b[i + 1] == b'-');
+            if i + 1 + sign < b.len() && b[i] == b'e' && b[i + 1 + sign].is_ascii_digit() {
+                i = digits(i + 1 + sign);
+            }
+            out.push(Token::Number(name[start..i].parse().unwrap_or(f64::MAX)));
+        } else {
+            while i < b.len() && !b[i].is_ascii_digit() {
+                i += 1;
+            }
+            out.push(Token::Text(&name[start..i]));
+        }
+    }
+    out
+}
+
+/// The order a reader expects of setting names: numbers compare by value, so `n5000` comes
+/// before `n20000` and `lr3e-3` before `lr1e-2`; text compares as text.
+fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    use std::cmp::Ordering::{Equal, Greater, Less};
+    let (ta, tb) = (tokens(a), tokens(b));
+    for (x, y) in ta.iter().zip(&tb) {
+        let o = match (x, y) {
+            (Token::Number(p), Token::Number(q)) => p.total_cmp(q),
+            (Token::Text(p), Token::Text(q)) => p.cmp(q),
+            (Token::Number(_), Token::Text(_)) => Less,
+            (Token::Text(_), Token::Number(_)) => Greater,
+        };
+        if o != Equal {
+            return o;
+        }
+    }
+    ta.len().cmp(&tb.len())
 }
 
 /// A document and its text.
@@ -584,6 +647,40 @@ mod tests {
         std::fs::write(&b, marks("stand-in")).unwrap();
         let err = run(args(true)).unwrap_err().to_string();
         assert!(err.contains("B.md") && err.contains("differ"), "{err}");
+    }
+
+    #[test]
+    fn settings_are_ordered_by_the_value_of_their_numbers() {
+        let mut names = vec![
+            "loda-n20000",
+            "loda-n5000",
+            "classifier-n1000",
+            "loda-n1000",
+            "c-lr1e-2",
+            "c-lr3e-3",
+            "c-lr0.5",
+            "c-lr2",
+            "c-lr0.03",
+            "loda-eps10-lr3e-2-guidance2",
+            "loda-eps10-lr3e-2",
+        ];
+        names.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(
+            names,
+            [
+                "c-lr3e-3",
+                "c-lr1e-2",
+                "c-lr0.03",
+                "c-lr0.5",
+                "c-lr2",
+                "classifier-n1000",
+                "loda-eps10-lr3e-2",
+                "loda-eps10-lr3e-2-guidance2",
+                "loda-n1000",
+                "loda-n5000",
+                "loda-n20000",
+            ]
+        );
     }
 
     #[test]
