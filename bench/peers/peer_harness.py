@@ -40,7 +40,7 @@ LODA_DEFAULTS = {
     "epochs": 1.0,
     "batch": 1000,
     "physical_batch": 250,
-    "lr": 3e-2,
+    "lr": 3e-3,
     "clip": 0.003,
     "noise_multiplicity": 1,
 }

@@ -15,7 +15,7 @@ that config (`run_settings` in `peer_harness.py`, which refuses a config this do
    epsilon it reports at the end. Loss as dpsynth's `finetune`: per example, the mean squared
    error of the predicted noise for one (timestep, noise) draw (K = 1), timesteps uniform on
    0..999, labels replaced by the null class with probability 0.1, images scaled to [-1, 1];
-   Adam lr 3e-2, betas (0.9, 0.999), eps 1e-8. Then, as dpsynth's fine-tuning job does inside
+   Adam lr 3e-3, betas (0.9, 0.999), eps 1e-8. Then, as dpsynth's fine-tuning job does inside
    this stage, the trained weights are written (with `--out`) and a preview of 10 images per
    class is drawn (DDPM, 50 steps, seed 0; written as finetune-grid.png with `--out`).
 2. **sample**: 1,000 images per class (class-major order, batches of 250) with diffusers'
@@ -42,7 +42,7 @@ expected batches of 1,000 (at least one; class-balanced, a seeded choice), so th
 round(60 F) steps of the full run's size (q = 1000 / N is then also Opacus's 1 / len(loader));
 images per class round(1000 F). Batch, physical batch, epochs (1 of fine-tuning, 15 downstream)
 and the test set are kept. Shrinking the batch instead would keep q and sigma but drown the
-gradient in noise (Adam at lr 3e-2 then walks the adapters away from the base).
+gradient in noise (Adam at the default lr then walks the adapters away from the base).
 `bench/peers/pipeline_vs_peer.py` writes dpsynth a config scaled the same way.
 
     python bench/peers/peer_pipeline.py [--threads N] [--scale F] [--json PATH] [--out DIR]

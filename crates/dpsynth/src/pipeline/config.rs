@@ -267,7 +267,7 @@ mod tests {
         let c = cfg.finetune.finetune_config().unwrap();
         assert_eq!(c.mode, Mode::Loda);
         assert_eq!((c.epsilon, c.delta), (10.0, 1e-5));
-        assert_eq!((c.lr, c.clip, c.class_lr), (3e-2, 0.003, None));
+        assert_eq!((c.lr, c.clip, c.class_lr), (3e-3, 0.003, None));
         assert_eq!((c.batch_size, c.physical_batch), (1000, 250));
         assert_eq!((c.adapter.rank, c.adapter.alpha), (4, 4.0));
         assert_eq!((c.epochs, c.noise_multiplicity), (1.0, 1));

@@ -2,8 +2,9 @@
 //!
 //! AdamW with linear warm-up, global gradient-norm clipping, class dropout for classifier-free
 //! guidance, an EMA of the weights, atomic periodic checkpoints (weights, EMA, optimizer moments,
-//! step and loss history) and resume. The result is a diffusers-style model folder holding the EMA
-//! weights.
+//! step and loss history) and resume. A run may start from the weights of an earlier model of the
+//! same architecture (`train.init`) instead of a random initialisation, to train a shipped base
+//! further. The result is a diffusers-style model folder holding the EMA weights.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -47,6 +48,17 @@ pub struct DataSource {
     pub convert: bool,
 }
 
+/// How the learning rate moves after its linear warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    /// Stays at `lr`.
+    #[default]
+    Constant,
+    /// Falls from `lr` to zero along a half cosine, reaching zero at `steps`.
+    Cosine,
+}
+
 /// Training hyper-parameters.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,6 +72,14 @@ pub struct PretrainSettings {
     /// Linear warm-up steps.
     #[serde(default)]
     pub warmup_steps: u64,
+    /// The learning rate after warm-up.
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
+    /// A model folder (diffusers layout, the same `[model]`) whose weights start the run, and its
+    /// EMA, instead of a random initialisation: a base trained further. Optimizer moments start
+    /// at zero.
+    #[serde(default)]
+    pub init: Option<PathBuf>,
     /// AdamW decoupled weight decay.
     #[serde(default)]
     pub weight_decay: f64,
@@ -80,6 +100,23 @@ pub struct PretrainSettings {
     /// Steps between sample grids (0: only at the end).
     #[serde(default)]
     pub sample_every: u64,
+}
+
+impl PretrainSettings {
+    /// The learning rate of step `step` (0-based): linear warm-up to `lr`, then `lr_schedule`.
+    pub fn lr_at(&self, step: u64) -> f64 {
+        if step < self.warmup_steps {
+            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        match self.lr_schedule {
+            LrSchedule::Constant => self.lr,
+            LrSchedule::Cosine => {
+                let span = self.steps.saturating_sub(self.warmup_steps).max(1) as f64;
+                let done = (step - self.warmup_steps) as f64 / span;
+                self.lr * 0.5 * (1.0 + (std::f64::consts::PI * done.min(1.0)).cos())
+            }
+        }
+    }
 }
 
 /// Noise schedule settings.
@@ -349,6 +386,11 @@ pub fn pretrain(
     );
     tch::manual_seed(t.seed as i64);
     let model = UNet::new(cfg.model.clone(), run.device)?;
+    match &t.init {
+        // a resumed run's weights come from its checkpoint
+        Some(init) if !run.resume => load_init(&model, init)?,
+        _ => {}
+    }
     let schedule = cfg.schedule.build()?;
     let null = model
         .null_class()
@@ -411,16 +453,16 @@ pub fn pretrain(
                 grads = grads.into_iter().map(|g| g * s).collect();
             }
         }
-        let lr = if state.step < t.warmup_steps {
-            t.lr * (state.step + 1) as f64 / t.warmup_steps as f64
-        } else {
-            t.lr
-        };
-        opt.set_lr(lr);
+        opt.set_lr(t.lr_at(state.step));
         opt.step(&grads)?;
         // EMA warm-up (as in diffusers' EMAModel): the effective decay grows from 0.1 towards
-        // the configured one, so the average does not remember the random initialisation
-        let warm = (1.0 + state.step as f64) / (10.0 + state.step as f64);
+        // the configured one, so the average does not remember the random initialisation; a run
+        // started from trained weights (`init`) has nothing to forget
+        let warm = if t.init.is_some() {
+            1.0
+        } else {
+            (1.0 + state.step as f64) / (10.0 + state.step as f64)
+        };
         ema.set_decay(t.ema_decay.min(warm));
         ema.update(&model.vs)?;
         state.step += 1;
@@ -493,6 +535,24 @@ pub fn pretrain(
     Ok(model_dir)
 }
 
+/// Loads the weights of the model folder `init` into `model`, refusing a folder whose U-Net
+/// config differs from the run's `[model]`.
+fn load_init(model: &UNet, init: &Path) -> Result<()> {
+    let file = init.join(crate::nn::unet::CONFIG_FILE);
+    let theirs = crate::nn::unet::UNetConfig::load(&file)
+        .with_context(|| format!("train.init = '{}'", init.display()))?;
+    ensure!(
+        theirs.to_json()? == model.config().to_json()?,
+        "train.init = '{}': its {} describes another model than the config's [model]; the \
+         run can start only from a model of the same architecture",
+        init.display(),
+        file.display()
+    );
+    model
+        .load_weights(&init.join(crate::nn::unet::WEIGHTS_FILE))
+        .with_context(|| format!("train.init = '{}'", init.display()))
+}
+
 /// The most class rows a pretraining sample grid shows.
 pub const GRID_CLASSES: i64 = 10;
 
@@ -556,7 +616,45 @@ fn sample_grid(
 
 #[cfg(test)]
 mod tests {
-    use super::DataOrder;
+    use super::{DataOrder, LrSchedule, PretrainSettings};
+
+    fn settings(lr_schedule: LrSchedule) -> PretrainSettings {
+        PretrainSettings {
+            steps: 110,
+            batch_size: 1,
+            lr: 1e-3,
+            warmup_steps: 10,
+            lr_schedule,
+            init: None,
+            weight_decay: 0.0,
+            grad_clip: 0.0,
+            ema_decay: 0.999,
+            class_dropout: 0.1,
+            seed: 0,
+            checkpoint_every: 1,
+            checkpoint_seconds: 0.0,
+            sample_every: 0,
+        }
+    }
+
+    #[test]
+    fn learning_rate_warms_up_then_follows_its_schedule() {
+        // tolerance 1e-15: a few float operations on numbers near 1e-3
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-15;
+        let constant = settings(LrSchedule::Constant);
+        let cosine = settings(LrSchedule::Cosine);
+        for s in [&constant, &cosine] {
+            assert!(close(s.lr_at(0), 1e-4));
+            assert!(close(s.lr_at(9), 1e-3));
+        }
+        assert!(close(constant.lr_at(10), 1e-3));
+        assert!(close(constant.lr_at(109), 1e-3));
+        // the cosine starts at the peak, is at half of it midway, and ends at zero
+        assert!(close(cosine.lr_at(10), 1e-3));
+        assert!(close(cosine.lr_at(60), 5e-4));
+        assert!(cosine.lr_at(109) < 1e-6 && cosine.lr_at(109) > 0.0);
+        assert!(close(cosine.lr_at(110), 0.0));
+    }
 
     #[test]
     fn data_order_is_a_function_of_seed_and_step() {

@@ -17,4 +17,4 @@ pub mod resnet;
 pub mod weights;
 
 pub use config::UNetConfig;
-pub use model::{LayerMut, Site, UNet, CONFIG_FILE};
+pub use model::{LayerMut, Site, UNet, CONFIG_FILE, WEIGHTS_FILE};
