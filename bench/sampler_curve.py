@@ -1,25 +1,25 @@
 #!/usr/bin/env python3
 """Downstream accuracy against the number of model evaluations, for each sampler.
 
-For every sampler (DDPM, DDIM with eta 0, DPM-Solver++ 2M), guidance scale and step count,
-samples `--per-class` images per class from one model folder with `dpsynth sample`, trains the
-downstream classifier on them with `dpsynth evaluate` and tests it on `--test`. Prints a table
-of test accuracy and sampling throughput (images per second) per point and writes it to
-OUT/curve.json. A step is one model evaluation (NFE) at guidance 1 and two above it (the
+For every sampler (DDPM, DDIM with eta 0, DPM-Solver++ 2M), guidance scale, step count and
+seed, samples `--per-class` images per class from one model folder with `dpsynth sample`, trains
+the downstream classifier on them with `dpsynth evaluate` and tests it on `--test`. Prints a
+table of test accuracy (mean ± sd over the seeds) and sampling throughput (images per second)
+per point and writes every run to OUT/curve.json. A step is one model evaluation (NFE) at guidance 1 and two above it (the
 conditional and the unconditional prediction).
 
     python3 bench/sampler_curve.py --model DIR [--test optdigits:all] [--per-class 1000]
-        [--samplers ddpm,ddim,dpm] [--steps 5,10,20,50] [--guidance 1] [--threads 1]
-        [--out DIR]
+        [--samplers ddpm,ddim,dpm] [--steps 5,10,20,50] [--guidance 1] [--seeds 0]
+        [--precision auto|float32|bfloat16] [--threads 1] [--out DIR]
 
 The default run's sampler and steps are chosen from this curve on a public stand-in: a model
 that read no private image (for example the stand-in cell's fine-tuned model,
 `run --config results/handwriting-digits/standin-loda-eps10-lr3e-2/config.toml` then
 OUT/finetune/model) scored on a public test set (`optdigits:all`), never on MNIST.
 
-A finished point (its evaluate report exists) is kept, so an interrupted curve resumes. The
-sampling seed and the classifier's seed are the same at every point: the points differ only in
-the sampler, its steps and the guidance. dpsynth is `$DPSYNTH`, else target/release/dpsynth.
+A finished run (its evaluate report exists) is kept, so an interrupted curve resumes. Seed s
+is both the sampling seed and the classifier's seed, the same at every point: within a seed the
+points differ only in the sampler, its steps and the guidance; the seeds give the spread. dpsynth is `$DPSYNTH`, else target/release/dpsynth.
 Standard library only; run from anywhere.
 """
 
@@ -45,10 +45,10 @@ def run(cmd, log):
         sys.exit(f"{cmd[0]} failed ({code}); the end of {log}:\n{tail}")
 
 
-def point(args, dpsynth, sampler, guidance, steps):
-    """Samples and evaluates one (sampler, guidance, steps) point unless its report exists;
+def point(args, dpsynth, sampler, guidance, steps, seed):
+    """Samples and evaluates one (sampler, guidance, steps, seed) run unless its report exists;
     returns it."""
-    folder = os.path.join(args.out, f"{sampler}-g{guidance:g}-{steps}")
+    folder = os.path.join(args.out, f"{sampler}-g{guidance:g}-{steps}-s{seed}")
     report = os.path.join(folder, "evaluate", "report.json")
     if not os.path.exists(report):
         samples = os.path.join(folder, "samples")
@@ -60,29 +60,40 @@ def point(args, dpsynth, sampler, guidance, steps):
             common
             + ["sample", "--model", args.model, "--per-class", str(args.per_class)]
             + ["--sampler", sampler, "--steps", str(steps), "--guidance", f"{guidance:g}"]
-            + ["--seed", "0"]
+            + ["--precision", args.precision, "--seed", str(seed)]
             + ["--out", samples],
             os.path.join(folder, "sample.log"),
         )
         run(
             common
             + ["evaluate", "--train", "imagefolder:" + os.path.join(samples, "images")]
-            + ["--test", args.test, "--epochs", str(args.epochs), "--seed", "0"]
+            + ["--test", args.test, "--epochs", str(args.epochs), "--seed", str(seed)]
             + ["--out", os.path.join(folder, "evaluate")],
             os.path.join(folder, "evaluate.log"),
         )
     with open(report) as f:
         accuracy = json.load(f)["test_accuracy"]
     with open(os.path.join(folder, "samples", "report.json")) as f:
-        throughput = json.load(f)["images_per_second"]
+        sampled = json.load(f)
     return {
         "sampler": sampler,
         "guidance": guidance,
         "steps": steps,
+        "seed": seed,
         "nfe": steps * (1 if guidance == 1 else 2),
+        "precision": sampled["sampler"].get("precision", "float32"),
         "test_accuracy": accuracy,
-        "images_per_second": throughput,
+        "images_per_second": sampled["images_per_second"],
     }
+
+
+def mean_sd(values):
+    """'m%' for one value, 'm% ± sd' (sample standard deviation) for more, in percent."""
+    m = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{100 * m:.2f}%"
+    sd = (sum((v - m) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{100 * m:.2f}% ± {100 * sd:.2f}"
 
 
 def main():
@@ -93,6 +104,13 @@ def main():
     p.add_argument("--samplers", default="ddpm,ddim,dpm", help="comma-separated samplers")
     p.add_argument("--steps", default="5,10,20,50", help="comma-separated step counts")
     p.add_argument("--guidance", default="1", help="comma-separated guidance scales")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (sampling and classifier)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "float32", "bfloat16"),
+        help="the model's number format while sampling (dpsynth sample --precision)",
+    )
     p.add_argument("--epochs", type=int, default=15, help="downstream classifier epochs")
     p.add_argument("--threads", type=int, default=1, help="libtorch threads")
     p.add_argument("--data-dir", default="data", help="folder holding fetched datasets")
@@ -106,6 +124,10 @@ def main():
         guidances = [float(g) for g in args.guidance.split(",")]
     except ValueError:
         sys.exit(f"--guidance: expected comma-separated numbers, got {args.guidance!r}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        sys.exit(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
     samplers = args.samplers.split(",")
     for s in samplers:
         if s not in ("ddpm", "ddim", "dpm"):
@@ -119,28 +141,36 @@ def main():
 
     started = time.time()
     points = [
-        point(args, dpsynth, s, g, n) for s in samplers for g in guidances for n in steps
+        point(args, dpsynth, s, g, n, seed)
+        for s in samplers
+        for g in guidances
+        for n in steps
+        for seed in seeds
     ]
     curve = {
         "model": args.model,
         "test": args.test,
         "per_class": args.per_class,
+        "seeds": seeds,
         "threads": args.threads,
         "points": points,
     }
     with open(os.path.join(args.out, "curve.json"), "w") as f:
         json.dump(curve, f, indent=2)
 
-    print(f"\nmodel {args.model}, test {args.test}, {args.per_class} images per class")
+    print(
+        f"\nmodel {args.model}, test {args.test}, {args.per_class} images per class, "
+        f"seeds {args.seeds}"
+    )
     print("| sampler | guidance | " + " | ".join(f"{n} steps" for n in steps) + " |")
     print("|---|---:|" + "---:|" * len(steps))
     for s in samplers:
         for g in guidances:
-            cells = [
-                f"{q['test_accuracy'] * 100:.2f}% ({q['images_per_second']:.0f}/s)"
-                for q in points
-                if q["sampler"] == s and q["guidance"] == g
-            ]
+            cells = []
+            for n in steps:
+                runs = [q for q in points if (q["sampler"], q["guidance"], q["steps"]) == (s, g, n)]
+                rate = sum(q["images_per_second"] for q in runs) / len(runs)
+                cells.append(f"{mean_sd([q['test_accuracy'] for q in runs])} ({rate:.0f}/s)")
             print(f"| {s} | {g:g} | " + " | ".join(cells) + " |")
     print(f"\n{os.path.join(args.out, 'curve.json')} ({time.time() - started:.0f} s)")
 

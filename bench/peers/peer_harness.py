@@ -53,7 +53,7 @@ REPRODUCED = {
     None: {"out", "private", "finetune", "sample", "evaluate"},
     "private": {"train", "test"},
     "finetune": {"base", "mode", "epsilon", "delta", "private_log", *LODA_DEFAULTS},
-    "sample": {"per_class", "steps", "guidance", "seed", "sampler"},
+    "sample": {"per_class", "steps", "guidance", "seed", "sampler", "precision"},
     "evaluate": {"epochs", "val_fraction", "arch"},
 }
 NEUTRAL = {("finetune", "allow_large_delta"): False, ("sample", "eta"): 0.0}
@@ -118,6 +118,11 @@ def run_settings(scale=1.0, config=RUN_DEFAULT):
     )
     _refuse(sa["guidance"] == 1.0, config, f"[sample] guidance = {sa['guidance']}, not 1.0")
     _refuse(
+        sa.get("precision", "float32") == "float32",
+        config,
+        f"[sample] precision = {sa.get('precision')!r}: the peer samples in float32",
+    )
+    _refuse(
         ev.get("arch", "auto") in ("auto", "cnn"),
         config,
         f"[evaluate] arch = {ev.get('arch')!r}, not \"auto\" or \"cnn\"",
@@ -155,7 +160,8 @@ def run_settings(scale=1.0, config=RUN_DEFAULT):
 def scaled_config_text(scale, config=RUN_DEFAULT):
     """`config`'s text with the private set and images per class of `run_settings(scale)`: the
     same shrunk run for `dpsynth run --config` (the private set as dpsynth's class-balanced
-    `mnist:train@N` subset)."""
+    `mnist:train@N` subset), sampling in float32 as the peer does (`precision = "float32"`;
+    dpsynth's default, "auto", samples in bfloat16 on CPUs with AVX512-BF16)."""
     s = run_settings(scale, config)
     with open(config) as f:
         text = f.read()
@@ -164,8 +170,10 @@ def scaled_config_text(scale, config=RUN_DEFAULT):
         key = line.split("=")[0].strip()
         if key == "train" and s["private_n"] < MNIST_TRAIN:
             line = f'train = "mnist:train@{s["private_n"]}"'
+        elif key == "precision":
+            continue
         elif key == "per_class":
-            line = f"per_class = {s['per_class']}"
+            line = f'per_class = {s["per_class"]}\nprecision = "float32"'
         out.append(line)
     return "\n".join(out) + "\n"
 

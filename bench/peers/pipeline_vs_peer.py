@@ -10,9 +10,9 @@ and CPU time and peak resident set as measured from outside, and both test accur
 
 dpsynth is `$DPSYNTH`, else target/release/dpsynth (copy it aside if someone may rebuild it
 meanwhile); the peer runs under `--python` (default `$PEER_PYTHON`, else
-~/.cache/dpsynth/venv-peers/bin/python). At scale 1 dpsynth runs its embedded default config;
-with `--scale F` < 1 both run the same shrunk run (`run_settings` in `peer_harness.py`) and
-dpsynth gets it as OUT/dpsynth-config.toml. `--config PATH` gives both sides another run config
+~/.cache/dpsynth/venv-peers/bin/python). dpsynth runs the default config (`--scale F` < 1: the
+same shrunk run as the peer, `run_settings` in `peer_harness.py`) as OUT/dpsynth-config.toml,
+with `precision = "float32"`, since the peer samples in float32. `--config PATH` gives both sides another run config
 (the peer refuses one it does not reproduce). `--dpsynth-report PATH` / `--peer-json PATH` reuse
 a finished side instead of running it.
 Standard library only; run from anywhere.
@@ -82,13 +82,10 @@ def main():
         if a.dpsynth_report:
             return a.dpsynth_report
         cmd = [dpsynth, "--threads", str(a.threads), "run", "--out", os.path.join(out, "dpsynth")]
-        config = a.config
-        if a.scale != 1.0:
-            config = os.path.join(out, "dpsynth-config.toml")
-            with open(config, "w") as f:
-                f.write(scaled_config_text(a.scale, *([a.config] if a.config else [])))
-        if config:
-            cmd += ["--config", os.path.abspath(config)]
+        config = os.path.join(out, "dpsynth-config.toml")
+        with open(config, "w") as f:
+            f.write(scaled_config_text(a.scale, *([a.config] if a.config else [])))
+        cmd += ["--config", os.path.abspath(config)]
         proc["dpsynth"] = run_timed(cmd, os.path.join(out, "dpsynth.log"))
         return os.path.join(out, "dpsynth", "report.json")
 

@@ -239,7 +239,10 @@ pub fn run(a: RunArgs, data_dir: &Path, device: Device) -> Result<()> {
         Job::Pipeline(cfg) => cfg,
         Job::Classifier(cfg) => return run_classifier(cfg, &a, &text, &source, data_dir, device),
     };
-    let sample = cfg.sample.settings().with_context(|| source.clone())?;
+    let sample = cfg
+        .sample
+        .settings(device)
+        .with_context(|| source.clone())?;
     let out = output_folder(&a, &cfg.out)?;
     // Inception weights first, so a bad path fails before hours of fine-tuning
     let inception = (cfg.evaluate.inception.as_ref())
@@ -384,7 +387,7 @@ fn markdown(r: &RunReport, p: &Provenance, base: &Path) -> String {
          - config: {}\n\
          - private data: `{}`, tested on `{}`\n\
          {training}\
-         - synthetic images: {} ({}-{}, guidance {})\n\
+         - synthetic images: {} ({}-{}, guidance {}, {})\n\
          - **downstream test accuracy: {:.2}%** (epoch {} chosen on {} held-out synthetic images)\n\
          {fidelity_md}\
          {memorization_md}\
@@ -398,6 +401,7 @@ fn markdown(r: &RunReport, p: &Provenance, base: &Path) -> String {
         r.sampler.kind.name(),
         r.sampler.num_steps,
         r.sampler.guidance_scale,
+        r.sampler.precision.name(),
         100.0 * r.test_accuracy,
         r.downstream_best_epoch,
         r.downstream_val_examples,
@@ -477,7 +481,7 @@ mod tests {
                             assert!(repo.join(table).is_file(), "{name}: {table:?}");
                         }
                         cfg.sample
-                            .settings()
+                            .settings(Device::Cpu)
                             .unwrap_or_else(|e| panic!("{name}: {e:#}"));
                         (cfg.out, cfg.private)
                     }

@@ -6,6 +6,7 @@ use crate::progress::{resumed_line, Progress};
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use dpsynth::data::{grid, imagefolder};
+use dpsynth::diffusion::precision::PrecisionChoice;
 use dpsynth::diffusion::sampler::{SamplerChoice, SamplerConfig};
 use dpsynth::fsutil::write_atomic;
 use dpsynth::synth::load_model_dir;
@@ -36,6 +37,27 @@ impl From<Sampler> for SamplerChoice {
     }
 }
 
+/// `--precision`: the library's [`PrecisionChoice`] on the command line.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PrecisionArg {
+    /// bfloat16 where the CPU computes it natively (AVX512-BF16), else float32.
+    Auto,
+    /// float32 always.
+    Float32,
+    /// bfloat16 always (emulated, and slow, on CPUs without AVX512-BF16).
+    Bfloat16,
+}
+
+impl From<PrecisionArg> for PrecisionChoice {
+    fn from(p: PrecisionArg) -> Self {
+        match p {
+            PrecisionArg::Auto => Self::Auto,
+            PrecisionArg::Float32 => Self::Float32,
+            PrecisionArg::Bfloat16 => Self::Bfloat16,
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct SampleArgs {
     /// Model folder (config.json, diffusion_pytorch_model.safetensors, scheduler_config.json,
@@ -60,6 +82,9 @@ pub struct SampleArgs {
     /// Images per forward pass.
     #[arg(long, default_value_t = 250)]
     pub batch: usize,
+    /// Number format of the model while sampling (the model folder is not changed).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub precision: PrecisionArg,
     /// Seed of the sampling noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -71,9 +96,17 @@ pub struct SampleArgs {
 }
 
 impl SampleArgs {
-    /// The sampler settings these flags describe.
-    pub fn sampler_config(&self) -> SamplerConfig {
-        SamplerChoice::from(self.sampler).config(self.steps, self.guidance, self.batch, self.eta)
+    /// The sampler settings these flags describe, on `device`.
+    pub fn sampler_config(&self, device: Device) -> SamplerConfig {
+        SamplerConfig {
+            precision: PrecisionChoice::from(self.precision).resolve(device),
+            ..SamplerChoice::from(self.sampler).config(
+                self.steps,
+                self.guidance,
+                self.batch,
+                self.eta,
+            )
+        }
     }
 }
 
@@ -90,8 +123,9 @@ pub fn run(a: SampleArgs, device: Device) -> Result<()> {
         "--eta {} applies to --sampler ddim only (DDPM's noise is fixed)",
         a.eta
     );
-    let model = load_model_dir(&a.model, device)?;
-    let cfg = a.sampler_config();
+    let mut model = load_model_dir(&a.model, device)?;
+    let cfg = a.sampler_config(device);
+    model.set_precision(cfg.precision);
     let sampling = Sampling::open(&model, a.per_class, &cfg, a.seed, &a.out, PART_IMAGES)?;
     let total = sampling.total();
     let bar = Progress::new(total as u64, "images");

@@ -5,7 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use dpsynth::diffusion::sampler::SamplerChoice;
+use dpsynth::diffusion::precision::{Precision, PrecisionChoice};
+use dpsynth::diffusion::sampler::{SamplerChoice, SamplerConfig};
 use dpsynth::nn::unet::{UNet, UNetConfig};
 use dpsynth::synth::resume::{progress_file, Sampling};
 use dpsynth::synth::{load_model_dir, save_extras, SchedulerConfig};
@@ -33,11 +34,15 @@ fn tiny_model(dir: &Path) {
 }
 
 /// Saves the first 4 of the 12 images (6 per class) the commands sample from the model in
-/// `model` with seed 0, DDPM over 3 steps, guidance 1 (as an interrupted run leaves them) in
-/// `out`'s progress file; returns the file.
+/// `model` with seed 0, DDPM over 3 steps, guidance 1, in the commands' default precision on this
+/// machine (as an interrupted run leaves them) in `out`'s progress file; returns the file.
 fn interrupted(model: &Path, out: &Path) -> PathBuf {
-    let loaded = load_model_dir(model, Device::Cpu).unwrap();
-    let cfg = SamplerChoice::Ddpm.config(3, 1.0, 2, 0.0);
+    let mut loaded = load_model_dir(model, Device::Cpu).unwrap();
+    let cfg = SamplerConfig {
+        precision: PrecisionChoice::Auto.resolve(Device::Cpu),
+        ..SamplerChoice::Ddpm.config(3, 1.0, 2, 0.0)
+    };
+    loaded.set_precision(cfg.precision);
     let mut s = Sampling::open(&loaded, 6, &cfg, 0, out, 4).unwrap();
     assert_eq!(s.sample_part(&mut |_| {}).unwrap(), 4);
     progress_file(out)
@@ -130,6 +135,19 @@ fn sample_resumes_its_progress_file() {
     assert!(err.contains("seed is 0 there and 1 now"), "{err}");
     assert_eq!(std::fs::read(&file).unwrap(), saved);
     assert!(!resumed.join("images").exists());
+
+    // another precision: refused by name too (the file's is the default's on this machine)
+    let (here, other) = match PrecisionChoice::Auto.resolve(Device::Cpu) {
+        Precision::Float32 => ("float32", "bfloat16"),
+        Precision::Bfloat16 => ("bfloat16", "float32"),
+    };
+    let mut with_other = args(&resumed, "0");
+    with_other.extend(["--precision".to_string(), other.to_string()]);
+    let (code, _, err) = run(&with_other);
+    assert_eq!(code, 1, "{err}");
+    let named = format!("precision is \"{here}\" there and \"{other}\" now");
+    assert!(err.contains(&named), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), saved);
 
     // the same settings: resumed after the 4 images, the file removed once the images are out
     let (code, _, err) = run(&args(&resumed, "0"));

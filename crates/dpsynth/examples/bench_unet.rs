@@ -5,13 +5,14 @@
 //! `config.json` or a pretraining TOML (`configs/*-base.toml`, its `[model]` table).
 //! `--train-iters 0` skips training and `--sample-batch 0` or `--sample-steps 0` sampling (so
 //! that one process measures one thing, as `bench/scaling.py` runs it); `--json` adds a last
-//! line with every figure as one JSON object.
+//! line with every figure as one JSON object. `--bf16` times the sampling again with the U-Net
+//! in bfloat16, right after the float32 run, and prints the ratio.
 //!
 //! ```text
 //! cargo run --release -p dpsynth --example bench_unet -- \
 //!     [--config bench/unet_mnist.json] [--device cpu|cuda] [--train-batch 64] [--train-iters 10]
 //!     [--sample-batch 16] [--sample-steps 50] [--guidance 3.0] [--dp-iters 0] [--threads N]
-//!     [--json]
+//!     [--bf16] [--json]
 //! ```
 
 use std::path::PathBuf;
@@ -19,6 +20,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use dpsynth::diffusion::loss::{draw, eps_loss, eps_loss_with, LossConfig};
+use dpsynth::diffusion::precision::Precision;
 use dpsynth::diffusion::sampler::{sample, SamplerConfig};
 use dpsynth::diffusion::NoiseSchedule;
 use dpsynth::dp::engine::{DpSgd, DpSgdConfig};
@@ -40,6 +42,7 @@ struct Args {
     dp_iters: usize,
     threads: Option<i32>,
     json: bool,
+    bf16: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -54,11 +57,16 @@ fn parse_args() -> Result<Args> {
         dp_iters: 0,
         threads: None,
         json: false,
+        bf16: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--json" {
             a.json = true;
+            continue;
+        }
+        if flag == "--bf16" {
+            a.bf16 = true;
             continue;
         }
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
@@ -161,7 +169,32 @@ fn main() -> Result<()> {
         report["train"] = train(&unet, &schedule, &args, [c, h, w], classes)?;
     }
     if args.sample_batch > 0 && args.sample_steps > 0 {
-        report["sample"] = sampling(&unet, &schedule, &args, [c, h, w], classes)?;
+        report["sample"] = sampling(
+            &unet,
+            &schedule,
+            &args,
+            [c, h, w],
+            classes,
+            Precision::Float32,
+        )?;
+        if args.bf16 {
+            // the same sampling with the weights in bfloat16, then back (the DP timing after it
+            // does not depend on the weights' values)
+            unet.vs.bfloat16();
+            let bf16 = sampling(
+                &unet,
+                &schedule,
+                &args,
+                [c, h, w],
+                classes,
+                Precision::Bfloat16,
+            )?;
+            unet.vs.float();
+            let ratio = report["sample"]["wall_s"].as_f64().unwrap_or(f64::NAN)
+                / bf16["wall_s"].as_f64().unwrap_or(f64::NAN);
+            println!("sample: bfloat16 is {ratio:.2}x as fast as float32 (wall)");
+            report["sample_bf16"] = bf16;
+        }
     }
     if args.dp_iters > 0 {
         report["dp_loda"] = dp_loda(&mut unet, &schedule, &args, [c, h, w], classes)?;
@@ -218,9 +251,11 @@ fn sampling(
     args: &Args,
     [c, h, w]: [i64; 3],
     classes: i64,
+    precision: Precision,
 ) -> Result<Value> {
     let cfg = SamplerConfig {
         batch_size: args.sample_batch,
+        precision,
         ..SamplerConfig::ddim(args.sample_steps, args.guidance)
     };
     let labels: Vec<i64> = (0..args.sample_batch as i64).map(|i| i % classes).collect();
@@ -235,13 +270,15 @@ fn sampling(
     })?;
     let n = images.size()[0] as f64;
     println!(
-        "sample: DDIM-{} guidance {}, {n} images in {secs:.2}s wall, {cpu:.2}s CPU: {:.2} images/s, {:.2} images/CPU-s",
+        "sample ({}): DDIM-{} guidance {}, {n} images in {secs:.2}s wall, {cpu:.2}s CPU: {:.2} images/s, {:.2} images/CPU-s",
+        precision.name(),
         args.sample_steps,
         args.guidance,
         n / secs,
         n / cpu
     );
     Ok(json!({
+        "precision": precision.name(),
         "batch": args.sample_batch,
         "steps": args.sample_steps,
         "guidance": args.guidance,

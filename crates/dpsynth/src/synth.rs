@@ -21,6 +21,7 @@ use tch::Device;
 
 use crate::data::Dataset;
 use crate::diffusion::heldout::{heldout_loss, Conditioning, HeldoutConfig, HeldoutLoss};
+use crate::diffusion::precision::Precision;
 use crate::diffusion::sampler::{sample_with_progress, SamplerConfig};
 use crate::diffusion::{BetaSchedule, NoiseSchedule};
 use crate::fsutil::write_atomic;
@@ -124,6 +125,19 @@ pub fn save_extras(dir: &Path, scheduler: &SchedulerConfig, classes: &[String]) 
 }
 
 impl ModelDir {
+    /// Converts the weights of the U-Net and of its adapters to `precision`, in place, for
+    /// sampling with it ([`SamplerConfig::precision`]). Converting back to float32 does not
+    /// restore the bits bfloat16 dropped, so save a model before, not after.
+    pub fn set_precision(&mut self, precision: Precision) {
+        let stores = std::iter::once(&mut self.unet.vs).chain(self.adapter_store.as_mut());
+        for store in stores {
+            match precision {
+                Precision::Float32 => store.float(),
+                Precision::Bfloat16 => store.bfloat16(),
+            }
+        }
+    }
+
     /// Writes this model to `dir` ([`save_model_dir`]), with `adapters` when it carries some.
     pub fn save(
         &self,

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use dpsynth::diffusion::ddim::ddim_step;
 use dpsynth::diffusion::loss::{eps_loss, per_example, LossConfig};
+use dpsynth::diffusion::precision::Precision;
 use dpsynth::diffusion::sampler::{sample, timesteps, SamplerConfig, SamplerKind, Spacing};
 use dpsynth::diffusion::{EpsModel, NoiseSchedule};
 use dpsynth::nn::unet::UNet;
@@ -184,6 +185,7 @@ fn sampling_is_repeatable_with_a_seed() {
             guidance_scale: 2.0,
             batch_size: 5,
             clip_sample: true,
+            precision: Precision::Float32,
         };
         let run = |seed, batch_size| {
             let cfg = SamplerConfig { batch_size, ..cfg };

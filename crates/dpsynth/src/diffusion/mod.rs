@@ -9,11 +9,12 @@ pub mod ema;
 pub mod heldout;
 pub mod loss;
 pub mod noise;
+pub mod precision;
 pub mod sampler;
 pub mod schedule;
 
 use anyhow::Result;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use crate::nn::unet::UNet;
 
@@ -33,6 +34,12 @@ pub trait EpsModel {
     fn check_input(&self, _x: &Tensor, _t: &Tensor, _labels: &Tensor) -> Result<()> {
         Ok(())
     }
+
+    /// The kind of the model's weights, which its inputs must have (samplers cast to it). The
+    /// default is float32.
+    fn weight_kind(&self) -> Kind {
+        Kind::Float
+    }
 }
 
 impl EpsModel for UNet {
@@ -46,5 +53,9 @@ impl EpsModel for UNet {
 
     fn check_input(&self, x: &Tensor, t: &Tensor, labels: &Tensor) -> Result<()> {
         UNet::check_input(self, x, t, labels)
+    }
+
+    fn weight_kind(&self) -> Kind {
+        self.conv_in.weight.kind()
     }
 }

@@ -17,6 +17,7 @@ use super::ddim::Ddim;
 use super::ddpm::Ddpm;
 use super::dpm_solver::DpmState;
 use super::noise::ImageNoise;
+use super::precision::Precision;
 use super::{EpsModel, NoiseSchedule};
 
 /// How `num_steps` inference timesteps are picked from `0..T` (diffusers' `timestep_spacing`).
@@ -110,6 +111,7 @@ impl SamplerChoice {
             guidance_scale,
             batch_size,
             clip_sample: true,
+            precision: Precision::Float32,
         }
     }
 }
@@ -129,6 +131,11 @@ pub struct SamplerConfig {
     pub batch_size: usize,
     /// Clip the x̂0 estimate to [-1, 1] at each step (diffusers' `clip_sample`).
     pub clip_sample: bool,
+    /// The number format of the model's forward passes; the model's weights must be in it
+    /// ([`crate::synth::ModelDir::set_precision`]). Absent from reports older than the key:
+    /// float32.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl SamplerConfig {
@@ -141,6 +148,7 @@ impl SamplerConfig {
             guidance_scale,
             batch_size: 256,
             clip_sample: true,
+            precision: Precision::Float32,
         }
     }
 
@@ -156,6 +164,7 @@ impl SamplerConfig {
             guidance_scale,
             batch_size: 256,
             clip_sample: true,
+            precision: Precision::Float32,
         }
     }
 }
@@ -251,8 +260,23 @@ pub(crate) fn predict_x0(x: &Tensor, eps: &Tensor, alpha_bar: f64, clip: bool) -
     }
 }
 
-/// Guided ε for a batch: one forward over `[x; x]` with `[labels; null]` when guiding.
+/// Guided ε for a batch: one forward over `[x; x]` with `[labels; null]` when guiding, run in
+/// `kind` (the model's weights' kind) and returned in `x`'s.
 fn guided_eps(
+    model: &impl EpsModel,
+    x: &Tensor,
+    t: i64,
+    labels: &Tensor,
+    w: f64,
+    null: Option<i64>,
+    kind: Kind,
+) -> Tensor {
+    let eps = guided_eps_in(model, &x.to_kind(kind), t, labels, w, null);
+    eps.to_kind(x.kind())
+}
+
+/// [`guided_eps`] in `x`'s kind.
+fn guided_eps_in(
     model: &impl EpsModel,
     x: &Tensor,
     t: i64,
@@ -344,6 +368,14 @@ pub fn sample_from(
     if let SamplerKind::Ddim { eta } = cfg.kind {
         ensure!(eta >= 0.0, "DDIM eta must be >= 0, got {eta}");
     }
+    let kind = cfg.precision.kind();
+    ensure!(
+        model.weight_kind() == kind,
+        "the model's weights are {:?} but sampling runs in {}: convert the model first \
+         (ModelDir::set_precision)",
+        model.weight_kind(),
+        cfg.precision.name()
+    );
     let null = model.null_class();
     if cfg.guidance_scale != 1.0 && null.is_none() {
         bail!(
@@ -369,7 +401,7 @@ pub fn sample_from(
             let mut rule = cfg.kind.stepper();
             for (i, &t) in ts.iter().enumerate() {
                 let t_prev = ts.get(i + 1).copied().unwrap_or(-1);
-                let eps = guided_eps(model, &x, t, &y, cfg.guidance_scale, null);
+                let eps = guided_eps(model, &x, t, &y, cfg.guidance_scale, null, kind);
                 let z = (rule.stochastic() && t_prev >= 0).then(|| noise.next(device));
                 x = rule.step(schedule, &x, &eps, (t, t_prev), cfg.clip_sample, z.as_ref());
             }

@@ -8,9 +8,11 @@ use std::path::PathBuf;
 
 use anyhow::{ensure, Result};
 use serde::Deserialize;
+use tch::Device;
 
 use super::{EvaluateSettings, RunMode, SampleSettings};
-use crate::diffusion::sampler::SamplerChoice;
+use crate::diffusion::precision::PrecisionChoice;
+use crate::diffusion::sampler::{SamplerChoice, SamplerConfig};
 use crate::fidelity::FidelitySettings;
 use crate::nn::arch::Arch;
 use crate::nn::inception::InceptionV3;
@@ -160,21 +162,28 @@ pub struct SampleSection {
     /// DDIM η; only with sampler = "ddim".
     #[serde(default)]
     pub eta: f64,
+    /// "auto" (default: bfloat16 where the CPU has it natively, else float32), "float32" or
+    /// "bfloat16": the number format of the model while sampling ([`PrecisionChoice`]).
+    #[serde(default)]
+    pub precision: PrecisionChoice,
 }
 
 impl SampleSection {
-    /// The run's sampling settings ([`SAMPLE_BATCH`] images per forward pass); refuses an η
-    /// without DDIM.
-    pub fn settings(&self) -> Result<SampleSettings> {
+    /// The run's sampling settings on `device` ([`SAMPLE_BATCH`] images per forward pass, the
+    /// precision resolved for it); refuses an η without DDIM.
+    pub fn settings(&self, device: Device) -> Result<SampleSettings> {
         ensure!(
             self.eta == 0.0 || self.sampler == SamplerChoice::Ddim,
             "[sample] eta applies to sampler = \"ddim\" only"
         );
         Ok(SampleSettings {
             per_class: self.per_class,
-            sampler: self
-                .sampler
-                .config(self.steps, self.guidance, SAMPLE_BATCH, self.eta),
+            sampler: SamplerConfig {
+                precision: self.precision.resolve(device),
+                ..self
+                    .sampler
+                    .config(self.steps, self.guidance, SAMPLE_BATCH, self.eta)
+            },
             seed: self.seed,
         })
     }
@@ -233,6 +242,7 @@ impl EvaluateSection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diffusion::precision::Precision;
     use crate::diffusion::sampler::{SamplerKind, Spacing};
     use crate::train::finetune::Mode;
 
@@ -273,7 +283,7 @@ mod tests {
         assert_eq!((c.epochs, c.noise_multiplicity), (1.0, 1));
         assert!(!c.allow_large_delta);
 
-        let s = cfg.sample.settings().unwrap();
+        let s = cfg.sample.settings(Device::Cpu).unwrap();
         assert_eq!((s.per_class, s.seed), (1000, 0));
         assert_eq!(s.sampler.kind, SamplerKind::Ddpm);
         assert_eq!(s.sampler.spacing, Spacing::Leading);
@@ -383,15 +393,34 @@ mod tests {
     #[test]
     fn sampler_and_fid_keys_are_checked() {
         let ddim = parse(&with("sample", "sampler = \"ddim\"\neta = 0.5")).unwrap();
-        let s = ddim.sample.settings().unwrap();
+        let s = ddim.sample.settings(Device::Cpu).unwrap();
         assert_eq!(s.sampler.kind, SamplerKind::Ddim { eta: 0.5 });
         let dpm = parse(&with("sample", "sampler = \"dpm\"")).unwrap();
         assert_eq!(
-            dpm.sample.settings().unwrap().sampler.spacing,
+            dpm.sample.settings(Device::Cpu).unwrap().sampler.spacing,
             Spacing::Linspace
         );
+        for (value, want) in [
+            ("float32", Precision::Float32),
+            ("bfloat16", Precision::Bfloat16),
+        ] {
+            let cfg = parse(&with("sample", &format!("precision = \"{value}\""))).unwrap();
+            let s = cfg.sample.settings(Device::Cpu).unwrap();
+            assert_eq!(s.sampler.precision, want);
+        }
+        let auto = parse(DEFAULT)
+            .unwrap()
+            .sample
+            .settings(Device::Cpu)
+            .unwrap();
+        assert_eq!(
+            auto.sampler.precision,
+            PrecisionChoice::Auto.resolve(Device::Cpu)
+        );
+        let err = parse(&with("sample", "precision = \"fp16\"")).unwrap_err();
+        assert!(err.contains("fp16"), "{err}");
         let eta = parse(&with("sample", "eta = 1.0")).unwrap();
-        let err = eta.sample.settings().unwrap_err().to_string();
+        let err = eta.sample.settings(Device::Cpu).unwrap_err().to_string();
         assert_eq!(err, "[sample] eta applies to sampler = \"ddim\" only");
 
         let few = parse(&with("evaluate", "fid_images = 1")).unwrap();

@@ -383,7 +383,7 @@ pub fn run(plan: &RunPlan, device: Device, on_event: &mut dyn FnMut(Event)) -> R
 
     // 1. DP fine-tuning (none for the base alone)
     let t0 = Instant::now();
-    let (ft, model, train, base_rows) = match plan.source {
+    let (ft, mut model, train, base_rows) = match plan.source {
         Source::Finetune { job, train } => {
             let private = format!("the private training set `{}`", job.data);
             check_test_classes(plan, &private, &train.class_names)?;
@@ -424,6 +424,8 @@ pub fn run(plan: &RunPlan, device: Device, on_event: &mut dyn FnMut(Event)) -> R
         None => "the base".to_string(),
     };
     check_test_classes(plan, &source, &model.classes)?;
+    // the model folder on disk keeps its float32 weights
+    model.set_precision(s.sampler.precision);
     let sampling = Sampling::open(
         &model,
         s.per_class,

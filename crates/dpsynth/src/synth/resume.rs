@@ -31,6 +31,7 @@ use tch::{Device, Tensor};
 
 use super::ModelDir;
 use crate::data::Dataset;
+use crate::diffusion::precision::Precision;
 use crate::diffusion::sampler::{sample_from, SamplerConfig, SamplerKind, Spacing};
 use crate::fsutil;
 
@@ -82,6 +83,10 @@ pub struct Settings {
     pub guidance: f64,
     /// Whether x̂0 is clipped to [-1, 1] at each step.
     pub clip_sample: bool,
+    /// The number format of the forward passes (a sampling started in one format continues
+    /// only in it).
+    #[serde(default)]
+    pub precision: Precision,
     /// Seed of the sampling noise.
     pub seed: u64,
     /// Image shape `[C, H, W]`.
@@ -101,6 +106,7 @@ impl Settings {
             spacing: cfg.spacing,
             guidance: cfg.guidance_scale,
             clip_sample: cfg.clip_sample,
+            precision: cfg.precision,
             seed,
             shape: model
                 .unet
