@@ -6,7 +6,8 @@
 //! `--train-iters 0` skips training and `--sample-batch 0` or `--sample-steps 0` sampling (so
 //! that one process measures one thing, as `bench/scaling.py` runs it); `--json` adds a last
 //! line with every figure as one JSON object. `--bf16` times the sampling again with the U-Net
-//! in bfloat16, right after the float32 run, and prints the ratio.
+//! in bfloat16, right after the float32 run, and pretraining's steps with float32 and with
+//! bfloat16 (mixed precision) gradients side by side, and prints the ratios.
 //!
 //! ```text
 //! cargo run --release -p dpsynth --example bench_unet -- \
@@ -24,8 +25,10 @@ use dpsynth::diffusion::precision::Precision;
 use dpsynth::diffusion::sampler::{sample, SamplerConfig};
 use dpsynth::diffusion::NoiseSchedule;
 use dpsynth::dp::engine::{DpSgd, DpSgdConfig};
+use dpsynth::dp::optim::{Optimizer, OptimizerConfig as DpOptimizerConfig};
 use dpsynth::nn::adapter::{attach, AdapterConfig, AdapterKind};
 use dpsynth::nn::unet::{UNet, UNetConfig};
+use dpsynth::train::mixed_precision::StepPrecision;
 use dpsynth::train::pretrain::PretrainConfig;
 use serde_json::{json, Value};
 use tch::nn::OptimizerConfig;
@@ -167,6 +170,10 @@ fn main() -> Result<()> {
     });
     if args.train_iters > 0 {
         report["train"] = train(&unet, &schedule, &args, [c, h, w], classes)?;
+        if args.bf16 {
+            report["train_mixed_precision"] =
+                mixed_precision_training(&unet, &schedule, &args, [c, h, w], classes)?;
+        }
     }
     if args.sample_batch > 0 && args.sample_steps > 0 {
         report["sample"] = sampling(
@@ -242,6 +249,69 @@ fn train(
         n / cpu
     );
     Ok(json!({"batch": b, "iters": args.train_iters, "wall_s": secs, "cpu_s": cpu}))
+}
+
+/// Times pretraining's steps (`train::mixed_precision`: ε-prediction loss, gradients, AdamW
+/// on float32 weights) with the gradients computed in float32 and in bfloat16, interleaved rep
+/// by rep after a warm-up step of each, and prints the ratio.
+fn mixed_precision_training(
+    unet: &UNet,
+    schedule: &NoiseSchedule,
+    args: &Args,
+    [c, h, w]: [i64; 3],
+    classes: i64,
+) -> Result<Value> {
+    let params: Vec<(String, Tensor)> = unet.vs.variables().into_iter().collect();
+    let mut opt = Optimizer::new(
+        params.iter().map(|(_, t)| t.shallow_clone()).collect(),
+        DpOptimizerConfig::AdamW {
+            lr: 1e-4,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.0,
+        },
+    )?;
+    let b = args.train_batch;
+    let x0 = Tensor::rand([b, c, h, w], (Kind::Float, args.device)) * 2.0 - 1.0;
+    let labels = Tensor::randint(classes, [b], (Kind::Int64, args.device));
+    let loss_cfg = LossConfig::default();
+    let kinds = [Precision::Float32, Precision::Bfloat16];
+    let steps = kinds
+        .iter()
+        .map(|&p| StepPrecision::new(unet.config(), p, args.device))
+        .collect::<Result<Vec<_>>>()?;
+    let mut step = |s: &StepPrecision| -> Result<()> {
+        let (_, grads) = s.loss_and_grads(unet, &params, |m| {
+            Ok(eps_loss(m, schedule, &x0, &labels, &loss_cfg)?.mean(Kind::Float))
+        })?;
+        opt.step(&grads)
+    };
+    let mut secs = [0.0; 2];
+    for s in &steps {
+        step(s)?;
+    }
+    for _ in 0..args.train_iters {
+        for (i, s) in steps.iter().enumerate() {
+            let ((), wall, _) = timed(args.device, || step(s))?;
+            secs[i] += wall;
+        }
+    }
+    let n = b as f64 * args.train_iters as f64;
+    for (p, s) in kinds.iter().zip(secs) {
+        println!(
+            "train ({}, mixed precision step): batch {b}, {} iters in {s:.2}s wall: {:.1} samples/s",
+            p.name(),
+            args.train_iters,
+            n / s
+        );
+    }
+    println!(
+        "train: bfloat16 steps are {:.2}x as fast as float32 (wall)",
+        secs[0] / secs[1]
+    );
+    Ok(
+        json!({"batch": b, "iters": args.train_iters, "float32_wall_s": secs[0], "bfloat16_wall_s": secs[1]}),
+    )
 }
 
 /// Times DDIM sampling with guidance (one forward of 2B rows per step), after a 2-step warm-up.

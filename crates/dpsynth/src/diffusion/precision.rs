@@ -9,8 +9,11 @@
 //! which is why `auto` picks it only where it is native. Training never runs in bfloat16: the
 //! per-example norms DP-SGD clips must be exact.
 
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
+
+use super::EpsModel;
 
 /// The number format sampling runs the denoiser in (recorded in reports and progress files).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -80,6 +83,27 @@ fn cpu_has_bf16() -> bool {
 #[cfg(not(target_arch = "x86_64"))]
 fn cpu_has_bf16() -> bool {
     false
+}
+
+/// A model whose weights may be in another kind than its callers' tensors: each input is cast
+/// to the weights' kind and each ε back to the input's (identity casts where they agree). The
+/// samplers and bfloat16 pretraining call a model through it, so their own arithmetic stays in
+/// float32.
+pub struct Cast<'a, M>(pub &'a M);
+
+impl<M: EpsModel> EpsModel for Cast<'_, M> {
+    fn predict_eps(&self, x: &Tensor, t: &Tensor, labels: &Tensor) -> Tensor {
+        let inner = x.to_kind(self.0.weight_kind());
+        self.0.predict_eps(&inner, t, labels).to_kind(x.kind())
+    }
+
+    fn null_class(&self) -> Option<i64> {
+        self.0.null_class()
+    }
+
+    fn check_input(&self, x: &Tensor, t: &Tensor, labels: &Tensor) -> Result<()> {
+        self.0.check_input(x, t, labels)
+    }
 }
 
 #[cfg(test)]

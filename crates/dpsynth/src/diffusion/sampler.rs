@@ -17,7 +17,7 @@ use super::ddim::Ddim;
 use super::ddpm::Ddpm;
 use super::dpm_solver::DpmState;
 use super::noise::ImageNoise;
-use super::precision::Precision;
+use super::precision::{Cast, Precision};
 use super::{EpsModel, NoiseSchedule};
 
 /// How `num_steps` inference timesteps are picked from `0..T` (diffusers' `timestep_spacing`).
@@ -260,23 +260,8 @@ pub(crate) fn predict_x0(x: &Tensor, eps: &Tensor, alpha_bar: f64, clip: bool) -
     }
 }
 
-/// Guided ε for a batch: one forward over `[x; x]` with `[labels; null]` when guiding, run in
-/// `kind` (the model's weights' kind) and returned in `x`'s.
+/// Guided ε for a batch: one forward over `[x; x]` with `[labels; null]` when guiding.
 fn guided_eps(
-    model: &impl EpsModel,
-    x: &Tensor,
-    t: i64,
-    labels: &Tensor,
-    w: f64,
-    null: Option<i64>,
-    kind: Kind,
-) -> Tensor {
-    let eps = guided_eps_in(model, &x.to_kind(kind), t, labels, w, null);
-    eps.to_kind(x.kind())
-}
-
-/// [`guided_eps`] in `x`'s kind.
-fn guided_eps_in(
     model: &impl EpsModel,
     x: &Tensor,
     t: i64,
@@ -368,14 +353,15 @@ pub fn sample_from(
     if let SamplerKind::Ddim { eta } = cfg.kind {
         ensure!(eta >= 0.0, "DDIM eta must be >= 0, got {eta}");
     }
-    let kind = cfg.precision.kind();
     ensure!(
-        model.weight_kind() == kind,
+        model.weight_kind() == cfg.precision.kind(),
         "the model's weights are {:?} but sampling runs in {}: convert the model first \
          (ModelDir::set_precision)",
         model.weight_kind(),
         cfg.precision.name()
     );
+    // the update rules' arithmetic stays in float32 whatever the model's kind
+    let model = &Cast(model);
     let null = model.null_class();
     if cfg.guidance_scale != 1.0 && null.is_none() {
         bail!(
@@ -401,7 +387,7 @@ pub fn sample_from(
             let mut rule = cfg.kind.stepper();
             for (i, &t) in ts.iter().enumerate() {
                 let t_prev = ts.get(i + 1).copied().unwrap_or(-1);
-                let eps = guided_eps(model, &x, t, &y, cfg.guidance_scale, null, kind);
+                let eps = guided_eps(model, &x, t, &y, cfg.guidance_scale, null);
                 let z = (rule.stochastic() && t_prev >= 0).then(|| noise.next(device));
                 x = rule.step(schedule, &x, &eps, (t, t_prev), cfg.clip_sample, z.as_ref());
             }

@@ -8,6 +8,7 @@ pub mod downstream;
 pub mod dp_loop;
 pub mod finetune;
 pub mod gradient_canaries;
+pub mod mixed_precision;
 pub mod plot;
 pub mod pretrain;
 

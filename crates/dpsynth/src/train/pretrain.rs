@@ -13,10 +13,12 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+use super::mixed_precision::StepPrecision;
 use super::{checkpoint, shallow, shallow_named, sorted_by_name};
 use crate::data::{self, Dataset};
 use crate::diffusion::ema::Ema;
 use crate::diffusion::loss::{eps_loss, LossConfig};
+use crate::diffusion::precision::Precision;
 use crate::diffusion::sampler::{sample, SamplerConfig};
 use crate::diffusion::{BetaSchedule, NoiseSchedule};
 use crate::dp::optim::{Optimizer, OptimizerConfig};
@@ -100,6 +102,12 @@ pub struct PretrainSettings {
     /// Steps between sample grids (0: only at the end).
     #[serde(default)]
     pub sample_every: u64,
+    /// The number format of the forward and backward passes: "float32" (default) or "bfloat16"
+    /// (mixed precision: a bfloat16 copy of the float32 weights computes each step's gradients,
+    /// and AdamW, the EMA and checkpoints keep float32; fast on CPUs with AVX512-BF16). A
+    /// resumed run may change it.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl PretrainSettings {
@@ -384,6 +392,8 @@ pub fn pretrain(
         "{}: no checkpoint to resume (--resume continues a run in the same --out)",
         ckpt_dir.display()
     );
+    // built before seeding, so that a bfloat16 run draws the float32 run's random numbers
+    let compute = StepPrecision::new(&cfg.model, t.precision, run.device)?;
     tch::manual_seed(t.seed as i64);
     let model = UNet::new(cfg.model.clone(), run.device)?;
     match &t.init {
@@ -444,8 +454,9 @@ pub fn pretrain(
     while state.step < t.steps {
         let idx = order.batch(state.step, t.batch_size);
         let (x, y) = mix.batch(&idx, null, run.device);
-        let loss = eps_loss(&model, &schedule, &x, &y, &loss_cfg)?.mean(Kind::Float);
-        let mut grads = Tensor::run_backward(&[&loss], &tensors, false, false);
+        let (loss, mut grads) = compute.loss_and_grads(&model, &params, |m| {
+            Ok(eps_loss(m, &schedule, &x, &y, &loss_cfg)?.mean(Kind::Float))
+        })?;
         if t.grad_clip > 0.0 {
             let norm = global_norm(&grads);
             if norm > t.grad_clip {
@@ -616,7 +627,7 @@ fn sample_grid(
 
 #[cfg(test)]
 mod tests {
-    use super::{DataOrder, LrSchedule, PretrainSettings};
+    use super::{DataOrder, LrSchedule, Precision, PretrainSettings};
 
     fn settings(lr_schedule: LrSchedule) -> PretrainSettings {
         PretrainSettings {
@@ -634,6 +645,7 @@ mod tests {
             checkpoint_every: 1,
             checkpoint_seconds: 0.0,
             sample_every: 0,
+            precision: Precision::Float32,
         }
     }
 

@@ -1,8 +1,11 @@
-//! Pretraining started from an earlier model (`train.init`): the run starts from that model's
-//! weights, and a model of another architecture is refused, naming the key and the folder.
+//! Pretraining options. Started from an earlier model (`train.init`), the run starts from that
+//! model's weights, and a model of another architecture is refused, naming the key and the
+//! folder. In bfloat16 (`train.precision`), the steps see the float32 run's losses up to
+//! bfloat16's rounding, and everything saved stays float32.
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Mutex;
 
 use dpsynth::nn::unet::WEIGHTS_FILE;
 use dpsynth::train::pretrain::{pretrain, PretrainConfig, PretrainRun};
@@ -63,14 +66,29 @@ checkpoint_every = 100
     PretrainConfig::load(&path).unwrap()
 }
 
+/// Held by each test while it trains: a run seeds libtorch's global generator, which the tests
+/// of this file, run on parallel threads, would otherwise draw from in turn.
+static GENERATOR: Mutex<()> = Mutex::new(());
+
 fn run(cfg: &PretrainConfig, out: &Path, data_dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+    run_with_losses(cfg, out, data_dir).map(|(model, _)| model)
+}
+
+/// [`run`], also returning each step's loss.
+fn run_with_losses(
+    cfg: &PretrainConfig,
+    out: &Path,
+    data_dir: &Path,
+) -> anyhow::Result<(std::path::PathBuf, Vec<f64>)> {
     let run = PretrainRun {
         data_dir,
         out,
         resume: false,
         device: Device::Cpu,
     };
-    pretrain(cfg, &run, &mut |_| {})
+    let mut losses = Vec::new();
+    let model = pretrain(cfg, &run, &mut |s| losses.push(s.loss))?;
+    Ok((model, losses))
 }
 
 fn weights(model: &Path) -> BTreeMap<String, Tensor> {
@@ -82,6 +100,7 @@ fn weights(model: &Path) -> BTreeMap<String, Tensor> {
 
 #[test]
 fn a_run_from_init_starts_from_its_weights_and_refuses_another_architecture() {
+    let _generator = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let first = run(
         &config(dir.path(), "a.toml", 8, "lr = 1e-2"),
@@ -122,4 +141,43 @@ fn a_run_from_init_starts_from_its_weights_and_refuses_another_architecture() {
         !dir.path().join("c/model").exists(),
         "a refused run wrote a model"
     );
+}
+
+#[test]
+fn bfloat16_steps_see_the_float32_losses_and_save_float32() {
+    let _generator = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let (_, f32_losses) = run_with_losses(
+        &config(dir.path(), "f.toml", 8, "lr = 1e-3"),
+        &dir.path().join("f"),
+        dir.path(),
+    )
+    .unwrap();
+    let bf16 = config(dir.path(), "h.toml", 8, "lr = 1e-3\nprecision = 'bfloat16'");
+    let (model, bf16_losses) = run_with_losses(&bf16, &dir.path().join("h"), dir.path()).unwrap();
+    assert_eq!(f32_losses.len(), 2);
+    assert_eq!(f32_losses.len(), bf16_losses.len());
+    for (a, b) in f32_losses.iter().zip(&bf16_losses) {
+        // the same weights, batch and draws (step 1) or nearly (step 2): bfloat16 keeps about 3
+        // significant digits of each weight and activation
+        let rel = (a - b).abs() / a.abs();
+        assert!(rel < 0.05, "float32 loss {a}, bfloat16 loss {b}");
+        assert!(
+            a != b,
+            "bfloat16 changed nothing: did the step run in float32?"
+        );
+    }
+    for (name, t) in weights(&model) {
+        assert_eq!(t.kind(), tch::Kind::Float, "{name}");
+    }
+    let ckpt = dir.path().join("h/checkpoint");
+    let tensors = std::fs::read_dir(&ckpt)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .unwrap();
+    for (name, t) in Tensor::read_safetensors(&tensors).unwrap() {
+        // float32 weights, EMA and moments (and an int64 step count): nothing in bfloat16
+        assert_ne!(t.kind(), tch::Kind::BFloat16, "checkpoint {name}");
+    }
 }
