@@ -212,6 +212,17 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// `--train-batch` random images in [-1, 1] of shape `[c, h, w]` and random labels below
+/// `classes`.
+fn random_batch(args: &Args, [c, h, w]: [i64; 3], classes: i64) -> (Tensor, Tensor) {
+    let b = args.train_batch;
+    let x0 = Tensor::rand([b, c, h, w], (Kind::Float, args.device)) * 2.0 - 1.0;
+    (
+        x0,
+        Tensor::randint(classes, [b], (Kind::Int64, args.device)),
+    )
+}
+
 /// Times non-private training: forward + backward + AdamW on random data, after 2 warm-up steps.
 fn train(
     unet: &UNet,
@@ -222,8 +233,7 @@ fn train(
 ) -> Result<Value> {
     let mut opt = tch::nn::AdamW::default().build(&unet.vs, 1e-4)?;
     let b = args.train_batch;
-    let x0 = Tensor::rand([b, c, h, w], (Kind::Float, args.device)) * 2.0 - 1.0;
-    let labels = Tensor::randint(classes, [b], (Kind::Int64, args.device));
+    let (x0, labels) = random_batch(args, [c, h, w], classes);
     let loss_cfg = LossConfig::default();
     let mut step = || -> Result<()> {
         let loss = eps_loss(unet, schedule, &x0, &labels, &loss_cfg)?.mean(Kind::Float);
@@ -272,8 +282,7 @@ fn mixed_precision_training(
         },
     )?;
     let b = args.train_batch;
-    let x0 = Tensor::rand([b, c, h, w], (Kind::Float, args.device)) * 2.0 - 1.0;
-    let labels = Tensor::randint(classes, [b], (Kind::Int64, args.device));
+    let (x0, labels) = random_batch(args, [c, h, w], classes);
     let loss_cfg = LossConfig::default();
     let kinds = [Precision::Float32, Precision::Bfloat16];
     let steps = kinds
@@ -386,8 +395,7 @@ fn dp_loda(
         DpSgdConfig::new(1.0, 1.0, b as f64),
         Some(0),
     )?;
-    let x0 = Tensor::rand([b, c, h, w], (Kind::Float, args.device)) * 2.0 - 1.0;
-    let labels = Tensor::randint(classes, [b], (Kind::Int64, args.device));
+    let (x0, labels) = random_batch(args, [c, h, w], classes);
     let loss_cfg = LossConfig::default();
     let mut step = || -> Result<()> {
         let d = draw(schedule, &x0, &labels, &loss_cfg, Some(classes))?;
