@@ -1,13 +1,14 @@
-//! The number format the denoiser runs in while sampling.
+//! The number format a U-Net runs in while sampling, or while pretraining computes gradients
+//! (`crate::train::mixed_precision`).
 //!
 //! Sampling is post-processing of a (DP) model, so its precision has no bearing on the privacy
 //! guarantee. In bfloat16 the U-Net's weights and activations take 8 bits of mantissa; the
 //! sampler's own arithmetic (noise, x̂0, the update rule) stays float32, and each ε is cast back
-//! to float32 before it is used. CPUs with native bfloat16 dot products (x86-64 with
-//! AVX512-BF16, which every CPU with AMX also has) run the shipped U-Nets 1.6-2× as fast in it
-//! (ARCHITECTURE.md, "Sampling precision"); elsewhere libtorch emulates it, slower than float32,
-//! which is why `auto` picks it only where it is native. Training never runs in bfloat16: the
-//! per-example norms DP-SGD clips must be exact.
+//! to float32 before it is used ([`Cast`]). CPUs with native bfloat16 dot products (x86-64 with
+//! AVX512-BF16, which every CPU with AMX also has) run the shipped U-Nets about 2.3× as fast in
+//! it (ARCHITECTURE.md, "Sampling and pretraining precision"); elsewhere libtorch emulates it,
+//! slower than float32, which is why `auto` picks it only where it is native. DP training never
+//! runs in bfloat16: the per-example norms DP-SGD clips must be those of what it sums.
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -15,7 +16,8 @@ use tch::{Device, Kind, Tensor};
 
 use super::EpsModel;
 
-/// The number format sampling runs the denoiser in (recorded in reports and progress files).
+/// A U-Net's number format (recorded in sampling reports and progress files, and in pretraining
+/// configs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Precision {
