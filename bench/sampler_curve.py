@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Downstream accuracy against the number of model evaluations, for each sampler.
 
-For every sampler (DDPM, DDIM with eta 0, DPM-Solver++ 2M), guidance scale, step count and
-seed, samples `--per-class` images per class from one model folder with `dpsynth sample`, trains
-the downstream classifier on them with `dpsynth evaluate` and tests it on `--test`. Prints a
-table of test accuracy (mean ± sd over the seeds) and sampling throughput (images per second)
-per point and writes every run to OUT/curve.json. A step is one model evaluation (NFE) at guidance 1 and two above it (the
-conditional and the unconditional prediction).
+For every sampler (DDPM, DDIM with eta 0, DPM-Solver++ 2M), guidance scale, step count and seed,
+samples `--per-class` images per class from one model folder with `dpsynth sample`, trains the
+downstream classifier on them with `dpsynth evaluate` and tests it on `--test`. Prints a table
+of test accuracy (mean ± sd over the seeds) and sampling throughput (images per second) per
+point and writes every run to OUT/curve.json. A step is one model evaluation (NFE) at guidance 1
+and two above it (the conditional and the unconditional prediction).
 
     python3 bench/sampler_curve.py --model DIR [--test optdigits:all] [--per-class 1000]
         [--samplers ddpm,ddim,dpm] [--steps 5,10,20,50] [--guidance 1] [--seeds 0]
@@ -17,10 +17,10 @@ that read no private image (for example the stand-in cell's fine-tuned model,
 `run --config results/handwriting-digits/standin-loda-eps10-lr3e-2/config.toml` then
 OUT/finetune/model) scored on a public test set (`optdigits:all`), never on MNIST.
 
-A finished run (its evaluate report exists) is kept, so an interrupted curve resumes. Seed s
-is both the sampling seed and the classifier's seed, the same at every point: within a seed the
-points differ only in the sampler, its steps and the guidance; the seeds give the spread. dpsynth is `$DPSYNTH`, else target/release/dpsynth.
-Standard library only; run from anywhere.
+A finished run (its evaluate report exists) is kept, so an interrupted curve resumes. Seed s is
+both the sampling seed and the classifier's seed, the same at every point: within a seed the
+points differ only in the sampler, its steps and the guidance; the seeds give the spread.
+dpsynth is `$DPSYNTH`, else target/release/dpsynth. Standard library only; run from anywhere.
 """
 
 import argparse

@@ -12,10 +12,10 @@ dpsynth is `$DPSYNTH`, else target/release/dpsynth (copy it aside if someone may
 meanwhile); the peer runs under `--python` (default `$PEER_PYTHON`, else
 ~/.cache/dpsynth/venv-peers/bin/python). dpsynth runs the default config (`--scale F` < 1: the
 same shrunk run as the peer, `run_settings` in `peer_harness.py`) as OUT/dpsynth-config.toml,
-with `precision = "float32"`, since the peer samples in float32. `--config PATH` gives both sides another run config
-(the peer refuses one it does not reproduce). `--dpsynth-report PATH` / `--peer-json PATH` reuse
-a finished side instead of running it.
-Standard library only; run from anywhere.
+with `precision = "float32"`, since the peer samples in float32. `--config PATH` gives both
+sides another run config (the peer refuses one it does not reproduce). `--dpsynth-report PATH` /
+`--peer-json PATH` reuse a finished side instead of running it. Standard library only; run from
+anywhere.
 """
 
 import argparse

@@ -187,7 +187,7 @@ fn main() -> Result<()> {
         if args.bf16 {
             // the same sampling with the weights in bfloat16, then back (the DP timing after it
             // does not depend on the weights' values)
-            unet.vs.bfloat16();
+            Precision::Bfloat16.convert(&mut unet.vs);
             let bf16 = sampling(
                 &unet,
                 &schedule,
@@ -196,7 +196,7 @@ fn main() -> Result<()> {
                 classes,
                 Precision::Bfloat16,
             )?;
-            unet.vs.float();
+            Precision::Float32.convert(&mut unet.vs);
             let ratio = report["sample"]["wall_s"].as_f64().unwrap_or(f64::NAN)
                 / bf16["wall_s"].as_f64().unwrap_or(f64::NAN);
             println!("sample: bfloat16 is {ratio:.2}x as fast as float32 (wall)");

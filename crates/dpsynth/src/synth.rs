@@ -131,10 +131,7 @@ impl ModelDir {
     pub fn set_precision(&mut self, precision: Precision) {
         let stores = std::iter::once(&mut self.unet.vs).chain(self.adapter_store.as_mut());
         for store in stores {
-            match precision {
-                Precision::Float32 => store.float(),
-                Precision::Bfloat16 => store.bfloat16(),
-            }
+            precision.convert(store);
         }
     }
 

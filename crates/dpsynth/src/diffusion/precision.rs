@@ -12,7 +12,7 @@
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
 use super::EpsModel;
 
@@ -34,6 +34,15 @@ impl Precision {
         match self {
             Self::Float32 => Kind::Float,
             Self::Bfloat16 => Kind::BFloat16,
+        }
+    }
+
+    /// Converts every floating-point variable of `store` to this format, in place (converting
+    /// back to float32 does not restore the bits bfloat16 dropped).
+    pub fn convert(self, store: &mut nn::VarStore) {
+        match self {
+            Self::Float32 => store.float(),
+            Self::Bfloat16 => store.bfloat16(),
         }
     }
 

@@ -33,7 +33,7 @@ impl StepPrecision {
             Precision::Float32 => Self::Float32,
             Precision::Bfloat16 => {
                 let mut copy = UNet::new(config.clone(), device)?;
-                copy.vs.bfloat16();
+                precision.convert(&mut copy.vs);
                 let tensors = copy.vs.variables();
                 Self::Bfloat16 {
                     copy: Box::new(copy),
