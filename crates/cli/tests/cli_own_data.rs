@@ -65,6 +65,14 @@ fn twelve_class_64px_colour_folder_runs_on_the_colour_base() {
             "the report records the {set} conversion: {what}"
         );
     }
+    // the report names the base it started from by its weights' sha256, hashed here whole
+    use sha2::{Digest, Sha256};
+    let weights = std::fs::read(format!("{base}/diffusion_pytorch_model.safetensors")).unwrap();
+    let want: String = Sha256::digest(&weights)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(report["base_weights_sha256"], want.as_str());
     eprintln!("{}", report["seconds"]);
 }
 

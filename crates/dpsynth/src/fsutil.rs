@@ -1,12 +1,13 @@
-//! File-system helpers shared by every writer: atomic writes.
+//! File-system helpers shared by every writer: atomic writes, and files' sha256.
 //!
 //! A file is written to a temp file in the same folder, synced, then renamed over the target, so
 //! a crash leaves either the old file or the new one, never a partial file. Temp files are created
 //! readable by all (0644) like ordinary files, since models and reports are shared.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 
+use sha2::{Digest, Sha256};
 use tempfile::NamedTempFile;
 
 /// The folder `path` lives in (`.` for a bare file name).
@@ -46,4 +47,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut tmp = temp_beside(path, ".partial")?;
     tmp.write_all(bytes)?;
     persist(tmp, path)
+}
+
+/// The sha256 of the file at `path`, in lower-case hex, read in 1 MiB pieces.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -10,7 +10,7 @@ pub mod report;
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use privacy::Accountant;
 use serde::{Deserialize, Serialize};
 use tch::Device;
@@ -18,8 +18,10 @@ use tch::Device;
 use crate::data::{convert, grid, imagefolder, Dataset};
 use crate::diffusion::sampler::SamplerConfig;
 use crate::fidelity::{self, Fidelity, FidelitySettings};
+use crate::fsutil;
 use crate::memorization;
 use crate::nn::inception::InceptionV3;
+use crate::nn::unet::model::WEIGHTS_FILE;
 use crate::synth::load_model_dir;
 use crate::synth::resume::{self, Sampling, PART_IMAGES};
 use crate::train::class_table::{self, ClassInit, InitRows, RowStart};
@@ -193,6 +195,14 @@ pub enum Source<'a> {
 }
 
 impl Source<'_> {
+    /// The base model folder the run starts from.
+    pub fn base_dir(&self) -> &Path {
+        match self {
+            Source::Finetune { job, .. } => &job.base,
+            Source::Base { dir, .. } => dir,
+        }
+    }
+
     /// Spec of the private training set: the one the job fine-tunes on, or the one a base-alone
     /// run reports.
     pub fn private_train(&self) -> &str {
@@ -381,6 +391,10 @@ pub fn run(plan: &RunPlan, device: Device, on_event: &mut dyn FnMut(Event)) -> R
         );
     }
 
+    let base_weights = plan.source.base_dir().join(WEIGHTS_FILE);
+    let base_weights_sha256 = fsutil::sha256_file(&base_weights)
+        .with_context(|| format!("cannot read the base's weights {}", base_weights.display()))?;
+
     // 1. DP fine-tuning (none for the base alone)
     let t0 = Instant::now();
     let (ft, mut model, train, base_rows) = match plan.source {
@@ -528,6 +542,7 @@ pub fn run(plan: &RunPlan, device: Device, on_event: &mut dyn FnMut(Event)) -> R
         secure_noise: ft.as_ref().map(|ft| ft.secure_noise),
         trainable_parameters: ft.as_ref().map_or(0, |ft| ft.trainable_parameters),
         base_parameters: ft.as_ref().map(|ft| ft.base_parameters),
+        base_weights_sha256,
         class_rows: ft
             .as_ref()
             .and_then(|ft| ft.class_rows.clone())

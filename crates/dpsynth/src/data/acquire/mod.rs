@@ -25,7 +25,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use md5::{Digest, Md5};
-use sha2::Sha256;
 
 use crate::data::error::{DataError, Result};
 use crate::data::idx;
@@ -587,7 +586,7 @@ pub fn shared_candidates(file: &str) -> Vec<PathBuf> {
 
 /// Checks a file's sha256 against `expected`, naming the file when it differs.
 pub(super) fn check_sha256(path: &Path, expected: &str) -> Result<()> {
-    let got = sha256_file(path)?;
+    let got = crate::fsutil::sha256_file(path).map_err(|e| DataError::io(path, e))?;
     if got == expected {
         Ok(())
     } else {
@@ -599,20 +598,6 @@ pub(super) fn check_sha256(path: &Path, expected: &str) -> Result<()> {
             ),
         ))
     }
-}
-
-fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| DataError::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(&h.finalize()))
 }
 
 fn fetch_cifar10(data_dir: &Path, source: Option<&Path>) -> Result<Outcome> {
