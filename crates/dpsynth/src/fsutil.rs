@@ -1,4 +1,4 @@
-//! File-system helpers shared by every writer: atomic writes, and files' sha256.
+//! File-system helpers: atomic writes, shared by every writer, and files' sha256.
 //!
 //! A file is written to a temp file in the same folder, synced, then renamed over the target, so
 //! a crash leaves either the old file or the new one, never a partial file. Temp files are created
