@@ -107,12 +107,8 @@ pub fn fetch(name: &str, data_dir: &Path, source: Option<&Path>) -> Result<Outco
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn md5_hex(bytes: &[u8]) -> String {
-    hex(&Md5::digest(bytes))
+    format!("{:x}", Md5::digest(bytes))
 }
 
 fn check_md5(path: &Path, bytes: &[u8], expected: &str) -> Result<()> {
