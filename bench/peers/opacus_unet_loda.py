@@ -74,7 +74,13 @@ class LowRankConv(nn.Module):
 
 
 class Adapted(nn.Module):
-    """A frozen conv plus its adapter."""
+    """A frozen conv plus its adapter.
+
+    The adapter gets its input in the contiguous (NCHW) layout: after diffusers' attention blocks
+    the activations are channels-last, and Opacus 1.6's Conv2d grad sampler (`unfold2d`, an
+    `as_strided` view that assumes NCHW strides) computes wrong per-sample gradients from such an
+    input (six adapted convs of the shipped base take one; `check_grad_sample.py` shows it). The
+    copy is made only for those inputs."""
 
     def __init__(self, base: nn.Conv2d, rank: int, alpha: float):
         super().__init__()
@@ -82,7 +88,7 @@ class Adapted(nn.Module):
         self.adapter = LowRankConv(base, rank, alpha)
 
     def forward(self, x):
-        return self.base(x) + self.adapter(x)
+        return self.base(x) + self.adapter(x.contiguous())
 
 
 def resnets(unet):
@@ -90,18 +96,19 @@ def resnets(unet):
         yield from block.resnets
 
 
-def build(a, rank, alpha):
-    """The base U-Net (or, with `--config`, a random one of that config), frozen, with LoDA on
-    every ResNet conv and a trainable class embedding."""
+def build(base, rank, alpha, config=None):
+    """The base U-Net of folder `base` (or, given `config`, the path of a diffusers config.json,
+    a random one of that config), frozen, with LoDA on every ResNet conv and a trainable class
+    embedding; returns (the U-Net, the number of adapted convs)."""
     from diffusers import UNet2DModel
     from diffusers.utils import logging
 
     logging.set_verbosity_error()  # "accelerate not found": loading speed only
-    if a.config:
-        with open(a.config) as f:
+    if config:
+        with open(config) as f:
             unet = UNet2DModel(**json.load(f))
     else:
-        unet = UNet2DModel.from_pretrained(a.base)
+        unet = UNet2DModel.from_pretrained(base)
     unet.requires_grad_(False)
     count = 0
     for r in resnets(unet):
@@ -115,12 +122,12 @@ def build(a, rank, alpha):
     return unet, count
 
 
-def schedule(a):
-    """alphas_cumprod of the model's scheduler_config.json (DDPM linear betas); with `--config`,
-    the DDPM linear schedule."""
+def schedule(base, config=None):
+    """alphas_cumprod of folder `base`'s scheduler_config.json (DDPM linear betas) and its number
+    of timesteps; given `config` (a random U-Net), the DDPM linear schedule."""
     cfg = {"beta_start": 1e-4, "beta_end": 0.02, "num_train_timesteps": 1000}
-    if not a.config:
-        with open(os.path.join(a.base, "scheduler_config.json")) as f:
+    if not config:
+        with open(os.path.join(base, "scheduler_config.json")) as f:
             cfg = json.load(f)
     assert cfg.get("beta_schedule", "linear") == "linear", cfg
     betas = torch.linspace(cfg["beta_start"], cfg["beta_end"], cfg["num_train_timesteps"])
@@ -142,8 +149,8 @@ class EpsLoss(nn.Module):
 def make_step(kind, a):
     """Returns (step closure, trainable parameter count) for `kind` (nonprivate, hooks, ghost)."""
     torch.manual_seed(0)
-    unet, _ = build(a, a.rank, a.rank)
-    acp, steps = schedule(a)
+    unet, _ = build(a.base, a.rank, a.rank, a.config)
+    acp, steps = schedule(a.base, a.config)
     null = unet.config.num_class_embeds - 1
     b = a.batch
     x0 = torch.rand(b, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
