@@ -59,11 +59,11 @@ def main():
         torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     unet, adapted = build(a.base, 4, 4.0)
-    # Random adapter B weights: at B = 0 (the initialisation) the gradients of A, D1 and D2 are
-    # zero and would agree trivially.
+    # Random adapter B and D2 weights: at their initialisation (zeros) the gradients of A, D1
+    # and D2 (B = 0) or of D1 (D2 = 0) are zero and would agree trivially.
     with torch.no_grad():
         for name, p in unet.named_parameters():
-            if p.requires_grad and name.endswith("adapter.B.weight"):
+            if p.requires_grad and name.endswith(("adapter.B.weight", "adapter.D2.weight")):
                 p.normal_(0, 0.05)
     acp, num_t = schedule(a.base)
     x_t, t, labels, noise = draw_batch(unet, acp, num_t, a.batch, a.seed)
