@@ -1,16 +1,16 @@
 """Checks the per-sample gradients of the whole-pipeline peer against brute force.
 
-The peer of `dpsynth run` (`peer_pipeline.py`) clips Opacus's per-sample gradients of the LoDA
-U-Net (`build` of `opacus_unet_loda.py`: the shipped base, frozen, LoDA rank 4 on its 30 ResNet
-convs, the class embedding trained). This script takes one batch as the peer's fine-tuning draws
-it (images in [-1, 1], timesteps uniform on 0..999, class dropout to the null class, one noise draw
-per example), computes its per-sample gradients with Opacus's `GradSampleModule` (hooks, mean
-loss as the peer's `EpsLoss`), and compares them with brute force: one backward pass of each
-example's own loss through the unwrapped model. It prints, per trainable tensor, the largest
-absolute difference relative to the largest brute-force entry, and the per-example gradient norms
-of both, which are what clipping reads. It exits with status 1 if any relative difference exceeds
-`--tol` (default 1e-4: float32 sums in a different order agree to about 1e-6 of the tensor's
-largest entry; a wrong rule is off by order 1).
+The peer of `dpsynth run` (`peer_pipeline.py`) clips Opacus's per-sample gradients of the LoDA U-Net
+(`build` of `opacus_unet_loda.py`: the shipped base, frozen, LoDA rank 4 on its 30 ResNet convs, the
+class embedding trained). This script takes one batch as the peer's fine-tuning draws it (images in
+[-1, 1], timesteps uniform on 0..999, class dropout to the null class, one noise draw per example),
+computes its per-sample gradients with Opacus's `GradSampleModule` (hooks, mean loss as the peer's
+`EpsLoss`, the peers' Conv2d grad sampler of `opacus_unet_loda.py`), and compares them with brute
+force: one backward pass of each example's own loss through the unwrapped model. It prints, per
+trainable tensor, the largest absolute difference relative to the largest brute-force entry, and the
+per-example gradient norms of both, which are what clipping reads. It exits with status 1 if any
+relative difference exceeds `--tol` (default 1e-4: float32 sums in a different order agree to about
+1e-6 of the tensor's largest entry; a wrong rule is off by order 1).
 
 dpsynth's side of the same check is `crates/dpsynth/tests/real_base_norms.rs`.
 

@@ -37,9 +37,23 @@ import warnings
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from opacus.grad_sample import register_grad_sampler
+from opacus.grad_sample.conv import compute_conv_grad_sample
 from peer_harness import build_steps, child_peak, make_private, time_interleaved, vm_hwm_mib
 
 warnings.filterwarnings("ignore")
+
+
+@register_grad_sampler(nn.Conv2d)
+def conv2d_grad_sample(layer, activations, backprops):
+    """Opacus's own Conv2d grad sampler, given contiguous (NCHW) activations.
+
+    Opacus 1.6's (`compute_conv_grad_sample`) unfolds the activations with `unfold2d`, an
+    `as_strided` view that assumes NCHW strides, so a channels-last input gets wrong per-sample
+    gradients. diffusers' attention blocks leave the U-Net's activations channels-last: six of the
+    shipped base's adapted convs take such an input (`check_grad_sample.py` shows it). Registered
+    on import, for every Opacus step of these peers; the copy is made only for such inputs."""
+    return compute_conv_grad_sample(layer, [a.contiguous() for a in activations], backprops)
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 
@@ -74,13 +88,7 @@ class LowRankConv(nn.Module):
 
 
 class Adapted(nn.Module):
-    """A frozen conv plus its adapter.
-
-    The adapter gets its input in the contiguous (NCHW) layout: after diffusers' attention blocks
-    the activations are channels-last, and Opacus 1.6's Conv2d grad sampler (`unfold2d`, an
-    `as_strided` view that assumes NCHW strides) computes wrong per-sample gradients from such an
-    input (six adapted convs of the shipped base take one; `check_grad_sample.py` shows it). The
-    copy is made only for those inputs."""
+    """A frozen conv plus its adapter."""
 
     def __init__(self, base: nn.Conv2d, rank: int, alpha: float):
         super().__init__()
@@ -88,7 +96,7 @@ class Adapted(nn.Module):
         self.adapter = LowRankConv(base, rank, alpha)
 
     def forward(self, x):
-        return self.base(x) + self.adapter(x.contiguous())
+        return self.base(x) + self.adapter(x)
 
 
 def resnets(unet):
