@@ -295,3 +295,28 @@ fn loda_is_not_merged() {
     let after = unet.forward(&x, &d.t, &labels);
     assert!(before.equal(&after), "a refused merge changed the model");
 }
+
+/// Outside autograd (sampling) the adapters add `B`'s product into the layer's output in one
+/// fused kernel; the U-Net computes what it does while autograd tracks the adapters (float64;
+/// the fused matmul sums the same products in another order, so agreement is to rounding, 1e-10
+/// on outputs of order 1). With non-zero `B`, so the adapters contribute.
+#[test]
+fn sampling_path_computes_what_the_training_path_does() {
+    for kind in [AdapterKind::Loda, AdapterKind::Lora] {
+        let (unet, store, _) = adapted(kind);
+        perturb(&store);
+        let (x, labels, d) = draws(3, 2);
+        let tracked = unet.forward(&x, &d.t, &labels);
+        assert!(
+            tracked.requires_grad(),
+            "{kind:?}: the adapters were not tracked"
+        );
+        let fused = tch::no_grad(|| unet.forward(&x, &d.t, &labels));
+        let diff = f64::try_from((&tracked - &fused).abs().max()).unwrap();
+        let scale = f64::try_from(tracked.abs().max()).unwrap();
+        assert!(
+            diff <= 1e-10 * scale.max(1.0),
+            "{kind:?}: the sampling path differs by {diff}"
+        );
+    }
+}

@@ -24,10 +24,11 @@ fn default_init(fan_in: i64) -> nn::Init {
 }
 
 /// A trainable low-rank side path added to a layer's output (LoRA, LoDA): the layer returns
-/// `base(x) + adapter.delta(x)`. Implemented in [`crate::nn::adapter`].
+/// `base(x) + delta(x)`. Implemented in [`crate::nn::adapter`].
 pub trait Adapter: std::fmt::Debug {
-    /// The adapter's contribution for input `x`, shaped like the base layer's output.
-    fn delta(&self, x: &Tensor) -> Tensor;
+    /// The base layer's output `y` for input `x` plus the adapter's contribution, which is
+    /// shaped like `y`.
+    fn add_to(&self, y: Tensor, x: &Tensor) -> Tensor;
 
     /// The change to the base layer's weight that this adapter amounts to, when it is linear
     /// in the input (LoRA); `None` when it is not (LoDA), so it cannot be merged.
@@ -158,7 +159,7 @@ impl Linear {
 /// The layer's output plus its adapter's contribution, if it has one.
 fn with_adapter(y: Tensor, x: &Tensor, adapter: Option<&dyn Adapter>) -> Tensor {
     match adapter {
-        Some(a) => y + a.delta(x),
+        Some(a) => a.add_to(y, x),
         None => y,
     }
 }

@@ -124,6 +124,11 @@ pub trait AdapterLayer: std::fmt::Debug {
     fn apply_per_row(&self, x: &Tensor) -> Tensor;
     /// Its weight (output dimension first).
     fn weight(&self) -> &Tensor;
+    /// `acc + scale · layer(x)` outside autograd (sampling). The default computes it as
+    /// written; a layer overrides it where one fused kernel does it in fewer passes.
+    fn add_scaled(&self, x: &Tensor, acc: Tensor, scale: f64) -> Tensor {
+        acc + self.apply(x) * scale
+    }
 }
 
 impl AdapterLayer for Conv2d {
@@ -137,6 +142,26 @@ impl AdapterLayer for Conv2d {
 
     fn weight(&self) -> &Tensor {
         &self.weight
+    }
+
+    /// For a 1 × 1 convolution without bias (`B`), one batched matmul that adds into `acc`
+    /// (`baddbmm`): no separate output, scaling or sum pass at the layer's full width, which on
+    /// CPU cost LoDA's sampling more than the adapter's own convolutions.
+    fn add_scaled(&self, x: &Tensor, acc: Tensor, scale: f64) -> Tensor {
+        let c = self.cfg;
+        let pointwise = c.kernel == 1 && c.stride == 1 && c.padding == 0 && self.bias.is_none();
+        let (c_in, c_out) = self.channels();
+        match (x.size().as_slice(), acc.size().as_slice()) {
+            (&[n, ci, h, w], &[na, co, ha, wa])
+                if pointwise && (ci, co) == (c_in, c_out) && (n, h, w) == (na, ha, wa) =>
+            {
+                let weight = self.weight.reshape([1, co, ci]).expand([n, co, ci], false);
+                acc.reshape([n, co, h * w])
+                    .baddbmm(&weight, &x.reshape([n, ci, h * w]), 1.0, scale)
+                    .reshape([n, co, h, w])
+            }
+            _ => acc + self.apply(x) * scale,
+        }
     }
 }
 
@@ -205,14 +230,28 @@ impl LowRank<Linear> {
     }
 }
 
-impl<L: AdapterLayer> Adapter for LowRank<L> {
-    fn delta(&self, x: &Tensor) -> Tensor {
+impl<L: AdapterLayer> LowRank<L> {
+    /// `g(A x)`, the rank-r code that `B` maps back to the layer's width.
+    fn code(&self, x: &Tensor) -> Tensor {
         let u = self.a.apply_per_row(x);
-        let g = match &self.d {
+        match &self.d {
             Some((d1, d2)) => &u + d2.apply_per_row(&self.activation.apply(&d1.apply_per_row(&u))),
             None => u,
-        };
-        self.b.apply_per_row(&g) * self.scale
+        }
+    }
+}
+
+impl<L: AdapterLayer> Adapter for LowRank<L> {
+    /// `y + (α / r) · B(g(A x))`. While autograd tracks the adapter (training, and DP-SGD's
+    /// recording with per-row weights) it is computed as written; outside autograd (sampling)
+    /// `B`'s product, the scale and the sum are one fused kernel ([`AdapterLayer::add_scaled`]).
+    fn add_to(&self, y: Tensor, x: &Tensor) -> Tensor {
+        let g = self.code(x);
+        if g.requires_grad() || y.requires_grad() {
+            y + self.b.apply_per_row(&g) * self.scale
+        } else {
+            self.b.add_scaled(&g, y, self.scale)
+        }
     }
 
     /// LoRA: `(α / r) · B A`, as a weight of the base layer's shape (`B` is 1 × 1, so for a conv
