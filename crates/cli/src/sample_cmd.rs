@@ -125,7 +125,7 @@ pub fn run(a: SampleArgs, device: Device) -> Result<()> {
     );
     let mut model = load_model_dir(&a.model, device)?;
     let cfg = a.sampler_config(device);
-    model.set_precision(cfg.precision);
+    model.prepare_sampling(cfg.precision)?;
     let sampling = Sampling::open(&model, a.per_class, &cfg, a.seed, &a.out, PART_IMAGES)?;
     let total = sampling.total();
     let bar = Progress::new(total as u64, "images");

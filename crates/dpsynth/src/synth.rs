@@ -135,6 +135,21 @@ impl ModelDir {
         }
     }
 
+    /// Readies this model for sampling in `precision`. LoRA adapters are merged into the base
+    /// weights first ([`crate::nn::adapter::merge_lora`]): they are linear, so the U-Net computes
+    /// what it did, at the base's cost. LoDA stays attached. Then the weights are converted
+    /// ([`ModelDir::set_precision`]). Sample from a model after this, never save it.
+    pub fn prepare_sampling(&mut self, precision: Precision) -> Result<()> {
+        let lora = crate::nn::adapter::AdapterKind::Lora;
+        if self.adapter.as_ref().is_some_and(|a| a.kind == lora) {
+            crate::nn::adapter::merge_lora(&mut self.unet)?;
+            self.adapter = None;
+            self.adapter_store = None;
+        }
+        self.set_precision(precision);
+        Ok(())
+    }
+
     /// Writes this model to `dir` ([`save_model_dir`]), with `adapters` when it carries some.
     pub fn save(
         &self,

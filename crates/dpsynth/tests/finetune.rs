@@ -90,7 +90,31 @@ fn new_classes_are_learned_under_dp_and_named_in_the_model_folder() {
             done.trainable_parameters > 5 * 32,
             "{mode}: embedding not counted"
         );
+        sampling_merges_lora_only(model, mode);
     }
+}
+
+/// Readied for sampling, a LoRA model has its adapters merged into the base weights and computes
+/// what it did (float32; the merged convolution sums the same products in another order, so
+/// agreement is to rounding, 1e-5 of outputs of order 1); LoDA, not linear, stays attached.
+fn sampling_merges_lora_only(mut model: dpsynth::synth::ModelDir, mode: Mode) {
+    let [c, h, w] = model.unet.sample_shape().unwrap();
+    tch::manual_seed(0);
+    let x = Tensor::randn([2, c, h, w], (Kind::Float, Device::Cpu));
+    let t = Tensor::from_slice(&[10i64, 500]);
+    let labels = Tensor::from_slice(&[0i64, 1]);
+    let before = tch::no_grad(|| model.unet.forward(&x, &t, &labels));
+    model
+        .prepare_sampling(dpsynth::diffusion::precision::Precision::Float32)
+        .unwrap();
+    assert_eq!(model.adapter.is_some(), mode == Mode::Loda, "{mode}");
+    let after = tch::no_grad(|| model.unet.forward(&x, &t, &labels));
+    let diff = f64::try_from((&before - &after).abs().max()).unwrap();
+    let scale = f64::try_from(before.abs().max()).unwrap();
+    assert!(
+        diff <= 1e-5 * scale.max(1.0),
+        "{mode}: the model readied for sampling differs by {diff}"
+    );
 }
 
 /// Placeholder classes start from the base's null row (then move a little under DP), instead of

@@ -438,8 +438,8 @@ pub fn run(plan: &RunPlan, device: Device, on_event: &mut dyn FnMut(Event)) -> R
         None => "the base".to_string(),
     };
     check_test_classes(plan, &source, &model.classes)?;
-    // the model folder on disk keeps its float32 weights
-    model.set_precision(s.sampler.precision);
+    // the model folder on disk keeps its float32 weights and its adapters
+    model.prepare_sampling(s.sampler.precision)?;
     let sampling = Sampling::open(
         &model,
         s.per_class,
