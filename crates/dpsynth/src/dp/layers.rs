@@ -187,6 +187,12 @@ impl ConvConfig {
             dilation: 1,
         }
     }
+
+    /// Whether this is a 1 × 1 convolution with stride 1 and no padding: a per-pixel matmul
+    /// over channels.
+    pub fn is_pointwise(&self) -> bool {
+        self.kernel == 1 && self.stride == 1 && self.padding == 0
+    }
 }
 
 /// A 2-D convolution (groups = 1) over `N × C × H × W` input.
@@ -266,8 +272,7 @@ impl Conv2d {
     /// otherwise, and always outside recording, exactly [`Conv2d::forward`]. Other convolutions
     /// stay plain: grouped by row, they cost more time on CPU than the rules they would save.
     pub fn forward_per_row(&self, x: &Tensor) -> Tensor {
-        let c = self.cfg;
-        let pointwise = c.kernel == 1 && c.stride == 1 && c.padding == 0;
+        let pointwise = self.cfg.is_pointwise();
         let (c_in, c_out) = self.channels();
         let size = x.size();
         let &[rows, ci, h, w] = size.as_slice() else {

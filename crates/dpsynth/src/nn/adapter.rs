@@ -148,8 +148,7 @@ impl AdapterLayer for Conv2d {
     /// (`baddbmm`): no separate output, scaling or sum pass at the layer's full width, which on
     /// CPU cost LoDA's sampling more than the adapter's own convolutions.
     fn add_scaled(&self, x: &Tensor, acc: Tensor, scale: f64) -> Tensor {
-        let c = self.cfg;
-        let pointwise = c.kernel == 1 && c.stride == 1 && c.padding == 0 && self.bias.is_none();
+        let pointwise = self.cfg.is_pointwise() && self.bias.is_none();
         let (c_in, c_out) = self.channels();
         match (x.size().as_slice(), acc.size().as_slice()) {
             (&[n, ci, h, w], &[na, co, ha, wa])
