@@ -14,7 +14,7 @@
 //! when a document or a plot and the reports disagree, and on a `DATASET.svg` beside the first
 //! document whose folder has no `plot.toml`, so no figure can drift from its report.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -91,11 +91,23 @@ fn audit_table(rows: &[String]) -> String {
     out
 }
 
-/// A dataset's settings (accuracy cells) and its audit rows. In a size study (`study`), every cell
-/// folder, run or not, must be named `<method>-n<N>-eps<E>-s<K>`.
-fn read_dataset(dir: &Path, study: bool) -> Result<(BTreeMap<String, Setting>, Vec<String>)> {
+/// What one dataset's folder holds.
+struct Dataset {
+    /// The settings whose cells have reports (accuracy cells).
+    settings: BTreeMap<String, Setting>,
+    /// The audit cells' table rows.
+    audits: Vec<String>,
+    /// The settings of cells with a `config.toml` and no report yet: the headline shows them as
+    /// "not run", so a planned cell is never silently missing from it.
+    unrun: BTreeSet<String>,
+}
+
+/// A dataset's cells. In a size study (`study`), every cell folder, run or not, must be named
+/// `<method>-n<N>-eps<E>-s<K>`.
+fn read_dataset(dir: &Path, study: bool) -> Result<Dataset> {
     let mut settings: BTreeMap<String, Setting> = BTreeMap::new();
     let mut audits = Vec::new();
+    let mut unrun = BTreeSet::new();
     let mut cells: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("{}: cannot list", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -116,7 +128,10 @@ fn read_dataset(dir: &Path, study: bool) -> Result<(BTreeMap<String, Setting>, V
         );
         let path = cell.join("report.json");
         if !path.is_file() {
-            continue; // a cell whose run has not been made yet
+            if cell.join("config.toml").is_file() {
+                unrun.insert(setting_name(&name).to_string());
+            }
+            continue;
         }
         let report: serde_json::Value = serde_json::from_slice(
             &std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?,
@@ -153,7 +168,11 @@ fn read_dataset(dir: &Path, study: bool) -> Result<(BTreeMap<String, Setting>, V
         );
         s.accuracies.push(accuracy);
     }
-    Ok((settings, audits))
+    Ok(Dataset {
+        settings,
+        audits,
+        unrun,
+    })
 }
 
 /// `mean ± sd` of a setting's accuracies, in percent (no spread for a single run).
@@ -168,8 +187,9 @@ fn summary(s: &Setting) -> String {
 }
 
 /// The headline table: settings named `METHOD-epsE` (and their repeats) as one row per method
-/// and one column per ε, each cell `mean ± sd (runs)`; `None` when no setting is so named.
-fn headline(settings: &BTreeMap<String, Setting>) -> Option<String> {
+/// and one column per ε, each cell `mean ± sd (runs)`, or "not run" where no repeat has a report
+/// (`unrun` names the settings of cells not run yet); `None` when no setting is so named.
+fn headline(settings: &BTreeMap<String, Setting>, unrun: &BTreeSet<String>) -> Option<String> {
     let mut cells: BTreeMap<String, BTreeMap<u64, String>> = BTreeMap::new();
     let mut epsilons: Vec<u64> = Vec::new();
     for (name, s) in settings {
@@ -186,6 +206,10 @@ fn headline(settings: &BTreeMap<String, Setting>) -> Option<String> {
                 if runs == 1 { "" } else { "s" }
             ),
         );
+    }
+    for line in unrun.iter().filter_map(|name| parse_full_cell(name)) {
+        epsilons.push(line.epsilon);
+        cells.entry(line.method).or_default();
     }
     if cells.is_empty() {
         return None;
@@ -213,11 +237,11 @@ fn headline(settings: &BTreeMap<String, Setting>) -> Option<String> {
 
 /// The markdown tables of one dataset's settings: the headline (method × ε) when there is one,
 /// then every setting it does not show; a line saying so when no cell has a report yet.
-fn table(settings: &BTreeMap<String, Setting>) -> String {
+fn table(settings: &BTreeMap<String, Setting>, unrun: &BTreeSet<String>) -> String {
     if settings.is_empty() {
         return "No cell has run yet.\n".to_string();
     }
-    let Some(h) = headline(settings) else {
+    let Some(h) = headline(settings, unrun) else {
         return settings_table(settings.iter());
     };
     let mut others = settings
@@ -448,8 +472,12 @@ pub fn run(a: ResultsArgs) -> Result<()> {
             .into_owned();
         let plot_toml = dir.join("plot.toml");
         let study = plot_toml.is_file();
-        let (settings, audits) = read_dataset(dir, study)?;
-        replace_in_docs(&mut new, "results", &name, &table(&settings))?;
+        let Dataset {
+            settings,
+            audits,
+            unrun,
+        } = read_dataset(dir, study)?;
+        replace_in_docs(&mut new, "results", &name, &table(&settings, &unrun))?;
         if !audits.is_empty() {
             replace_in_docs(&mut new, "audits", &name, &audit_table(&audits))?;
         }
@@ -602,6 +630,41 @@ mod tests {
         assert!(err.contains("differ from the reports"), "{err}");
     }
 
+    /// A headline cell with a config and no report is a "not run" entry, in a row and a column of
+    /// its own where no other cell has them; a setting outside the headline is left out.
+    #[test]
+    fn planned_headline_cells_show_as_not_run() {
+        let tmp = tempfile::tempdir().unwrap();
+        let results = tmp.path().join("results/cifar10");
+        cell(&results, "loda-lr1e-2-eps10-s1", 0.30);
+        for planned in ["loda-eps10-s1", "loda-eps1-s1", "base-alone"] {
+            std::fs::create_dir_all(results.join(planned)).unwrap();
+            std::fs::write(results.join(planned).join("config.toml"), "").unwrap();
+        }
+        // a folder with neither file is not a cell
+        std::fs::create_dir_all(results.join("full-eps10-s1")).unwrap();
+        let doc = tmp.path().join("R.md");
+        std::fs::write(
+            &doc,
+            "<!-- results:cifar10 -->\n<!-- /results:cifar10 -->\n",
+        )
+        .unwrap();
+        run(ResultsArgs {
+            dir: tmp.path().join("results"),
+            docs: vec![doc.clone()],
+            check: false,
+        })
+        .unwrap();
+        let text = std::fs::read_to_string(&doc).unwrap();
+        assert!(
+            text.contains(
+                "| method | ε = 1 | ε = 10 |\n|---|---|---|\n| loda | not run | not run |\n\
+                 | loda-lr1e-2 | not run | 30.00% (1 run) |\n<!--"
+            ),
+            "{text}"
+        );
+    }
+
     /// Each table goes to the one document that holds its markers; none or two is an error
     /// naming the documents.
     #[test]
@@ -692,7 +755,10 @@ mod tests {
             err.contains("R.md") && err.contains("<!-- results:cifar10 -->"),
             "{err}"
         );
-        assert_eq!(table(&BTreeMap::new()), "No cell has run yet.\n");
+        assert_eq!(
+            table(&BTreeMap::new(), &BTreeSet::new()),
+            "No cell has run yet.\n"
+        );
         assert_eq!(setting_name("loda-eps10-s12"), "loda-eps10");
         assert_eq!(
             setting_name("base-alone-fonts-optdigits"),
