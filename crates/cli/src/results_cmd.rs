@@ -4,6 +4,8 @@
 //! A results cell is a folder `results/<dataset>/<cell>/` with the run's `config.toml` and its
 //! `report.json` (any command's report with a `test_accuracy`). Repeats of one setting are cells
 //! named `<setting>-s1`, `<setting>-s2`, ...; the table shows their mean and standard deviation.
+//! A headline cell (`<method>-eps<E>`) whose folder holds a `config.toml` and no report yet shows
+//! as "not run".
 //! The table of a dataset is written between the lines `<!-- results:DATASET -->` and
 //! `<!-- /results:DATASET -->`, which exactly one of the documents holds: the headline results
 //! in docs/RESULTS.md, the public runs that chose settings in docs/SELECTION.md. Cells holding
