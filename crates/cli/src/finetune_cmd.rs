@@ -112,8 +112,9 @@ pub struct FinetuneArgs {
     #[arg(long)]
     pub class_init: Option<PathBuf>,
     /// How a class the class-init table gives several public classes starts: mean (one row,
-    /// their mean) or each (one row per public class, each its own row; the class's images are
-    /// trained and sampled across them).
+    /// their mean), scaled_mean (their mean rescaled to their rows' mean norm) or each (one row
+    /// per public class, each its own row; the class's images are trained and sampled across
+    /// them).
     #[arg(long, default_value = "mean")]
     pub class_init_rows: dpsynth::train::class_table::InitRows,
     /// Accept a δ at or above 1/n of the private set (experiments only: it guarantees nothing).

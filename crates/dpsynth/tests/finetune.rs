@@ -13,6 +13,7 @@ use dpsynth::diffusion::heldout::{image_draws, seeded_subset};
 use dpsynth::diffusion::loss::{eps_loss_with, Draws};
 use dpsynth::nn::unet::UNet;
 use dpsynth::synth::load_model_dir;
+use dpsynth::train::class_table::InitRows;
 use dpsynth::train::clip_scan::{clip_pass, ClipScanConfig};
 use dpsynth::train::finetune::{finetune, prepare, FinetuneConfig, Finetuned, Mode};
 use dpsynth::train::pretrain::PretrainConfig;
@@ -212,6 +213,37 @@ fn class_init_starts_rows_from_public_classes() {
     assert_eq!(
         serde_json::to_string(&rows[1]).unwrap(),
         r#"{"mean":["1","3"]}"#
+    );
+}
+
+/// With `scaled_mean` a class of several public classes starts from their mean rescaled to
+/// their rows' mean norm: the mean's direction, the rows' length. A class of one public class
+/// starts from its row, as with the plain mean.
+#[test]
+fn scaled_mean_keeps_the_mean_direction_at_the_rows_norm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    tiny_base(&base);
+    let base_table = model_class_table(&base);
+    let (r1, r3) = (base_table.get(1), base_table.get(3));
+    let mut cfg = car_cat_config(Mode::Loda);
+    cfg.class_init_rows = InitRows::ScaledMean;
+    let data = private_data(5);
+    let t = prepare(&base, &cfg, Some(&data.class_names), Device::Cpu).unwrap();
+    let table = class_table(&t.model.unet.vs.variables());
+    let norm = |r: &Tensor| r.norm().double_value(&[]);
+    let mean = (&r1 + &r3) / 2.0;
+    let want = &mean * ((norm(&r1) + norm(&r3)) / 2.0 / norm(&mean));
+    // The rows are f32 of order 1 and the rescaling is a few f32 operations: 1e-5 is far
+    // above their rounding and far below any difference between rows.
+    let gap = (table.get(1) - &want).abs().max().double_value(&[]);
+    assert!(gap < 1e-5, "car is {gap} from the rescaled mean");
+    assert!(norm(&want) > norm(&mean), "the rows of the tiny base should not be parallel");
+    assert!(same_row(&table.get(3), &base_table.get(2)), "cat");
+    let rows = t.class_rows.unwrap();
+    assert_eq!(
+        serde_json::to_string(&rows[1]).unwrap(),
+        r#"{"scaled_mean":["1","3"]}"#
     );
 }
 

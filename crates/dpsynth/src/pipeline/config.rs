@@ -92,8 +92,8 @@ pub struct FinetuneSection {
     #[serde(default)]
     pub class_init: Option<PathBuf>,
     /// "mean" (the default): a class of the class-init table starts from the mean row of its
-    /// public classes; "each": from each of their rows, as a class with several rows, trained
-    /// and sampled across them.
+    /// public classes; "scaled_mean": from that mean rescaled to their rows' mean norm; "each":
+    /// from each of their rows, as a class with several rows, trained and sampled across them.
     #[serde(default)]
     pub class_init_rows: InitRows,
     /// Accept a δ at or above 1/n of the private set (experiments only).

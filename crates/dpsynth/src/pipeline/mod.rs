@@ -189,7 +189,7 @@ pub enum Source<'a> {
         /// them with `class_init_rows` each) or the null row. It reads only the base and public
         /// names.
         class_init: Option<&'a ClassInit>,
-        /// Mean or each ([`InitRows`]).
+        /// Mean, scaled mean or each ([`InitRows`]).
         class_init_rows: InitRows,
     },
 }

@@ -181,7 +181,8 @@ pub struct FinetuneConfig {
     #[serde(default)]
     pub class_init: Option<ClassInit>,
     /// Whether a class the class-init table gives several public classes starts from their
-    /// mean row or with one row per public class (trained and sampled across them).
+    /// mean row (plain or rescaled) or with one row per public class (trained and sampled
+    /// across them).
     #[serde(default)]
     pub class_init_rows: InitRows,
     /// Accept δ ≥ 1/n (experiments only: such a δ guarantees nothing).
@@ -306,7 +307,7 @@ pub struct FinetuneOverrides {
     pub clip: Option<f64>,
     /// Noise multiplicity K ([`DEFAULT_NOISE_MULTIPLICITY`]).
     pub noise_multiplicity: Option<i64>,
-    /// Mean or each row per class-init class ([`InitRows::Mean`]).
+    /// Mean, scaled mean or each row per class-init class ([`InitRows::Mean`]).
     pub class_init_rows: InitRows,
     /// Accept a δ at or above 1/n (experiments only; `false`: the default, refused).
     pub allow_large_delta: bool,
