@@ -238,7 +238,10 @@ fn scaled_mean_keeps_the_mean_direction_at_the_rows_norm() {
     // above their rounding and far below any difference between rows.
     let gap = (table.get(1) - &want).abs().max().double_value(&[]);
     assert!(gap < 1e-5, "car is {gap} from the rescaled mean");
-    assert!(norm(&want) > norm(&mean), "the rows of the tiny base should not be parallel");
+    assert!(
+        norm(&want) > norm(&mean),
+        "the rows of the tiny base should not be parallel"
+    );
     assert!(same_row(&table.get(3), &base_table.get(2)), "cat");
     let rows = t.class_rows.unwrap();
     assert_eq!(
