@@ -1,7 +1,9 @@
 //! Class-balanced subsets, as the spec suffix `@N` (`mnist:train@1000`): N images, the same
-//! number from each class (the remainder from the first classes), chosen by a fixed public seed,
-//! so that a study of private-set size draws the same subset on every machine. The choice
-//! depends only on the labels and the seed.
+//! number from each class that has images (the remainder from the first of them), chosen by a
+//! fixed public seed, so that a study of private-set size draws the same subset on every machine.
+//! The choice depends only on the labels and the seed. A class with no image at all (a class map
+//! may name classes the public data lack, as the CIFAR-10 proxy's airplane and horse) takes no
+//! share.
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -27,33 +29,39 @@ pub fn split_suffix(spec: &str) -> Result<(&str, Option<usize>)> {
     }
 }
 
-/// `size` images of `ds`, an equal share from each class, in their original order.
+/// `size` images of `ds`, an equal share from each class that has images, in their original
+/// order.
 pub fn balanced(ds: &Dataset, size: usize, spec: &str) -> Result<Dataset> {
-    let k = ds.num_classes();
+    let classes: Vec<Vec<usize>> = (0..ds.num_classes())
+        .map(|class| {
+            (0..ds.len())
+                .filter(|&i| ds.labels[i] as usize == class)
+                .collect()
+        })
+        .filter(|of_class: &Vec<usize>| !of_class.is_empty())
+        .collect();
+    let k = classes.len();
     if size < k || size > ds.len() {
         return Err(DataError::spec(
             spec,
             format!(
-                "a subset of {size} images: need at least one per class ({k}) and at most the {} \
-                 images there are",
+                "a subset of {size} images: need at least one per class with images ({k}) and at \
+                 most the {} images there are",
                 ds.len()
             ),
         ));
     }
     let mut rng = ChaCha8Rng::seed_from_u64(SUBSET_SEED);
     let mut chosen = Vec::with_capacity(size);
-    for class in 0..k {
-        let want = size / k + usize::from(class < size % k);
-        let mut of_class: Vec<usize> = (0..ds.len())
-            .filter(|&i| ds.labels[i] as usize == class)
-            .collect();
+    for (rank, mut of_class) in classes.into_iter().enumerate() {
+        let want = size / k + usize::from(rank < size % k);
         if of_class.len() < want {
             return Err(DataError::spec(
                 spec,
                 format!(
                     "class '{}' has {} images, fewer than the {want} a balanced subset of {size} \
                      takes from each",
-                    ds.class_names[class],
+                    ds.class_names[ds.labels[of_class[0]] as usize],
                     of_class.len()
                 ),
             ));
@@ -116,5 +124,21 @@ mod tests {
         .unwrap();
         let err = balanced(&skewed, 6, "x@6").unwrap_err().to_string();
         assert!(err.contains("class 'c' has 1 images"), "{err}");
+    }
+
+    #[test]
+    fn a_class_without_images_takes_no_share() {
+        // The CIFAR-10 proxy names airplane and horse but has no image of them.
+        let names = ["a", "b", "c"].map(String::from).to_vec();
+        let labels: Vec<u8> = (0..40).map(|i| if i % 2 == 0 { 0 } else { 2 }).collect();
+        let ds = Dataset::new(Path::new("t"), vec![0; 40], labels, [1, 1, 1], names).unwrap();
+        let a = balanced(&ds, 11, "x@11").unwrap();
+        let count = |c: u8| a.labels.iter().filter(|&&l| l == c).count();
+        assert_eq!((count(0), count(1), count(2)), (6, 0, 5));
+        assert_eq!(a.class_names.len(), 3, "the class list is kept");
+        assert!(
+            balanced(&ds, 1, "x@1").is_err(),
+            "one image cannot cover two classes"
+        );
     }
 }
