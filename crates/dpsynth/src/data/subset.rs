@@ -32,13 +32,14 @@ pub fn split_suffix(spec: &str) -> Result<(&str, Option<usize>)> {
 /// `size` images of `ds`, an equal share from each class that has images, in their original
 /// order.
 pub fn balanced(ds: &Dataset, size: usize, spec: &str) -> Result<Dataset> {
-    let classes: Vec<Vec<usize>> = (0..ds.num_classes())
-        .map(|class| {
-            (0..ds.len())
-                .filter(|&i| ds.labels[i] as usize == class)
-                .collect()
-        })
-        .filter(|of_class: &Vec<usize>| !of_class.is_empty())
+    let mut by_class = vec![Vec::new(); ds.num_classes()];
+    for (i, &label) in ds.labels.iter().enumerate() {
+        by_class[label as usize].push(i);
+    }
+    let classes: Vec<(usize, Vec<usize>)> = by_class
+        .into_iter()
+        .enumerate()
+        .filter(|(_, of_class)| !of_class.is_empty())
         .collect();
     let k = classes.len();
     if size < k || size > ds.len() {
@@ -53,7 +54,7 @@ pub fn balanced(ds: &Dataset, size: usize, spec: &str) -> Result<Dataset> {
     }
     let mut rng = ChaCha8Rng::seed_from_u64(SUBSET_SEED);
     let mut chosen = Vec::with_capacity(size);
-    for (rank, mut of_class) in classes.into_iter().enumerate() {
+    for (rank, (class, mut of_class)) in classes.into_iter().enumerate() {
         let want = size / k + usize::from(rank < size % k);
         if of_class.len() < want {
             return Err(DataError::spec(
@@ -61,7 +62,7 @@ pub fn balanced(ds: &Dataset, size: usize, spec: &str) -> Result<Dataset> {
                 format!(
                     "class '{}' has {} images, fewer than the {want} a balanced subset of {size} \
                      takes from each",
-                    ds.class_names[ds.labels[of_class[0]] as usize],
+                    ds.class_names[class],
                     of_class.len()
                 ),
             ));
