@@ -236,6 +236,11 @@ fn resumed_seeded_finetuning_ends_as_the_uninterrupted_run() {
         })
     }));
     assert!(crash.is_err());
+    assert_eq!(full.seconds_earlier, 0.0, "a fresh run has no earlier time");
+    let (saved, _): (serde_json::Value, HashMap<String, Tensor>) =
+        checkpoint::load(&parts.join("checkpoint")).unwrap();
+    let saved_seconds = saved["seconds"].as_f64().unwrap();
+    assert!(saved_seconds > 0.0, "{saved}");
     // other settings are refused by name; the micro-batch size may change
     let other = FinetuneConfig {
         lr: 2e-2,
@@ -259,6 +264,14 @@ fn resumed_seeded_finetuning_ends_as_the_uninterrupted_run() {
     })
     .unwrap();
     assert_eq!(resumed.state.ledger.total_steps(), 8);
+    // the resumed run reports the first run's training time, as its checkpoint recorded it
+    // (a tolerance, as the value crosses a JSON round trip)
+    assert!(
+        (resumed.seconds_earlier - saved_seconds).abs() < 1e-9,
+        "{} against {saved_seconds}",
+        resumed.seconds_earlier
+    );
+    assert!(resumed.state.seconds >= saved_seconds);
     // adapters, class embedding and Adam moments all match the uninterrupted run's
     let whole = checkpoint_tensors(&whole);
     assert!(whole.len() > 4);

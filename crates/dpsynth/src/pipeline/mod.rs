@@ -426,7 +426,8 @@ pub fn run(plan: &RunPlan, device: Device, on_event: &mut dyn FnMut(Event)) -> R
             (None, model, None, rows)
         }
     };
-    let finetune_secs = t0.elapsed().as_secs_f64();
+    let finetune_secs =
+        t0.elapsed().as_secs_f64() + ft.as_ref().map_or(0.0, |done| done.seconds_earlier);
 
     // 2. sampling
     let s = &plan.sample;

@@ -49,7 +49,8 @@ pub struct Conversion {
 /// Wall-clock seconds of each stage of a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Seconds {
-    /// DP fine-tuning.
+    /// DP fine-tuning; a resumed fine-tuning adds the training time earlier runs spent before
+    /// its checkpoint (so it may exceed `total`, this process's time).
     pub finetune: f64,
     /// Sampling; a resumed sampling adds the time earlier runs spent on the images they saved
     /// (so it may exceed `total`, this process's time).

@@ -181,6 +181,8 @@ pub struct DpRun<C> {
     pub secure_noise: bool,
     /// Wall-clock seconds spent training in this process.
     pub seconds_this_process: f64,
+    /// Training seconds of the earlier processes a resumed run continues (0 for a fresh run).
+    pub seconds_earlier: f64,
     /// The gradient canaries' membership and scores, when the run planted some.
     pub canaries: Option<CanaryScores>,
 }
@@ -352,6 +354,7 @@ pub fn train<C: DpConfig, L: MicroBatchLoss>(
         state,
         secure_noise: engine.is_secure() && sampler.is_secure(),
         seconds_this_process: start.elapsed().as_secs_f64(),
+        seconds_earlier: seconds_before,
         canaries: canaries.map(GradientCanaries::finish).transpose()?,
     })
 }

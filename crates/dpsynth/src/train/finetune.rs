@@ -362,6 +362,8 @@ pub struct Finetuned {
     pub converted: Option<Dataset>,
     /// The gradient canaries' membership and scores, when the run planted some.
     pub canaries: Option<CanaryScores>,
+    /// Training seconds of the earlier processes a resumed run continues (0 for a fresh run).
+    pub seconds_earlier: f64,
 }
 
 /// The model being fine-tuned: U-Net, optional adapter store, and the named trainable tensors.
@@ -622,6 +624,7 @@ pub fn finetune(
         class_rows: t.class_rows.clone(),
         conversion,
         canaries: run.canaries,
+        seconds_earlier: run.seconds_earlier,
         converted: match converted {
             std::borrow::Cow::Owned(ds) => Some(ds),
             std::borrow::Cow::Borrowed(_) => None,
